@@ -1,0 +1,1 @@
+"""peerit-ctl: the command line. Offline commands work alone; the rest drive a daemon."""

@@ -1,0 +1,1 @@
+"""Test helpers: fakes behind the project's interfaces and real-process launchers."""

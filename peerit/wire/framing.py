@@ -1,0 +1,70 @@
+"""Length-prefixed framing shared by the tracker and peer protocols (no I/O here).
+
+A frame is a 4-byte big-endian body length followed by the body. The length is checked
+against the protocol's maximum before any of the body is buffered.
+"""
+
+from construct import Int32ub
+
+from peerit.errors import FrameTooLarge
+
+LENGTH = Int32ub
+LENGTH_SIZE = LENGTH.sizeof()
+_parse_length = LENGTH.compile().parse
+
+
+def frame_header(body_length: int) -> bytes:
+    """The length prefix for a body of ``body_length`` bytes."""
+    return LENGTH.build(body_length)
+
+
+def frame(body: bytes) -> bytes:
+    return LENGTH.build(len(body)) + body
+
+
+class FrameDecoder:
+    """Cuts a byte stream into frames, holding at most one partial frame.
+
+    ``feed`` returns the complete frame bodies (as ``bytes``) found so far and keeps the rest.
+    A length above ``max_frame_size`` raises :class:`FrameTooLarge` at once; the caller should
+    drop the connection since the stream can no longer be trusted.
+    """
+
+    def __init__(self, max_frame_size: int):
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._need = None  # body length of the frame being collected, once known
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buffer
+        buf += data
+        frames = []
+        pos = 0
+        end = len(buf)
+        view = memoryview(buf)
+        try:
+            while True:
+                if self._need is None:
+                    if end - pos < LENGTH_SIZE:
+                        break
+                    need = _parse_length(view[pos:pos + LENGTH_SIZE])
+                    if need > self.max_frame_size:
+                        raise FrameTooLarge(
+                            f"frame of {need} bytes exceeds the limit of "
+                            f"{self.max_frame_size}")
+                    self._need = need
+                    pos += LENGTH_SIZE
+                if end - pos < self._need:
+                    break
+                frames.append(view[pos:pos + self._need].tobytes())
+                pos += self._need
+                self._need = None
+        finally:
+            view.release()
+        if pos:
+            del buf[:pos]
+        return frames

@@ -1,0 +1,142 @@
+"""The peer protocol: what two daemons say over a TLS, QUIC or relayed link.
+
+Frames are length-prefixed (``peerit.wire.framing``); each body is an opcode byte and the
+message. Block messages carry piece data and take a fast path: a fixed 9-byte header parsed by
+a compiled construct, and the payload handed on as a memoryview, never copied field by field.
+"""
+
+from dataclasses import dataclass
+
+from construct import Bytes, Const, GreedyBytes, Int16ub, Int32ub, Struct
+
+from peerit.errors import MalformedMessage
+from peerit.wire.messages import MessageSet
+
+PROTOCOL_VERSION = 1
+HANDSHAKE_MAGIC = b"PEERIT"
+MAX_BLOCK_SIZE = 1 << 20  # largest request a peer may make or serve
+DEFAULT_BLOCK_SIZE = 1 << 17
+MAX_FRAME_SIZE = MAX_BLOCK_SIZE + 64  # a block plus its header; bitfields stay below this
+
+messages = MessageSet("peer")
+
+_BLOCK_ADDRESS = ("piece" / Int32ub, "offset" / Int32ub)
+BLOCK_HEADER = Struct(*_BLOCK_ADDRESS)
+_RANGE = Struct(*_BLOCK_ADDRESS, "length" / Int32ub)
+_EMPTY = Struct()
+
+
+@messages.register(0, _EMPTY)
+@dataclass(frozen=True)
+class KeepAlive:
+    pass
+
+
+@messages.register(1, Struct(
+    "magic" / Const(HANDSHAKE_MAGIC),
+    "version" / Int16ub,
+    "info_hash" / Bytes(32),
+    "peer_id" / Bytes(32),
+))
+@dataclass(frozen=True)
+class Handshake:
+    version: int
+    info_hash: bytes
+    peer_id: bytes
+
+
+@messages.register(2, Struct("bits" / GreedyBytes))
+@dataclass(frozen=True)
+class Bitfield:
+    bits: bytes
+
+
+@messages.register(3, Struct("piece" / Int32ub))
+@dataclass(frozen=True)
+class Have:
+    piece: int
+
+
+@messages.register(4, _RANGE)
+@dataclass(frozen=True)
+class Request:
+    piece: int
+    offset: int
+    length: int
+
+
+@messages.register(5, Struct(*_BLOCK_ADDRESS, "data" / GreedyBytes))
+@dataclass(frozen=True)
+class Block:
+    piece: int
+    offset: int
+    data: bytes  # a memoryview when parsed on the fast path
+
+
+@messages.register(6, _RANGE)
+@dataclass(frozen=True)
+class Cancel:
+    piece: int
+    offset: int
+    length: int
+
+
+@messages.register(7, _EMPTY)
+@dataclass(frozen=True)
+class Choke:
+    pass
+
+
+@messages.register(8, _EMPTY)
+@dataclass(frozen=True)
+class Unchoke:
+    pass
+
+
+@messages.register(9, _EMPTY)
+@dataclass(frozen=True)
+class Interested:
+    pass
+
+
+@messages.register(10, _EMPTY)
+@dataclass(frozen=True)
+class NotInterested:
+    pass
+
+
+@messages.register(11, _RANGE)
+@dataclass(frozen=True)
+class Reject:
+    """The uploader will not serve this request (choked, or it lacks the piece)."""
+    piece: int
+    offset: int
+    length: int
+
+
+BLOCK_OPCODE = messages.opcode_of(Block)
+_BLOCK_PREFIX = bytes([BLOCK_OPCODE])
+_HEADER_SIZE = 1 + BLOCK_HEADER.sizeof()
+_compiled_header = BLOCK_HEADER.compile()
+_parse_header = _compiled_header.parse
+_build_header = _compiled_header.build
+
+
+def build(message) -> bytes:
+    return messages.build(message)
+
+
+def parse(data: bytes):
+    """One frame body to a message. Blocks keep their payload as a memoryview of ``data``."""
+    if data[:1] == _BLOCK_PREFIX:
+        if len(data) < _HEADER_SIZE:
+            raise MalformedMessage("bad peer Block: truncated header")
+        view = memoryview(data)
+        header = _parse_header(view[1:_HEADER_SIZE])
+        return Block(header.piece, header.offset, view[_HEADER_SIZE:])
+    return messages.parse(data)
+
+
+def block_header(piece: int, offset: int) -> bytes:
+    """The bytes before a block's payload, so senders can write the payload without a copy."""
+    return _BLOCK_PREFIX + _build_header({"piece": piece, "offset": offset})
