@@ -1,0 +1,88 @@
+"""The tracker's TLS adapter: feeds a connection's events to its :class:`TrackerSession`.
+
+TLS is always ours (``peerit.tls.server_factory``): the client must present a certificate,
+and the key it proves is the session's peer id. This module holds no logic of its own beyond
+bounding how long a closing connection may linger.
+"""
+
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
+
+from peerit.identity import Identity
+from peerit.tls import peer_id_of_transport, server_factory
+from peerit.tracker.session import Tracker
+
+# A peer that stops reading cannot hold a closing connection open for longer than this.
+CLOSE_GRACE = 5.0
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class TrackerProtocol(Protocol):
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+        self.session = None
+        self._closing = None
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.session = self.tracker.open_session(self, peer.host, peer.port)
+        if self.session is None:
+            self.transport.abortConnection()
+            return
+        self.transport.registerProducer(self, True)
+
+    def handshakeCompleted(self):
+        if self.session is not None:
+            self.session.handshake_completed(peer_id_of_transport(self.transport))
+
+    def dataReceived(self, data):
+        if self.session is not None:
+            self.session.data_received(data)
+
+    def connectionLost(self, reason):
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        if self.session is not None:
+            self.session.connection_lost()
+
+    # SessionLink, for the session
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.transport.loseConnection()
+        if self._closing is None:
+            self._closing = self.tracker.clock.callLater(CLOSE_GRACE, self.abort)
+
+    def abort(self) -> None:
+        self.transport.abortConnection()
+
+    # IPushProducer: the transport says when its send buffer fills and drains
+    def pauseProducing(self):
+        if self.session is not None:
+            self.session.producer_paused()
+
+    def resumeProducing(self):
+        if self.session is not None:
+            self.session.producer_resumed()
+
+    def stopProducing(self):
+        pass
+
+
+class TrackerFactory(Factory):
+    """Plain factory of :class:`TrackerProtocol`; wrap it with :func:`tls_factory`."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def buildProtocol(self, addr):
+        protocol = TrackerProtocol(self.tracker)
+        protocol.factory = self
+        return protocol
+
+
+def tls_factory(identity: Identity, tracker: Tracker):
+    """What the tracker listens with: our TLS around :class:`TrackerFactory`."""
+    return server_factory(identity, TrackerFactory(tracker))

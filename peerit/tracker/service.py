@@ -1,0 +1,119 @@
+"""The tracker as a Twisted service: listen with our TLS, announce the address, sweep, stop."""
+
+import os
+import re
+
+from twisted.application import service
+from twisted.internet import task
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from peerit.addresses import TrackerAddress
+from peerit.errors import UsageError
+from peerit.identity import Identity
+from peerit.tracker.protocol import tls_factory
+from peerit.tracker.session import Tracker
+
+log = Logger(namespace="peerit.tracker")
+
+ENDPOINT_FILE = "tracker.endpoint"
+# Keyword arguments of Twisted's ssl: endpoint that our own TLS layer replaces.
+_SSL_ONLY = ("privatekey", "certkey", "extracertchain", "sslmethod", "dhparameters",
+             "cacertsdir", "method")
+
+
+def tcp_description(description: str) -> str:
+    """``tcp:...`` as given, or ``ssl:...`` as the ``tcp:`` endpoint under our TLS.
+
+    Both mean TLS over TCP: the tracker never speaks plaintext and always uses its own
+    identity, so certificate arguments of an ``ssl:`` string are ignored.
+    """
+    parts = re.split(r"(?<!\\):", description)
+    kind = parts[0].lower()
+    if kind not in ("tcp", "ssl") or len(parts) < 2:
+        raise UsageError(f"bad --listen {description!r}: expected tcp:PORT[:interface=ADDR] "
+                         f"or ssl:PORT[:interface=ADDR]")
+    kept = [p for p in parts[1:] if p.split("=", 1)[0].lower() not in _SSL_ONLY]
+    return ":".join(["tcp", *kept])
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Readers (tests, scripts) see the old file or the whole new one, never half."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def advertised_host(bound_host: str) -> str:
+    """Where a local client should connect: the bound interface, or loopback for 'all'."""
+    return "127.0.0.1" if bound_host in ("", "0.0.0.0", "::") else bound_host
+
+
+class TrackerService(service.Service):
+    """Listens on ``description`` and serves ``tracker`` with TLS as ``identity``."""
+
+    name = "peerit-tracker"
+
+    def __init__(self, reactor, tracker: Tracker, identity: Identity, description: str,
+                 data_dir: str):
+        self.reactor = reactor
+        self.tracker = tracker
+        self.identity = identity
+        self.description = tcp_description(description)
+        self.data_dir = data_dir
+        self.port = None
+        self.address: TrackerAddress | None = None
+        self._sweeper = None
+
+    @property
+    def endpoint_path(self) -> str:
+        return os.path.join(self.data_dir, ENDPOINT_FILE)
+
+    def privilegedStartService(self):
+        # Bind here, before twistd drops privileges, and fail the start (twistd exits
+        # non-zero) rather than run a tracker that listens nowhere.
+        super().privilegedStartService()
+        self._listen()
+
+    def _listen(self):
+        endpoint = serverFromString(self.reactor, self.description)
+        results = []
+        endpoint.listen(tls_factory(self.identity, self.tracker)).addBoth(results.append)
+        if not results:
+            raise RuntimeError(f"listening on {self.description} did not complete at once")
+        if not hasattr(results[0], "getHost"):
+            results[0].raiseException()
+        self.port = results[0]
+
+    def startService(self):
+        super().startService()
+        if self.port is None:
+            self._listen()
+        bound = self.port.getHost()
+        self.address = TrackerAddress(advertised_host(bound.host), bound.port,
+                                      self.identity.peer_id)
+        write_atomic(self.endpoint_path, f"{self.address}\n")
+        self._sweeper = task.LoopingCall(self.tracker.sweep)
+        self._sweeper.clock = self.reactor
+        self._sweeper.start(self.tracker.limits.idle_timeout / 2, now=False)
+        log.info("peer-it tracker listening on {host}:{port} (TLS), fingerprint "
+                 "{fingerprint}; daemons use --tracker {tracker}",
+                 host=bound.host, port=bound.port, fingerprint=self.identity.fingerprint,
+                 tracker=str(self.address))
+
+    def stopService(self):
+        super().stopService()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        try:
+            os.unlink(self.endpoint_path)
+        except FileNotFoundError:
+            pass
+        self.tracker.close_all("shutting_down", "tracker stopping")
+        log.info("peer-it tracker stopping")
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()

@@ -1,0 +1,277 @@
+"""The swarm table: which peers are in which swarm, and how to reach them.
+
+:class:`ISwarmStore` is the seam between the session logic and where the table lives;
+:class:`MemorySwarmStore` keeps it in this process. A store shared by several trackers (Redis)
+is planned; the interface is synchronous because the tracker's hot path (one announce or one
+peer list per frame) cannot afford a Deferred per call, so such a store would keep a local
+view and write through.
+
+Memory per entry matters (a tracker holds hundreds of thousands): a peer's contact details are
+stored once, with its encoded :class:`~peerit.wire.tracker.PeerInfo` bytes cached, and a
+swarm holds only peer ids in two indexed sets (seeders, leechers) so a random sample costs
+O(sample), not O(swarm).
+"""
+
+import random
+from dataclasses import dataclass
+
+from zope.interface import Interface, implementer
+
+from peerit.wire.tracker import PeerInfo, encode_peer_info
+
+
+@dataclass(frozen=True)
+class Contact:
+    """How to reach a peer, from its Hello and from where its session comes from."""
+    peer_id: bytes
+    tcp_port: int
+    udp_port: int
+    public_address: str
+    lan_addresses: tuple[str, ...] = ()
+
+    def peer_info(self, seeder: bool) -> PeerInfo:
+        return PeerInfo(self.peer_id, seeder, self.tcp_port, self.udp_port,
+                        self.public_address, self.lan_addresses)
+
+
+class ISwarmStore(Interface):
+    """The tracker's swarm table. ``now`` values come from the tracker's injected clock."""
+
+    def put_contact(contact: Contact, now: float) -> None:
+        """Record (or replace) how to reach ``contact.peer_id``; the peer is seen ``now``."""
+
+    def touch(peer_id: bytes, now: float) -> None:
+        """The peer said something: its entries are fresh as of ``now``."""
+
+    def announce(info_hash: bytes, peer_id: bytes, seeder: bool, now: float) -> bool:
+        """Add or update the peer's entry in a swarm; True when the entry is new.
+
+        The peer's contact must have been put first.
+        """
+
+    def remove(info_hash: bytes, peer_id: bytes) -> bool:
+        """Drop one entry; True if it existed."""
+
+    def remove_peer(peer_id: bytes) -> list[bytes]:
+        """Drop the peer's contact and every entry; the info-hashes it was in."""
+
+    def swarm_count(peer_id: bytes) -> int:
+        """How many swarms the peer is in."""
+
+    def role(info_hash: bytes, peer_id: bytes) -> bool | None:
+        """True if the peer seeds the swarm, False if it leeches, None if it is not in it."""
+
+    def sample(info_hash: bytes, count: int, asker: bytes, prefer_seeders: bool) -> list[bytes]:
+        """Up to ``count`` encoded PeerInfo of a random sample of the swarm, never ``asker``.
+
+        ``prefer_seeders`` fills the sample with seeders first (what a leecher wants);
+        otherwise leechers come first (a seeder has nothing to get from other seeders).
+        """
+
+    def members(info_hash: bytes, count: int, exclude: bytes) -> list[bytes]:
+        """Up to ``count`` random peer ids of the swarm other than ``exclude`` (for pushes)."""
+
+    def peer_info(info_hash: bytes, peer_id: bytes) -> PeerInfo | None:
+        """The peer as a swarm member (its seeder flag in that swarm), if it is one."""
+
+    def encoded_peer_info(info_hash: bytes, peer_id: bytes) -> bytes | None:
+        """Same as :meth:`peer_info`, already encoded for the wire."""
+
+    def expire(cutoff: float) -> list[bytes]:
+        """Remove every peer last seen before ``cutoff``; their peer ids."""
+
+    def stats() -> dict:
+        """Counts for logs and benchmarks: peers, swarms, entries."""
+
+
+class _IndexedSet:
+    """A set with O(1) add/remove and O(k) random sampling (a list plus positions)."""
+
+    __slots__ = ("items", "positions")
+
+    def __init__(self):
+        self.items: list[bytes] = []
+        self.positions: dict[bytes, int] = {}
+
+    def __len__(self):
+        return len(self.items)
+
+    def __contains__(self, item):
+        return item in self.positions
+
+    def add(self, item: bytes) -> bool:
+        if item in self.positions:
+            return False
+        self.positions[item] = len(self.items)
+        self.items.append(item)
+        return True
+
+    def discard(self, item: bytes) -> bool:
+        position = self.positions.pop(item, None)
+        if position is None:
+            return False
+        last = self.items.pop()
+        if position < len(self.items):
+            self.items[position] = last
+            self.positions[last] = position
+        return True
+
+    def sample(self, count: int, exclude: bytes, rng: random.Random) -> list[bytes]:
+        items = self.items
+        if count <= 0 or not items:
+            return []
+        if len(items) <= count + 1:
+            picked = [p for p in items if p != exclude]
+            rng.shuffle(picked)
+            return picked[:count]
+        # One spare draw in case the asker is among those picked.
+        picked = [p for p in rng.sample(items, count + 1) if p != exclude]
+        return picked[:count]
+
+
+class _Swarm:
+    __slots__ = ("seeders", "leechers")
+
+    def __init__(self):
+        self.seeders = _IndexedSet()
+        self.leechers = _IndexedSet()
+
+    def __len__(self):
+        return len(self.seeders) + len(self.leechers)
+
+
+class _Peer:
+    __slots__ = ("contact", "last_seen", "swarms", "encoded")
+
+    def __init__(self, contact: Contact, now: float):
+        self.contact = contact
+        self.last_seen = now
+        self.swarms: dict[bytes, bool] = {}  # info-hash -> seeder
+        # Encoded once per (peer, seeder flag): peer lists are concatenations of these.
+        self.encoded = (encode_peer_info(contact.peer_info(False)),
+                        encode_peer_info(contact.peer_info(True)))
+
+
+@implementer(ISwarmStore)
+class MemorySwarmStore:
+    """The swarm table in this process's memory."""
+
+    def __init__(self, rng: random.Random | None = None):
+        self._rng = rng or random.Random()
+        self._peers: dict[bytes, _Peer] = {}
+        self._swarms: dict[bytes, _Swarm] = {}
+        self._entries = 0
+
+    def put_contact(self, contact: Contact, now: float) -> None:
+        peer = self._peers.get(contact.peer_id)
+        if peer is None:
+            self._peers[contact.peer_id] = _Peer(contact, now)
+            return
+        fresh = _Peer(contact, now)
+        fresh.swarms = peer.swarms
+        self._peers[contact.peer_id] = fresh
+
+    def touch(self, peer_id: bytes, now: float) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is not None:
+            peer.last_seen = now
+
+    def announce(self, info_hash: bytes, peer_id: bytes, seeder: bool, now: float) -> bool:
+        peer = self._peers[peer_id]
+        peer.last_seen = now
+        swarm = self._swarms.get(info_hash)
+        if swarm is None:
+            swarm = self._swarms[info_hash] = _Swarm()
+        seeder = bool(seeder)
+        was = peer.swarms.get(info_hash)
+        if was is seeder:
+            return False
+        if was is not None:
+            (swarm.seeders if was else swarm.leechers).discard(peer_id)
+        else:
+            self._entries += 1
+        (swarm.seeders if seeder else swarm.leechers).add(peer_id)
+        peer.swarms[info_hash] = seeder
+        return was is None
+
+    def remove(self, info_hash: bytes, peer_id: bytes) -> bool:
+        peer = self._peers.get(peer_id)
+        if peer is None or info_hash not in peer.swarms:
+            return False
+        self._drop_entry(info_hash, peer_id, peer.swarms.pop(info_hash))
+        return True
+
+    def _drop_entry(self, info_hash: bytes, peer_id: bytes, seeder: bool) -> None:
+        swarm = self._swarms[info_hash]
+        (swarm.seeders if seeder else swarm.leechers).discard(peer_id)
+        self._entries -= 1
+        if not swarm:
+            del self._swarms[info_hash]
+
+    def remove_peer(self, peer_id: bytes) -> list[bytes]:
+        peer = self._peers.pop(peer_id, None)
+        if peer is None:
+            return []
+        for info_hash, seeder in peer.swarms.items():
+            self._drop_entry(info_hash, peer_id, seeder)
+        return list(peer.swarms)
+
+    def swarm_count(self, peer_id: bytes) -> int:
+        peer = self._peers.get(peer_id)
+        return len(peer.swarms) if peer is not None else 0
+
+    def role(self, info_hash: bytes, peer_id: bytes) -> bool | None:
+        peer = self._peers.get(peer_id)
+        return peer.swarms.get(info_hash) if peer is not None else None
+
+    def _ids_sample(self, info_hash, count, asker, prefer_seeders) -> list[bytes]:
+        swarm = self._swarms.get(info_hash)
+        if swarm is None or count <= 0:
+            return []
+        first, second = ((swarm.seeders, swarm.leechers) if prefer_seeders
+                         else (swarm.leechers, swarm.seeders))
+        picked = first.sample(count, asker, self._rng)
+        if len(picked) < count:
+            picked += second.sample(count - len(picked), asker, self._rng)
+        return picked
+
+    def sample(self, info_hash: bytes, count: int, asker: bytes,
+               prefer_seeders: bool) -> list[bytes]:
+        peers = self._peers
+        out = []
+        for peer_id in self._ids_sample(info_hash, count, asker, prefer_seeders):
+            peer = peers[peer_id]
+            out.append(peer.encoded[peer.swarms[info_hash]])
+        return out
+
+    def members(self, info_hash: bytes, count: int, exclude: bytes) -> list[bytes]:
+        swarm = self._swarms.get(info_hash)
+        if swarm is None:
+            return []
+        picked = swarm.seeders.sample(count, exclude, self._rng)
+        picked += swarm.leechers.sample(count, exclude, self._rng)
+        if len(picked) > count:
+            picked = self._rng.sample(picked, count)
+        return picked
+
+    def peer_info(self, info_hash: bytes, peer_id: bytes) -> PeerInfo | None:
+        peer = self._peers.get(peer_id)
+        if peer is None or info_hash not in peer.swarms:
+            return None
+        return peer.contact.peer_info(peer.swarms[info_hash])
+
+    def encoded_peer_info(self, info_hash: bytes, peer_id: bytes) -> bytes | None:
+        peer = self._peers.get(peer_id)
+        if peer is None or info_hash not in peer.swarms:
+            return None
+        return peer.encoded[peer.swarms[info_hash]]
+
+    def expire(self, cutoff: float) -> list[bytes]:
+        stale = [peer_id for peer_id, peer in self._peers.items() if peer.last_seen < cutoff]
+        for peer_id in stale:
+            self.remove_peer(peer_id)
+        return stale
+
+    def stats(self) -> dict:
+        return {"peers": len(self._peers), "swarms": len(self._swarms),
+                "entries": self._entries}

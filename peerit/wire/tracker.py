@@ -1,0 +1,288 @@
+"""The tracker protocol: what a daemon and the tracker say over their one TLS session.
+
+Frames are length-prefixed (``peerit.wire.framing``); each body is an opcode byte and the
+message. The daemon opens with ``Hello``; the tracker answers ``Welcome`` and from then on
+either side may speak at any time: the daemon announces and asks for peers, the tracker answers
+and pushes (``PeerJoined``; later NAT messages). Addresses travel as 4 or 16 raw bytes and
+appear in the dataclasses as ``ipaddress`` text ("192.0.2.1", "2001:db8::1").
+
+Peer lists are the hot path; :func:`peer_list_body` builds one from per-peer bytes that the
+tracker encodes once (with :data:`PEER_INFO`, the same construct the message uses).
+"""
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from construct import (
+    Adapter, Byte, Bytes, Enum, ExprValidator, Flag, GreedyBytes, Int16ub, Int32ub, Int64ub,
+    PascalString, Prefixed, PrefixedArray, Struct, ValidationError)
+
+from peerit.wire.messages import MessageSet
+
+PROTOCOL_VERSION = 1
+INFO_HASH_SIZE = 32
+PEER_ID_SIZE = 32
+MAX_LAN_ADDRESSES = 8       # a host with more interfaces than this lists its best ones
+MAX_PEERS_PER_LIST = 200    # as opentracker: enough to start a swarm, bounded frame size
+MAX_REASON_BYTES = 255
+# Largest frame the tracker sends: a full peer list (200 peers of at most 191 bytes each).
+MAX_TRACKER_FRAME_SIZE = 64 * 1024
+# Largest frame a daemon needs to send (a Hello with every LAN address); the tracker's default.
+MAX_DAEMON_FRAME_SIZE = 4 * 1024
+NO_INFO_HASH = bytes(INFO_HASH_SIZE)
+
+messages = MessageSet("tracker")
+
+
+class _IPAddress(Adapter):
+    """An IPv4 or IPv6 address: a length byte (4 or 16) and the packed address."""
+
+    def _decode(self, obj, context, path):
+        if len(obj) not in (4, 16):
+            raise ValidationError(f"address of {len(obj)} bytes", path=path)
+        return str(ipaddress.ip_address(obj))
+
+    def _encode(self, obj, context, path):
+        try:
+            return ipaddress.ip_address(obj).packed
+        except ValueError as e:
+            raise ValidationError(str(e), path=path) from None
+
+
+IP_ADDRESS = _IPAddress(Prefixed(Byte, GreedyBytes))
+LAN_ADDRESSES = ExprValidator(
+    PrefixedArray(Byte, IP_ADDRESS), lambda obj, ctx: len(obj) <= MAX_LAN_ADDRESSES)
+INFO_HASH = Bytes(INFO_HASH_SIZE)
+PEER_ID = Bytes(PEER_ID_SIZE)
+# Closed: an announce with an event this version does not know is malformed.
+EVENT = ExprValidator(Enum(Byte, update=0, started=1, completed=2, stopped=3),
+                      lambda obj, ctx: isinstance(obj, str))
+ERROR_CODE = Enum(
+    Int16ub,
+    malformed=1,            # a frame that does not parse, or is too large
+    unknown_message=2,      # an opcode this tracker does not know
+    protocol_violation=3,   # a message out of order, or one only the tracker may send
+    unsupported_version=4,
+    too_many_swarms=5,      # the announce was refused; the session stays
+    rate_limited=6,         # the request was refused; the session stays
+    too_many_sessions=7,
+    timed_out=8,
+    superseded=9,           # the same peer id opened a newer session
+    shutting_down=10,
+    internal=11,
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+ENDPOINT = Struct("host" / IP_ADDRESS, "port" / Int16ub)
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """How to reach one peer of a swarm, as the tracker knows it."""
+    peer_id: bytes
+    seeder: bool
+    tcp_port: int
+    udp_port: int          # 0: the peer has no UDP socket (yet)
+    public_address: str    # the source address the tracker sees for the peer's session
+    lan_addresses: tuple[str, ...] = ()
+
+
+PEER_INFO = Struct(
+    "peer_id" / PEER_ID,
+    "seeder" / Flag,
+    "tcp_port" / Int16ub,
+    "udp_port" / Int16ub,
+    "public_address" / IP_ADDRESS,
+    "lan_addresses" / LAN_ADDRESSES,
+)
+_build_peer_info = PEER_INFO.compile().build
+
+
+@messages.register(0, Struct())
+@dataclass(frozen=True)
+class KeepAlive:
+    pass
+
+
+@messages.register(1, Struct(
+    "version" / Int16ub,
+    "tcp_port" / Int16ub,
+    "udp_port" / Int16ub,
+    "addresses" / LAN_ADDRESSES,
+))
+@dataclass(frozen=True)
+class Hello:
+    """The daemon's first message: how it can be reached besides the address the tracker sees."""
+    tcp_port: int
+    udp_port: int = 0
+    addresses: tuple[str, ...] = ()
+    version: int = PROTOCOL_VERSION
+
+
+@messages.register(2, Struct(
+    "observed" / ENDPOINT,
+    "keepalive_ms" / Int32ub,
+    "peer_id" / PEER_ID,
+))
+@dataclass(frozen=True)
+class Welcome:
+    """The tracker's answer to Hello: the daemon's public address and proven id.
+
+    ``keepalive_ms`` is how often the daemon must say something; a session silent for
+    three times as long is dropped.
+    """
+    observed: Endpoint
+    keepalive_ms: int
+    peer_id: bytes
+    __nested__ = {"observed": Endpoint}
+
+
+_ANNOUNCE = Struct(
+    "info_hash" / INFO_HASH,
+    "event" / EVENT,
+    "left" / Int64ub,
+)
+
+
+@messages.register(3, _ANNOUNCE)
+@dataclass(frozen=True)
+class Announce:
+    """``left`` is the number of bytes still missing; 0 makes the peer a seeder."""
+    info_hash: bytes
+    event: str
+    left: int
+
+
+_PEER_LIST_REQUEST = Struct("info_hash" / INFO_HASH, "max_peers" / Int16ub)
+
+
+@messages.register(4, _PEER_LIST_REQUEST)
+@dataclass(frozen=True)
+class PeerListRequest:
+    info_hash: bytes
+    max_peers: int
+
+
+@messages.register(5, Struct(
+    "info_hash" / INFO_HASH,
+    "peers" / ExprValidator(PrefixedArray(Int16ub, PEER_INFO),
+                            lambda obj, ctx: len(obj) <= MAX_PEERS_PER_LIST),
+))
+@dataclass(frozen=True)
+class PeerList:
+    info_hash: bytes
+    peers: tuple[PeerInfo, ...]
+    __nested__ = {"peers": PeerInfo}
+
+
+@messages.register(6, Struct("info_hash" / INFO_HASH, "peer" / PEER_INFO))
+@dataclass(frozen=True)
+class PeerJoined:
+    """Pushed by the tracker: a new peer announced into a swarm the receiver is in."""
+    info_hash: bytes
+    peer: PeerInfo
+    __nested__ = {"peer": PeerInfo}
+
+
+@messages.register(7, Struct("nonce" / Int64ub))
+@dataclass(frozen=True)
+class Ping:
+    nonce: int
+
+
+@messages.register(8, Struct("nonce" / Int64ub))
+@dataclass(frozen=True)
+class Pong:
+    nonce: int
+
+
+@messages.register(9, Struct(
+    "code" / ERROR_CODE,
+    "refused_opcode" / Byte,
+    "info_hash" / INFO_HASH,
+    "reason" / PascalString(Byte, "utf8"),
+))
+@dataclass(frozen=True)
+class Error:
+    """A refusal. ``refused_opcode``/``info_hash`` name the request it answers, so a client
+    can fail the right pending call; both are zero for errors about the whole session."""
+    code: str
+    reason: str
+    refused_opcode: int = 0
+    info_hash: bytes = field(default=NO_INFO_HASH)
+
+
+FATAL_ERRORS = frozenset({
+    "malformed", "unknown_message", "protocol_violation", "unsupported_version",
+    "too_many_sessions", "timed_out", "superseded", "shutting_down", "internal"})
+
+_PEER_LIST_HEADER = bytes([messages.opcode_of(PeerList)])
+_PEER_JOINED_HEADER = bytes([messages.opcode_of(PeerJoined)])
+_build_count = Int16ub.build
+
+
+def build(message) -> bytes:
+    return messages.build(message)
+
+
+def _announce(body):
+    return Announce(body.info_hash, str(body.event), body.left)
+
+
+def _peer_list_request(body):
+    return PeerListRequest(body.info_hash, body.max_peers)
+
+
+# The requests a tracker parses thousands of times a second skip the generic dataclass
+# rebuild of MessageSet.parse (measured: 19 us -> 7 us per Announce). Same Structs, so the
+# same format; any error falls back to the generic parser for its message.
+_FAST_PARSERS = {
+    messages.opcode_of(Announce): (
+        _ANNOUNCE.compile().parse, 1 + _ANNOUNCE.sizeof(), _announce),
+    messages.opcode_of(PeerListRequest): (
+        _PEER_LIST_REQUEST.compile().parse, 1 + _PEER_LIST_REQUEST.sizeof(), _peer_list_request),
+}
+
+
+def parse(data: bytes):
+    """One frame body to a message; raises only MalformedMessage."""
+    fast = _FAST_PARSERS.get(data[0]) if data else None
+    if fast is not None and len(data) == fast[1]:
+        parse_body, _, make = fast
+        try:
+            return make(parse_body(data[1:]))
+        except Exception:
+            pass
+    return messages.parse(data)
+
+
+def encode_peer_info(peer: PeerInfo) -> bytes:
+    """One peer as it appears inside PeerList/PeerJoined, for the tracker to cache."""
+    return _build_peer_info({
+        "peer_id": peer.peer_id, "seeder": peer.seeder, "tcp_port": peer.tcp_port,
+        "udp_port": peer.udp_port, "public_address": peer.public_address,
+        "lan_addresses": list(peer.lan_addresses)})
+
+
+def peer_list_body(info_hash: bytes, encoded_peers: list[bytes]) -> bytes:
+    """The PeerList message built from :func:`encode_peer_info` outputs, without re-encoding.
+
+    Same bytes as ``build(PeerList(info_hash, peers))`` (a unit test holds the two together).
+    """
+    if len(info_hash) != INFO_HASH_SIZE or len(encoded_peers) > MAX_PEERS_PER_LIST:
+        raise ValueError("bad peer list")
+    return b"".join((_PEER_LIST_HEADER, info_hash, _build_count(len(encoded_peers)),
+                     *encoded_peers))
+
+
+def peer_joined_body(info_hash: bytes, encoded_peer: bytes) -> bytes:
+    """The PeerJoined message around one :func:`encode_peer_info` output."""
+    if len(info_hash) != INFO_HASH_SIZE:
+        raise ValueError("bad info-hash")
+    return b"".join((_PEER_JOINED_HEADER, info_hash, encoded_peer))
