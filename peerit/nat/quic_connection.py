@@ -1,0 +1,140 @@
+"""aioquic's sans-IO ``QuicConnection`` with peer-id pinning and bounded flow control.
+
+Every use of aioquic internals lives in this module, so an aioquic upgrade that moves them
+breaks here (and in ``tests/unit/test_quic_connection.py``) rather than silently:
+
+- ``Context._request_client_certificate``: aioquic can ask for and check a TLS 1.3 client
+  certificate (it verifies the CertificateVerify signature over the handshake transcript) but
+  only exposes the switch "for test purposes". We turn it on for servers so that both sides
+  prove their key inside the handshake, as on TCP+TLS.
+- ``Context._set_peer_certificate`` is wrapped so a key that is not the pinned one fails the
+  handshake itself with a ``bad_certificate`` alert, before any application data can flow;
+  ``Context._peer_certificate`` is read afterwards to learn the proven id.
+- ``_write_connection_limits`` / ``_write_stream_limits`` are replaced: aioquic doubles its
+  receive windows whenever the peer has used half, whatever the application consumed, so a peer
+  could make us buffer without bound. Here the credit is "bytes the application has consumed +
+  a fixed window", which also gives real receive back-pressure when the reader pauses.
+- ``_streams`` and ``QuicStreamSender._buffer_start`` tell how much of a stream is still held
+  (written, not yet acknowledged) for send back-pressure.
+
+Everything fails closed: if a newer aioquic ignored the client-certificate switch, the server
+would see no certificate and refuse the connection.
+"""
+
+from cryptography import x509
+from aioquic import tls
+from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY, MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection)
+from aioquic.quic.packet import QuicFrameType
+
+from peerit.identity import format_fingerprint, peer_id_of_certificate
+
+
+class PinnedQuicConnection(QuicConnection):
+    """A QUIC connection that accepts only peers proving one of ``allowed_peer_ids``.
+
+    ``receive_window`` bounds what the peer may send beyond what the application consumed
+    (:meth:`consumed`), per stream and for the whole connection.
+    """
+
+    def __init__(self, *, configuration, allowed_peer_ids: frozenset, receive_window: int,
+                 **kwargs):
+        configuration.max_data = receive_window
+        configuration.max_stream_data = receive_window
+        super().__init__(configuration=configuration, **kwargs)
+        self._allowed_peer_ids = frozenset(allowed_peer_ids)
+        self._receive_window = receive_window
+        self._consumed_by_stream: dict[int, int] = {}
+        self._consumed_total = 0
+        #: why the handshake refused the peer's key (None while nothing was refused)
+        self.identity_refusal: str | None = None
+
+    # -- identity -------------------------------------------------------------------------
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        context = self.tls
+        if not self._is_client:
+            context._request_client_certificate = True
+        set_peer_certificate = context._set_peer_certificate
+
+        def pinned_set_peer_certificate(certificate) -> None:
+            set_peer_certificate(certificate)
+            proven = peer_id_of_certificate(context._peer_certificate)
+            if proven not in self._allowed_peer_ids:
+                self.identity_refusal = (
+                    f"peer proved key {format_fingerprint(proven)[:16]}…, "
+                    f"not the expected one")
+                raise tls.AlertBadCertificate(self.identity_refusal)
+
+        context._set_peer_certificate = pinned_set_peer_certificate
+
+    def proven_peer_id(self) -> bytes | None:
+        """The peer id the other side proved in the handshake, if it is an allowed one.
+
+        Meaningful once the handshake completed: the certificate was then checked against the
+        pins and its key signed the transcript (CertificateVerify).
+        """
+        tls_context = getattr(self, "tls", None)
+        certificate = getattr(tls_context, "_peer_certificate", None)
+        if not isinstance(certificate, x509.Certificate):
+            return None
+        proven = peer_id_of_certificate(certificate)
+        return proven if proven in self._allowed_peer_ids else None
+
+    def handshake_confirmed(self) -> bool:
+        """For a client: the server sent HANDSHAKE_DONE, so it accepted our certificate."""
+        return self._handshake_confirmed
+
+    # -- flow control -----------------------------------------------------------------------
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The application took ``size`` more bytes of ``stream_id``: the peer may send more."""
+        self._consumed_by_stream[stream_id] = self._consumed_by_stream.get(stream_id, 0) + size
+        self._consumed_total += size
+
+    def _raised(self, current: int, consumed: int) -> int:
+        # Grant more only once a quarter of the window is free, so credit goes out in a few
+        # frames per window rather than in every packet.
+        target = consumed + self._receive_window
+        return target if target - current >= self._receive_window // 4 else current
+
+    def _write_connection_limits(self, builder, space) -> None:
+        max_data = self._local_max_data
+        max_data.value = self._raised(max_data.value, self._consumed_total)
+        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+                continue
+            if limit.value != limit.sent:
+                buf = builder.start_frame(
+                    limit.frame_type, capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                    handler=self._on_connection_limit_delivery, handler_args=(limit,))
+                buf.push_uint_var(limit.value)
+                limit.sent = limit.value
+
+    def _write_stream_limits(self, builder, space, stream) -> None:
+        if not stream.max_stream_data_local:
+            return  # a send-only stream: no credit to grant
+        stream.max_stream_data_local = self._raised(
+            stream.max_stream_data_local, self._consumed_by_stream.get(stream.stream_id, 0))
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA, capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery, handler_args=(stream,))
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+    # -- send buffer ------------------------------------------------------------------------
+
+    def held_bytes(self, stream_id: int, written: int) -> int:
+        """Bytes of ``stream_id`` written (``written`` in all) but not yet acknowledged."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0  # never opened, or finished and discarded: nothing held
+        return written - stream.sender._buffer_start
+
+    def send_finished(self, stream_id: int) -> bool:
+        """Whether everything written on ``stream_id``, and its FIN, was acknowledged."""
+        stream = self._streams.get(stream_id)
+        return stream is None or stream.sender.is_finished
