@@ -216,9 +216,9 @@ async def _query(client: StunClient, purpose: str, server: Address,
         observations.append(Observation(purpose, server, change_ip, change_port, "malformed",
                                         detail=str(e)))
         return None
+    software = f"software: {result.software}" if result.software else None
     observations.append(Observation(purpose, server, change_ip, change_port, "answered",
-                                    result.mapped, result.responder, result.rtt,
-                                    detail=f"software: {result.software}" if result.software else None))
+                                    result.mapped, result.responder, result.rtt, software))
     return result
 
 

@@ -23,10 +23,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from peerit.wire.probe import PROBE_MAGIC  # b"\xa5PIT": 0xA5 has top bits 10, 0x40 clear
 from peerit.wire.stun import MAGIC_COOKIE_BYTES
 
-# First byte 0xA5 (1010 0101: top bits 10, 0x40 bit clear), then "PIT".
-PROBE_MAGIC = b"\xa5PIT"
+__all__ = ["PROBE_MAGIC", "KEEPALIVE_INTERVAL", "DatagramKind", "UdpMux", "classify"]
 KEEPALIVE_INTERVAL = 25.0
 
 Address = tuple[str, int]
