@@ -14,8 +14,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from construct import (
-    Adapter, Byte, Bytes, Enum, ExprValidator, Flag, GreedyBytes, Int16ub, Int32ub, Int64ub,
-    PascalString, Prefixed, PrefixedArray, Struct, ValidationError)
+    Adapter, Byte, Bytes, Enum, ExprValidator, Flag, Int16ub, Int32ub, Int64ub,
+    PrefixedArray, Struct, ValidationError, this)
 
 from peerit.wire.messages import MessageSet
 
@@ -34,26 +34,51 @@ NO_INFO_HASH = bytes(INFO_HASH_SIZE)
 messages = MessageSet("tracker")
 
 
+def _exact_bytes(size):
+    # construct 2.10's compiled Bytes reads short at the end of the input without complaint
+    # (so do compiled Prefixed and PascalString); checking the length read makes a truncated
+    # message malformed in the compiled parser too.
+    return ExprValidator(Bytes(size), lambda obj, ctx: len(obj) == (
+        size(ctx) if callable(size) else size))
+
+
+_COUNTED_BYTES = Struct("length" / Byte, "data" / _exact_bytes(this.length))
+
+
 class _IPAddress(Adapter):
     """An IPv4 or IPv6 address: a length byte (4 or 16) and the packed address."""
 
     def _decode(self, obj, context, path):
-        if len(obj) not in (4, 16):
-            raise ValidationError(f"address of {len(obj)} bytes", path=path)
-        return str(ipaddress.ip_address(obj))
+        if len(obj.data) not in (4, 16):
+            raise ValidationError(f"address of {len(obj.data)} bytes", path=path)
+        return str(ipaddress.ip_address(obj.data))
 
     def _encode(self, obj, context, path):
         try:
-            return ipaddress.ip_address(obj).packed
+            packed = ipaddress.ip_address(obj).packed
         except ValueError as e:
             raise ValidationError(str(e), path=path) from None
+        return {"length": len(packed), "data": packed}
 
 
-IP_ADDRESS = _IPAddress(Prefixed(Byte, GreedyBytes))
+class _ShortText(Adapter):
+    """UTF-8 text of at most 255 bytes, after a length byte."""
+
+    def _decode(self, obj, context, path):
+        return obj.data.decode("utf8")
+
+    def _encode(self, obj, context, path):
+        data = obj.encode("utf8")
+        return {"length": len(data), "data": data}
+
+
+IP_ADDRESS = _IPAddress(_COUNTED_BYTES)
 LAN_ADDRESSES = ExprValidator(
     PrefixedArray(Byte, IP_ADDRESS), lambda obj, ctx: len(obj) <= MAX_LAN_ADDRESSES)
-INFO_HASH = Bytes(INFO_HASH_SIZE)
-PEER_ID = Bytes(PEER_ID_SIZE)
+
+
+INFO_HASH = _exact_bytes(INFO_HASH_SIZE)
+PEER_ID = _exact_bytes(PEER_ID_SIZE)
 # Closed: an announce with an event this version does not know is malformed.
 EVENT = ExprValidator(Enum(Byte, update=0, started=1, completed=2, stopped=3),
                       lambda obj, ctx: isinstance(obj, str))
@@ -206,7 +231,7 @@ class Pong:
     "code" / ERROR_CODE,
     "refused_opcode" / Byte,
     "info_hash" / INFO_HASH,
-    "reason" / PascalString(Byte, "utf8"),
+    "reason" / _ShortText(_COUNTED_BYTES),
 ))
 @dataclass(frozen=True)
 class Error:
