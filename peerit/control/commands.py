@@ -1,0 +1,142 @@
+"""AMP commands: the contract between ``peerit-ctl`` (and ``peerit.client``) and the daemon.
+
+Both sides import this module. ``ERRORS`` maps each user-facing error class to an AMP error
+code, so an error raised in the daemon reaches the CLI as the same class with the same one-line
+message (and so the same exit code, from ``peerit.errors``). AMP caps a value at 64 KiB, so
+lists are paged (``List``) or capped (``Peers``).
+"""
+
+from twisted.protocols import amp
+
+from peerit import errors
+
+# Most specific first: AMP picks the first class that matches.
+ERRORS = {
+    errors.UnknownSwarm: b"UNKNOWN_SWARM",
+    errors.MetainfoError: b"BAD_METAINFO",
+    errors.NoSpace: b"NO_SPACE",
+    errors.PermissionDenied: b"PERMISSION_DENIED",
+    errors.UsageError: b"BAD_REQUEST",
+    errors.TimedOut: b"TIMED_OUT",
+    errors.PeeritError: b"FAILED",
+}
+
+MAX_PAGE = 100
+MAX_PEERS_LISTED = 100
+
+TRANSFER_FIELDS = [
+    (b"info_hash", amp.Unicode()),
+    (b"name", amp.Unicode()),
+    (b"role", amp.Unicode()),  # seed (shared in place) or download
+    (b"state", amp.Unicode()),  # checking, downloading, stalled, seeding, paused, error
+    (b"path", amp.Unicode()),
+    (b"size", amp.Integer()),
+    (b"done", amp.Integer()),  # verified bytes
+    (b"pieces", amp.Integer()),
+    (b"pieces_done", amp.Integer()),
+    (b"down_rate", amp.Float()),
+    (b"up_rate", amp.Float()),
+    (b"downloaded", amp.Integer()),
+    (b"uploaded", amp.Integer()),
+    (b"peers", amp.Integer()),
+    (b"known_peers", amp.Integer()),
+    (b"eta", amp.Float()),  # seconds, -1 when unknown
+    (b"hash_failures", amp.Integer()),
+    (b"banned", amp.Integer()),
+    (b"error", amp.Unicode()),
+]
+
+PEER_FIELDS = [
+    (b"peer_id", amp.Unicode()),
+    (b"path", amp.Unicode()),  # tcp, quic (punched), relay
+    (b"address", amp.Unicode()),
+    (b"connect_seconds", amp.Float()),
+    (b"pieces", amp.Integer()),
+    (b"download_rate", amp.Float()),
+    (b"upload_rate", amp.Float()),
+    (b"downloaded", amp.Integer()),
+    (b"uploaded", amp.Integer()),
+    (b"choked_by_us", amp.Boolean()),
+    (b"choking_us", amp.Boolean()),
+    (b"interested", amp.Boolean()),
+    (b"peer_interested", amp.Boolean()),
+]
+
+
+class Command(amp.Command):
+    errors = ERRORS
+
+
+class DaemonInfo(Command):
+    """Who the daemon is and how it is connected."""
+    arguments = []
+    response = [
+        (b"version", amp.Unicode()),
+        (b"peer_id", amp.Unicode()),
+        (b"data_dir", amp.Unicode()),
+        (b"listen_port", amp.Integer()),
+        (b"trackers", amp.ListOf(amp.Unicode())),
+        (b"trackers_connected", amp.ListOf(amp.Unicode())),
+    ]
+
+
+class Share(Command):
+    """Seed ``data_path`` in place under the metainfo at ``metainfo_path``.
+
+    ``check`` asks the daemon to verify the data against the metainfo first (an existing
+    .p2p); a .p2p just created from the same data by the CLI needs no second pass.
+    """
+    arguments = [
+        (b"data_path", amp.Unicode()),
+        (b"metainfo_path", amp.Unicode()),
+        (b"check", amp.Boolean()),
+    ]
+    response = [(b"info_hash", amp.Unicode()), (b"name", amp.Unicode()),
+                (b"state", amp.Unicode())]
+
+
+class Download(Command):
+    """Download the share described by ``metainfo_path`` into ``target_dir`` ('' = default)."""
+    arguments = [
+        (b"metainfo_path", amp.Unicode()),
+        (b"target_dir", amp.Unicode()),
+    ]
+    response = [(b"info_hash", amp.Unicode()), (b"name", amp.Unicode()),
+                (b"path", amp.Unicode())]
+
+
+class Status(Command):
+    """One transfer; ``id`` is an info-hash or a unique prefix of one."""
+    arguments = [(b"id", amp.Unicode())]
+    response = TRANSFER_FIELDS
+
+
+class List(Command):
+    arguments = [(b"offset", amp.Integer()), (b"limit", amp.Integer())]
+    response = [(b"transfers", amp.AmpList(TRANSFER_FIELDS)), (b"total", amp.Integer())]
+
+
+class Peers(Command):
+    arguments = [(b"id", amp.Unicode())]
+    response = [(b"peers", amp.AmpList(PEER_FIELDS)), (b"total", amp.Integer())]
+
+
+class Pause(Command):
+    arguments = [(b"id", amp.Unicode())]
+    response = [(b"info_hash", amp.Unicode())]
+
+
+class Resume(Command):
+    arguments = [(b"id", amp.Unicode())]
+    response = [(b"info_hash", amp.Unicode())]
+
+
+class Remove(Command):
+    arguments = [(b"id", amp.Unicode()), (b"delete_data", amp.Boolean())]
+    response = [(b"info_hash", amp.Unicode())]
+
+
+class NetCheck(Command):
+    """Measure the daemon's UDP reachability; the report is a JSON object (see docs)."""
+    arguments = []
+    response = [(b"report", amp.Unicode())]

@@ -1,0 +1,291 @@
+"""peerit-ctl commands that drive a running daemon over its control socket."""
+
+import argparse
+import os
+import sys
+import time
+
+from twisted.internet import defer
+
+from peerit.addresses import TrackerAddress
+from peerit.client import Client
+from peerit.ctl.offline import _printable, describe, format_size
+from peerit.errors import PeeritError, TimedOut, UsageError
+from peerit.metainfo import Metainfo, create_metainfo_from_share, scan_share
+
+POLL_INTERVAL = 0.5
+FINISHED_STATES = ("seeding",)
+
+
+def run_reactor(coroutine_function):
+    """Run ``coroutine_function(reactor)`` to completion; return its value or raise its error.
+
+    Ctrl-C stops the reactor; we report it as KeyboardInterrupt (the daemon carries on).
+    """
+    from twisted.internet import reactor
+    outcome = {}
+
+    def go():
+        d = defer.ensureDeferred(coroutine_function(reactor))
+        d.addCallbacks(lambda value: outcome.setdefault("value", value),
+                       lambda failure: outcome.setdefault("failure", failure))
+        d.addBoth(lambda _: reactor.stop() if reactor.running else None)
+    reactor.callWhenRunning(go)
+    reactor.run()
+    if "failure" in outcome:
+        outcome["failure"].raiseException()
+    if "value" not in outcome:
+        raise KeyboardInterrupt
+    return outcome["value"]
+
+
+def with_client(function):
+    """An argparse ``run`` that connects to the daemon and calls ``function(client, args)``."""
+    def run(args):
+        async def main(reactor):
+            client = await Client.connect(reactor, args.control)
+            try:
+                return await function(client, args, reactor)
+            finally:
+                client.close()
+        return run_reactor(main) or 0
+    return run
+
+
+def emit(args, value, text: str) -> None:
+    if args.json:
+        from peerit.ctl.main import print_json
+        print_json(value)
+    else:
+        print(text)
+
+
+def format_rate(rate: float) -> str:
+    return f"{format_size(int(rate))}/s"
+
+
+def format_eta(seconds: float) -> str:
+    if seconds < 0:
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def status_line(s: dict) -> str:
+    percent = 100.0 * s["done"] / s["size"] if s["size"] else 100.0
+    line = (f"{s['info_hash'][:16]}  {s['state']:<17} {percent:5.1f}%  "
+            f"{format_size(s['size']):>10}  down {format_rate(s['down_rate']):>11}  "
+            f"up {format_rate(s['up_rate']):>11}  peers {s['peers']:>3}  "
+            f"{_printable(s['name'])}")
+    if s["error"]:
+        line += f"  ({_printable(s['error'])})"
+    return line
+
+
+# -- share ---------------------------------------------------------------------------------
+
+async def share(client, args, reactor):
+    data_path = os.path.abspath(args.path)
+    if not os.path.exists(data_path):
+        raise UsageError(f"{args.path} does not exist")
+    if args.p2p:
+        metainfo = Metainfo.read(args.p2p)
+        metainfo_path, check = os.path.abspath(args.p2p), True
+    else:
+        info = await client.info()
+        trackers = [TrackerAddress.parse(t) for t in info["trackers"]]
+        trackers += [TrackerAddress.parse(t) for t in args.tracker
+                     if TrackerAddress.parse(t) not in trackers]
+        local = scan_share(data_path)
+        metainfo_path = os.path.abspath(args.output or f"{local.name}.p2p")
+        bar = _bar(local.total_size, f"hashing {local.name}", args)
+        try:
+            metainfo = await reactor_thread(reactor, lambda: create_metainfo_from_share(
+                local, trackers=tuple(trackers),
+                progress=bar and (lambda done: reactor.callFromThread(
+                    bar.update, done - bar.n))))
+        finally:
+            if bar is not None:
+                bar.close()
+        if os.path.exists(metainfo_path):
+            try:
+                same = Metainfo.read(metainfo_path).info_hash == metainfo.info_hash
+            except PeeritError:
+                same = False
+            if not same and not args.force:
+                raise UsageError(f"{metainfo_path} already exists for other data "
+                                 "(use -o elsewhere or --force)")
+        metainfo.write(metainfo_path, overwrite=True)
+        check = False
+    answer = await client.share(data_path, metainfo_path, check=check)
+    result = {"metainfo": metainfo_path, "info_hash": answer["info_hash"],
+              "name": answer["name"], "state": answer["state"], **describe(metainfo)}
+    emit(args, result, f"sharing {_printable(answer['name'])} in place\n"
+                       f"metainfo  {metainfo_path}\ninfo-hash {answer['info_hash']}")
+
+
+async def reactor_thread(reactor, function):
+    from twisted.internet.threads import deferToThread
+    return await deferToThread(function)
+
+
+def _bar(total: int, desc: str, args):
+    if args.json or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                desc=desc, leave=False, dynamic_ncols=True)
+
+
+# -- download ------------------------------------------------------------------------------
+
+async def download(client, args, reactor):
+    Metainfo.read(args.file)  # a bad .p2p is reported here, in the user's terms
+    answer = await client.download(args.file, args.to or "")
+    info_hash = answer["info_hash"]
+    if args.detach:
+        emit(args, answer, f"downloading {_printable(answer['name'])} to "
+                           f"{answer['path']}\ninfo-hash {info_hash}")
+        return
+    status = await follow(client, info_hash, reactor, args,
+                          f"{_printable(answer['name'])}")
+    emit(args, status, f"done: {status['path']} ({format_size(status['size'])}, "
+                       f"{status['pieces']} pieces verified)")
+
+
+async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
+    """Poll the daemon until the transfer is complete and verified, with a progress bar."""
+    from twisted.internet.task import deferLater
+    bar = None
+    started = time.monotonic()
+    last_line = 0.0
+    try:
+        while True:
+            status = await client.status(info_hash)
+            if status["state"] == "error":
+                raise PeeritError(f"download failed: {status['error']}")
+            if status["state"] in FINISHED_STATES:
+                return status
+            if args.timeout and time.monotonic() - started > args.timeout:
+                raise TimedOut(f"not complete after {args.timeout:.0f}s "
+                               f"({status['state']}, {status['pieces_done']}/"
+                               f"{status['pieces']} pieces); the daemon keeps going")
+            if bar is None:
+                bar = _bar(status["size"], desc, args)
+            if bar is not None:
+                bar.update(status["done"] - bar.n)
+                bar.set_postfix_str(f"{status['state']}, {status['peers']} peers, "
+                                    f"ETA {format_eta(status['eta'])}", refresh=False)
+                bar.refresh()
+            elif not args.json and time.monotonic() - last_line > 5:
+                last_line = time.monotonic()
+                print(status_line(status), file=sys.stderr)
+            await deferLater(reactor, POLL_INTERVAL, lambda: None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# -- the rest ------------------------------------------------------------------------------
+
+async def status(client, args, reactor):
+    if args.id:
+        s = await client.status(args.id)
+        emit(args, s, status_line(s))
+    else:
+        transfers = await client.list()
+        info = await client.info()
+        emit(args, {"daemon": info, "transfers": transfers},
+             f"peer id {info['peer_id'][:16]}, listening on port {info['listen_port']}, "
+             f"trackers connected {len(info['trackers_connected'])}/{len(info['trackers'])}"
+             + "".join("\n" + status_line(s) for s in transfers))
+
+
+async def list_(client, args, reactor):
+    transfers = await client.list()
+    emit(args, transfers, "\n".join(status_line(s) for s in transfers) or "nothing shared")
+
+
+async def peers(client, args, reactor):
+    answer = await client.peers(args.id)
+    lines = [f"{p['peer_id'][:16]}  {p['path']:<5} {p['address']:<22} "
+             f"connected in {p['connect_seconds'] * 1000:.0f} ms  pieces {p['pieces']:>6}  "
+             f"down {format_rate(p['download_rate']):>11}  "
+             f"up {format_rate(p['upload_rate']):>11}" for p in answer["peers"]]
+    emit(args, answer, "\n".join(lines) or "no peers connected")
+
+
+def simple(method: str, verb: str):
+    async def run(client, args, reactor):
+        answer = await getattr(client, method)(args.id)
+        emit(args, answer, f"{verb} {answer['info_hash']}")
+    return run
+
+
+async def remove(client, args, reactor):
+    answer = await client.remove(args.id, delete_data=args.delete_data)
+    emit(args, answer, f"removed {answer['info_hash']}"
+                       + (" and deleted its files" if args.delete_data else ""))
+
+
+async def netcheck(client, args, reactor):
+    report = await client.netcheck()
+    emit(args, report, report.get("text") or "\n".join(f"{k}: {v}" for k, v in
+                                                      sorted(report.items())))
+
+
+def register(subparsers, common) -> None:
+    control = argparse.ArgumentParser(add_help=False)
+    control.add_argument(
+        "--control", metavar="unix:PATH",
+        help="the daemon's control socket (default: $PEERIT_CONTROL, else the daemon's "
+             "default: $XDG_RUNTIME_DIR/peerit/control.sock or "
+             "~/.local/share/peerit/control.sock)")
+    parents = [common, control]
+
+    def add(name, function, help, description=None):
+        p = subparsers.add_parser(name, parents=parents, help=help,
+                                  description=description or help)
+        p.set_defaults(run=with_client(function))
+        return p
+
+    p = add("share", share, "share a file or directory in place",
+            "Create the .p2p for PATH (with a progress bar) and have the daemon seed PATH "
+            "in place, without copying it. With --p2p, use an existing .p2p instead; the "
+            "daemon checks the data against it first.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("-o", "--output", metavar="FILE.p2p",
+                   help="where to write the .p2p (default: NAME.p2p here)")
+    p.add_argument("--p2p", metavar="FILE.p2p", help="seed under this existing .p2p")
+    p.add_argument("--tracker", action="append", default=[],
+                   metavar="HOST:PORT#FINGERPRINT",
+                   help="also list this tracker in the .p2p (the daemon's own are listed)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+
+    p = add("download", download, "download what a .p2p describes",
+            "Start downloading, then show a live progress bar (percent, rate, ETA, peers) "
+            "until every piece is verified. The daemon keeps the download (and then seeds "
+            "it) if you interrupt this command.")
+    p.add_argument("file", metavar="FILE.p2p")
+    p.add_argument("--to", metavar="DIR", help="download into DIR (default: the daemon's "
+                   "DATA_DIR/downloads)")
+    p.add_argument("--detach", action="store_true", help="return as soon as it started")
+    p.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                   help="stop waiting after SECONDS (exit code 9; the download goes on)")
+
+    p = add("status", status, "show the daemon and its transfers, or one transfer")
+    p.add_argument("id", nargs="?", metavar="ID", help="info-hash or unique prefix")
+    add("list", list_, "list shares and downloads")
+    for name, help in (("peers", "list the peers of a transfer, with the path used"),
+                       ("pause", "pause a transfer (disconnect, keep state)"),
+                       ("resume", "resume a paused transfer")):
+        function = peers if name == "peers" else simple(name, name + "d")
+        add(name, function, help).add_argument("id", metavar="ID",
+                                               help="info-hash or unique prefix")
+    p = add("remove", remove, "stop a transfer and forget it")
+    p.add_argument("id", metavar="ID", help="info-hash or unique prefix")
+    p.add_argument("--delete-data", action="store_true",
+                   help="also delete its files (for a share: your original files!)")
+    add("netcheck", netcheck, "check how this daemon is reachable over UDP (NAT type)")

@@ -1,0 +1,1 @@
+"""The peer-it daemon: shares, downloads, verifies and uploads; driven over AMP by peerit-ctl."""

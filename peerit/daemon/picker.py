@@ -1,0 +1,224 @@
+"""Which block to ask which peer for: rarest first, a random start, and endgame (no I/O).
+
+Pieces are cut into blocks of ``block_size``. A piece already in progress is finished before
+a new one is started, so verified pieces (which we can then upload) appear early. A new piece
+is the rarest one the peer has, ties broken by a random scan start; the first few pieces are
+random instead, so a newcomer quickly holds something worth trading. When every missing block
+has been requested, endgame allows duplicates from other peers, and the first copy to arrive
+cancels the rest.
+"""
+
+from dataclasses import dataclass, field
+
+from peerit.bitfield import Bitfield
+
+RANDOM_FIRST_PIECES = 4
+ENDGAME_DUPLICATES = 2  # at most this many peers asked for the same block in endgame
+
+
+@dataclass(eq=False)
+class PieceInProgress:
+    index: int
+    size: int
+    block_size: int
+    received: set = field(default_factory=set)  # block offsets stored
+    requested: dict = field(default_factory=dict)  # offset -> set of peer keys
+    # After a failed hash check with several contributors, the next try comes from one peer
+    # only (the first to take it), so a second failure names the culprit.
+    exclusive: bool = False
+    owner: object = None
+
+    @property
+    def offsets(self) -> range:
+        return range(0, self.size, self.block_size)
+
+    def block_length(self, offset: int) -> int:
+        return min(self.block_size, self.size - offset)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.received) == len(self.offsets)
+
+    def open_to(self, peer) -> bool:
+        return not self.exclusive or self.owner in (None, peer)
+
+    def unrequested(self):
+        for offset in self.offsets:
+            if offset not in self.received and not self.requested.get(offset):
+                yield offset
+
+
+class Picker:
+    def __init__(self, piece_count: int, piece_size, block_size: int, have: Bitfield, rng):
+        self.piece_count = piece_count
+        self.piece_size = piece_size  # callable(index) -> size
+        self.block_size = block_size
+        self.have = have
+        self.rng = rng
+        self.availability = [0] * piece_count
+        self.in_progress: dict[int, PieceInProgress] = {}
+        self.verifying: set[int] = set()  # complete, hash check running
+
+    # -- availability ---------------------------------------------------------------------
+    def add_peer_pieces(self, pieces: Bitfield) -> None:
+        availability = self.availability
+        for index in pieces:
+            availability[index] += 1
+
+    def remove_peer_pieces(self, pieces: Bitfield) -> None:
+        availability = self.availability
+        for index in pieces:
+            availability[index] -= 1
+
+    def add_peer_piece(self, index: int) -> None:
+        self.availability[index] += 1
+
+    def wanted(self, index: int) -> bool:
+        return index not in self.have and index not in self.verifying
+
+    def interesting(self, pieces: Bitfield) -> bool:
+        """Does a peer holding ``pieces`` have anything we still need?"""
+        if len(pieces) == 0 or self.have.complete:
+            return False
+        for index in pieces:
+            if self.wanted(index):
+                return True
+        return False
+
+    @property
+    def endgame(self) -> bool:
+        """Every missing block is requested or received: duplicates now pay off."""
+        if len(self.have) + len(self.verifying) + len(self.in_progress) < self.piece_count:
+            return False
+        return not any(next(p.unrequested(), None) is not None
+                       for p in self.in_progress.values())
+
+    # -- choosing -------------------------------------------------------------------------
+    def next_requests(self, peer, pieces: Bitfield, count: int) -> list[tuple[int, int, int]]:
+        """Up to ``count`` (piece, offset, length) blocks to request from ``peer``."""
+        out: list[tuple[int, int, int]] = []
+        if count <= 0:
+            return out
+        for progress in list(self.in_progress.values()):
+            if progress.index in pieces and progress.open_to(peer):
+                self._take(progress, peer, count, out)
+                if len(out) >= count:
+                    return out
+        while len(out) < count:
+            index = self._new_piece(pieces)
+            if index is None:
+                break
+            progress = PieceInProgress(index, self.piece_size(index), self.block_size)
+            self.in_progress[index] = progress
+            self._take(progress, peer, count, out)
+        if len(out) < count and self.endgame:
+            self._take_duplicates(peer, pieces, count, out)
+        return out
+
+    def _take(self, progress: PieceInProgress, peer, count: int, out: list) -> None:
+        if progress.exclusive:
+            progress.owner = peer
+        for offset in progress.unrequested():
+            progress.requested[offset] = {peer}
+            out.append((progress.index, offset, progress.block_length(offset)))
+            if len(out) >= count:
+                return
+
+    def _take_duplicates(self, peer, pieces: Bitfield, count: int, out: list) -> None:
+        for progress in self.in_progress.values():
+            if progress.index not in pieces or progress.exclusive:
+                continue
+            for offset in progress.offsets:
+                if offset in progress.received:
+                    continue
+                askers = progress.requested.setdefault(offset, set())
+                if peer in askers or len(askers) >= ENDGAME_DUPLICATES:
+                    continue
+                askers.add(peer)
+                out.append((progress.index, offset, progress.block_length(offset)))
+                if len(out) >= count:
+                    return
+
+    def _new_piece(self, pieces: Bitfield) -> int | None:
+        n = self.piece_count
+        if n == 0:
+            return None
+        start = self.rng.randrange(n)
+        random_phase = len(self.have) < RANDOM_FIRST_PIECES
+        best, best_availability = None, None
+        availability, have, in_progress, verifying = (
+            self.availability, self.have, self.in_progress, self.verifying)
+        for step in range(n):
+            index = (start + step) % n
+            if (index in have or index in in_progress or index in verifying
+                    or index not in pieces):
+                continue
+            if random_phase:
+                return index
+            a = availability[index]
+            if best is None or a < best_availability:
+                best, best_availability = index, a
+                if a <= 1:
+                    break
+        return best
+
+    # -- outcomes -------------------------------------------------------------------------
+    def block_received(self, peer, piece: int, offset: int, length: int):
+        """Record a block. Returns (accepted, other_peers_to_cancel, piece_complete).
+
+        A block is accepted only if we asked for it (from anyone) and do not hold it yet;
+        unsolicited or duplicate blocks are refused so they are never written.
+        """
+        progress = self.in_progress.get(piece)
+        if (progress is None or offset % self.block_size or offset >= progress.size
+                or progress.block_length(offset) != length or offset in progress.received):
+            return False, (), False
+        askers = progress.requested.get(offset)
+        if not askers or peer not in askers:
+            return False, (), False
+        progress.received.add(offset)
+        others = tuple(p for p in askers if p != peer)
+        progress.requested[offset] = {peer}
+        return True, others, progress.complete
+
+    def contributors(self, piece: int) -> set:
+        progress = self.in_progress.get(piece)
+        if progress is None:
+            return set()
+        return set().union(*[progress.requested.get(o, set()) for o in progress.received]) \
+            if progress.received else set()
+
+    def start_verifying(self, piece: int) -> set:
+        """The piece is complete: stop tracking its blocks; returns who contributed."""
+        contributors = self.contributors(piece)
+        self.in_progress.pop(piece, None)
+        self.verifying.add(piece)
+        return contributors
+
+    def piece_verified(self, piece: int) -> None:
+        self.verifying.discard(piece)
+        self.have.add(piece)
+
+    def piece_failed(self, piece: int, exclusive: bool = False) -> None:
+        """Throw the piece's blocks away; optionally have one peer alone fetch it again."""
+        self.verifying.discard(piece)
+        if exclusive:
+            progress = PieceInProgress(piece, self.piece_size(piece), self.block_size)
+            progress.exclusive = True
+            self.in_progress[piece] = progress
+
+    def release(self, peer, blocks=None) -> None:
+        """``peer`` will not deliver ``blocks`` (all of its requests when None)."""
+        for progress in list(self.in_progress.values()):
+            for offset, askers in list(progress.requested.items()):
+                if offset in progress.received or peer not in askers:
+                    continue
+                if blocks is not None and (progress.index, offset) not in blocks:
+                    continue
+                askers.discard(peer)
+                if not askers:
+                    del progress.requested[offset]
+            if progress.owner == peer:
+                progress.owner = None
+            if not progress.received and not progress.requested and not progress.exclusive:
+                del self.in_progress[progress.index]

@@ -1,0 +1,475 @@
+"""One swarm (one info-hash) as this daemon takes part in it: logic only, no sockets.
+
+Links (TCP+TLS, QUIC or relayed; the swarm cannot tell) are attached once their handshake has
+proven the peer's id. The swarm answers their messages, decides what to request from whom
+(``Picker``), whom to upload to (``Choker``), checks every completed piece against its SHA-256
+before it counts, and bans a peer that sends bad data twice. Nothing unverified is ever
+announced or served: ``have`` only gains a piece after its hash matched.
+"""
+
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from peerit.bitfield import Bitfield
+from peerit.daemon.choker import Choker, PeerView
+from peerit.daemon.picker import Picker
+from peerit.daemon.rates import RateMeter
+from peerit.errors import MalformedMessage
+from peerit.wire import peer as wire
+
+log = Logger()
+
+
+@dataclass
+class SwarmConfig:
+    block_size: int = wire.DEFAULT_BLOCK_SIZE
+    min_pipeline: int = 8  # outstanding block requests per peer, at least
+    max_pipeline: int = 64
+    pipeline_seconds: float = 0.5  # keep this much of a peer's rate in flight
+    max_upload_queue: int = 512  # requests a peer may have queued with us
+    max_peers: int = 50
+    rechoke_interval: float = 10.0
+    request_timeout: float = 30.0  # a peer that delivers nothing this long is dropped
+    strikes_to_ban: int = 2
+    upload_slots: int = 4
+
+
+@dataclass(eq=False)
+class PeerState:
+    link: object
+    peer_id: bytes
+    pieces: Bitfield
+    download: RateMeter
+    upload: RateMeter
+    am_choking: bool = True
+    am_interested: bool = False
+    peer_choking: bool = True
+    peer_interested: bool = False
+    got_first_message: bool = False
+    requested: dict = field(default_factory=dict)  # (piece, offset) -> (length, sent at)
+    cancelled: set = field(default_factory=set)  # blocks we cancelled; late copies are fine
+    upload_queue: list = field(default_factory=list)  # (piece, offset, length)
+    last_block_at: float = 0.0
+    strikes: int = 0
+
+    @property
+    def short_id(self) -> str:
+        return self.peer_id.hex()[:12]
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the protocol; its link is closed with this reason."""
+
+
+class Swarm:
+    def __init__(self, metainfo, store, have: Bitfield, clock, rng, my_peer_id: bytes,
+                 verify, on_verified=None, on_complete=None, config: SwarmConfig = None):
+        self.metainfo = metainfo
+        self.info_hash = metainfo.info_hash
+        self.store = store
+        self.have = have
+        self.clock = clock
+        self.rng = rng
+        self.my_peer_id = my_peer_id
+        self.verify = verify  # piece -> Deferred[digest], off the reactor thread in the daemon
+        self.on_verified = on_verified or (lambda piece: None)
+        self.on_complete = on_complete or (lambda: None)
+        self.config = config or SwarmConfig()
+        self.picker = Picker(metainfo.piece_count, metainfo.piece_size,
+                             self.config.block_size, have, rng)
+        self.choker = Choker(rng, self.config.upload_slots)
+        self.peers: dict[bytes, PeerState] = {}
+        self.banned: set[bytes] = set()
+        self.download = RateMeter(clock)
+        self.upload = RateMeter(clock)
+        self.downloading = not have.complete
+        self.hash_failures = 0
+        self.corrupt_bytes_discarded = 0
+        self._timers = []
+        self.running = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self.running = True
+        self._schedule(self.config.rechoke_interval, self._rechoke_round)
+        self._schedule(self.config.request_timeout / 3, self._check_stalls)
+
+    def _schedule(self, delay, function):
+        def fire():
+            self._timers.remove(call)
+            if self.running:
+                function()
+                self._schedule(delay, function)
+        call = self.clock.callLater(delay, fire)
+        self._timers.append(call)
+
+    def stop(self, reason: str = "swarm stopped") -> None:
+        self.running = False
+        for call in self._timers:
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+        for peer in list(self.peers.values()):
+            peer.link.close(reason)
+            self.detach(peer)
+
+    @property
+    def complete(self) -> bool:
+        return self.have.complete
+
+    @property
+    def bytes_left(self) -> int:
+        done = sum(self.metainfo.piece_size(i) for i in self.have) \
+            if not self.have.complete else self.metainfo.total_size
+        return self.metainfo.total_size - done
+
+    # -- links ----------------------------------------------------------------------------
+    def can_attach(self, peer_id: bytes) -> str | None:
+        """Why a link from ``peer_id`` must be refused, or None."""
+        if not self.running:
+            return "swarm not active"
+        if peer_id == self.my_peer_id:
+            return "that is ourselves"
+        if peer_id in self.banned:
+            return "banned in this swarm"
+        if len(self.peers) >= self.config.max_peers:
+            return "too many peers"
+        return None
+
+    def _preferred(self, link) -> bool:
+        """Of two links to one peer (both dialed at once), both ends keep the same one: the
+        link dialed by the side with the lower peer id."""
+        dialer = self.my_peer_id if link.dialed_by_us else link.peer_id
+        return dialer == min(self.my_peer_id, link.peer_id)
+
+    def attach(self, link) -> PeerState | None:
+        existing = self.peers.get(link.peer_id)
+        if existing is not None:
+            if not self._preferred(link) or self._preferred(existing.link):
+                link.close("already connected")
+                return None
+            existing.link.close("replaced by a simultaneous connection")
+            self.detach(existing)
+        reason = self.can_attach(link.peer_id)
+        if reason is not None:
+            link.close(reason)
+            return None
+        peer = PeerState(link, link.peer_id, Bitfield(self.metainfo.piece_count),
+                         RateMeter(self.clock), RateMeter(self.clock),
+                         last_block_at=self.clock.seconds())
+        self.peers[link.peer_id] = peer
+        if len(self.have):
+            link.send(wire.Bitfield(self.have.to_bytes()))
+        # Upload at once while a slot is free instead of waiting for the next round.
+        log.info("swarm {swarm}: peer {peer} attached over {path}",
+                 swarm=self.info_hash.hex()[:12], peer=peer.short_id,
+                 path=getattr(link, "path", "?"))
+        return peer
+
+    def detach(self, peer: PeerState) -> None:
+        if self.peers.get(peer.peer_id) is not peer:
+            return
+        del self.peers[peer.peer_id]
+        self.picker.remove_peer_pieces(peer.pieces)
+        self.picker.release(peer)
+        peer.requested.clear()
+        peer.upload_queue.clear()
+        # Their outstanding blocks go to the others now.
+        self._request_everywhere()
+
+    # -- messages -------------------------------------------------------------------------
+    def handle(self, peer: PeerState, message) -> None:
+        """Act on one message; a protocol violation closes this link only."""
+        try:
+            self._dispatch(peer, message)
+        except ProtocolViolation as e:
+            log.warn("swarm {swarm}: dropping {peer}: {reason}",
+                     swarm=self.info_hash.hex()[:12], peer=peer.short_id, reason=str(e))
+            peer.link.close(str(e))
+            self.detach(peer)
+
+    def _dispatch(self, peer: PeerState, message) -> None:
+        first = not peer.got_first_message
+        peer.got_first_message = True
+        kind = type(message)
+        if kind is wire.Block:
+            self._on_block(peer, message)
+        elif kind is wire.Request:
+            self._on_request(peer, message)
+        elif kind is wire.Have:
+            self._on_have(peer, message.piece)
+        elif kind is wire.Bitfield:
+            if not first:
+                raise ProtocolViolation("bitfield after the first message")
+            self._on_bitfield(peer, message.bits)
+        elif kind is wire.Interested:
+            peer.peer_interested = True
+            if peer.am_choking and self._unchoked_count() < self.config.upload_slots + 1:
+                self._unchoke(peer)
+        elif kind is wire.NotInterested:
+            peer.peer_interested = False
+            if not peer.am_choking:
+                self._choke(peer)
+        elif kind is wire.Choke:
+            peer.peer_choking = True
+            self._forget_requests(peer)
+        elif kind is wire.Unchoke:
+            peer.peer_choking = False
+            self._request_more(peer)
+        elif kind is wire.Cancel:
+            key = (message.piece, message.offset, message.length)
+            if key in peer.upload_queue:
+                peer.upload_queue.remove(key)
+        elif kind is wire.Reject:
+            self._on_reject(peer, message)
+        elif kind is wire.KeepAlive:
+            pass
+        else:
+            raise ProtocolViolation(f"unexpected {kind.__name__}")
+
+    def _check_piece(self, piece: int) -> None:
+        if not 0 <= piece < self.metainfo.piece_count:
+            raise ProtocolViolation(f"piece {piece} out of range")
+
+    def _on_bitfield(self, peer: PeerState, bits: bytes) -> None:
+        try:
+            pieces = Bitfield(self.metainfo.piece_count, bits)
+        except MalformedMessage as e:
+            raise ProtocolViolation(str(e)) from None
+        peer.pieces = pieces
+        self.picker.add_peer_pieces(pieces)
+        self._update_interest(peer)
+
+    def _on_have(self, peer: PeerState, piece: int) -> None:
+        self._check_piece(piece)
+        if peer.pieces.add(piece):
+            self.picker.add_peer_piece(piece)
+            if not peer.am_interested and self.picker.wanted(piece):
+                self._update_interest(peer)
+            elif peer.am_interested and not peer.peer_choking:
+                self._request_more(peer)
+
+    def _update_interest(self, peer: PeerState) -> None:
+        interested = self.downloading and self.picker.interesting(peer.pieces)
+        if interested and not peer.am_interested:
+            peer.am_interested = True
+            peer.link.send(wire.Interested())
+        elif not interested and peer.am_interested:
+            peer.am_interested = False
+            peer.link.send(wire.NotInterested())
+        if interested and not peer.peer_choking:
+            self._request_more(peer)
+
+    # -- downloading ----------------------------------------------------------------------
+    def _pipeline_depth(self, peer: PeerState) -> int:
+        c = self.config
+        depth = int(peer.download.rate * c.pipeline_seconds / c.block_size)
+        return max(c.min_pipeline, min(c.max_pipeline, depth))
+
+    def _request_more(self, peer: PeerState) -> None:
+        if not self.downloading or peer.peer_choking or not peer.am_interested:
+            return
+        room = self._pipeline_depth(peer) - len(peer.requested)
+        if room <= 0:
+            return
+        blocks = self.picker.next_requests(peer, peer.pieces, room)
+        if not blocks:
+            if not peer.requested and not self.picker.interesting(peer.pieces):
+                peer.am_interested = False
+                peer.link.send(wire.NotInterested())
+            return
+        now = self.clock.seconds()
+        for piece, offset, length in blocks:
+            peer.requested[(piece, offset)] = (length, now)
+            peer.cancelled.discard((piece, offset))
+            peer.link.send(wire.Request(piece, offset, length))
+
+    def _request_everywhere(self) -> None:
+        for peer in list(self.peers.values()):
+            self._request_more(peer)
+
+    def _forget_requests(self, peer: PeerState) -> None:
+        if peer.requested:
+            self.picker.release(peer)
+            peer.cancelled.update(peer.requested)
+            peer.requested.clear()
+            self._request_everywhere()
+
+    def _on_reject(self, peer: PeerState, message) -> None:
+        key = (message.piece, message.offset)
+        if key in peer.requested:
+            del peer.requested[key]
+            self.picker.release(peer, {key})
+            self._request_everywhere()
+
+    def _on_block(self, peer: PeerState, block) -> None:
+        key = (block.piece, block.offset)
+        length = len(block.data)
+        expected = peer.requested.pop(key, None)
+        if expected is None:
+            if key in peer.cancelled:
+                peer.cancelled.discard(key)
+                return  # we cancelled it; a late copy is not the peer's fault
+            raise ProtocolViolation(f"unsolicited block {block.piece}:{block.offset}")
+        if expected[0] != length:
+            raise ProtocolViolation(
+                f"block {block.piece}:{block.offset} has {length} bytes, asked {expected[0]}")
+        now = self.clock.seconds()
+        peer.last_block_at = now
+        peer.download.add(length)
+        self.download.add(length)
+        accepted, others, piece_done = self.picker.block_received(
+            peer, block.piece, block.offset, length)
+        if accepted:
+            self.store.write_block(block.piece, block.offset, block.data)
+            for other in others:
+                if other.requested.pop(key, None) is not None:
+                    other.cancelled.add(key)
+                    other.link.send(wire.Cancel(block.piece, block.offset, length))
+            if piece_done:
+                self._verify_piece(block.piece)
+        self._request_more(peer)
+
+    def _verify_piece(self, piece: int) -> None:
+        contributors = self.picker.start_verifying(piece)
+        d = self.verify(piece)
+        d.addCallback(self._verified, piece, contributors)
+        d.addErrback(self._verify_error, piece)
+
+    def _verified(self, digest: bytes, piece: int, contributors: set) -> None:
+        if digest == self.metainfo.piece_hash(piece):
+            self.picker.piece_verified(piece)
+            self.on_verified(piece)
+            for peer in list(self.peers.values()):
+                peer.link.send(wire.Have(piece))
+            if self.have.complete:
+                self._completed()
+            return
+        self.hash_failures += 1
+        self.corrupt_bytes_discarded += self.metainfo.piece_size(piece)
+        log.warn("swarm {swarm}: piece {piece} failed its hash check (from {peers})",
+                 swarm=self.info_hash.hex()[:12], piece=piece,
+                 peers=",".join(p.short_id for p in contributors))
+        if len(contributors) == 1:
+            (culprit,) = contributors
+            culprit.strikes += 1
+            if culprit.strikes >= self.config.strikes_to_ban:
+                self.ban(culprit, "sent corrupt data twice")
+            self.picker.piece_failed(piece)
+        else:
+            # Several sources: fetch it again from one peer alone to learn who lied.
+            self.picker.piece_failed(piece, exclusive=True)
+        self._request_everywhere()
+
+    def _verify_error(self, failure, piece: int) -> None:
+        log.failure("swarm {swarm}: could not check piece {piece}", failure,
+                    swarm=self.info_hash.hex()[:12], piece=piece)
+        self.picker.piece_failed(piece)
+
+    def ban(self, peer: PeerState, reason: str) -> None:
+        log.warn("swarm {swarm}: banning {peer}: {reason}", swarm=self.info_hash.hex()[:12],
+                 peer=peer.short_id, reason=reason)
+        self.banned.add(peer.peer_id)
+        peer.link.close(f"banned: {reason}")
+        self.detach(peer)
+
+    def _completed(self) -> None:
+        self.downloading = False
+        log.info("swarm {swarm}: download complete and verified",
+                 swarm=self.info_hash.hex()[:12])
+        for peer in list(self.peers.values()):
+            if peer.am_interested:
+                peer.am_interested = False
+                peer.link.send(wire.NotInterested())
+            if peer.pieces.complete:
+                peer.link.close("both sides complete")
+                self.detach(peer)
+        self.on_complete()
+
+    # -- uploading ------------------------------------------------------------------------
+    def _on_request(self, peer: PeerState, request) -> None:
+        self._check_piece(request.piece)
+        size = self.metainfo.piece_size(request.piece)
+        if (request.length <= 0 or request.length > wire.MAX_BLOCK_SIZE
+                or request.offset < 0 or request.offset + request.length > size):
+            raise ProtocolViolation(
+                f"bad request {request.piece}:{request.offset}+{request.length}")
+        key = (request.piece, request.offset, request.length)
+        if peer.am_choking or request.piece not in self.have:
+            peer.link.send(wire.Reject(*key))
+            return
+        if len(peer.upload_queue) >= self.config.max_upload_queue:
+            raise ProtocolViolation("too many queued requests")
+        peer.upload_queue.append(key)
+        if len(peer.upload_queue) == 1:
+            peer.link.want_to_upload()
+
+    def next_upload(self, peer: PeerState):
+        """The next block to send to ``peer`` as (piece, offset, data), or None."""
+        if peer.am_choking or not peer.upload_queue:
+            return None
+        piece, offset, length = peer.upload_queue.pop(0)
+        data = self.store.read_block(piece, offset, length)
+        peer.upload.add(length)
+        self.upload.add(length)
+        return piece, offset, data
+
+    def _unchoked_count(self) -> int:
+        return sum(1 for p in self.peers.values() if not p.am_choking)
+
+    def _unchoke(self, peer: PeerState) -> None:
+        peer.am_choking = False
+        peer.link.send(wire.Unchoke())
+
+    def _choke(self, peer: PeerState) -> None:
+        peer.am_choking = True
+        for key in peer.upload_queue:
+            peer.link.send(wire.Reject(*key))
+        peer.upload_queue.clear()
+        peer.link.send(wire.Choke())
+
+    def _rechoke_round(self) -> None:
+        views = [PeerView(p, p.peer_interested, p.download.rate, p.upload.rate)
+                 for p in self.peers.values()]
+        chosen = self.choker.rechoke(views, seeding=not self.downloading)
+        for peer in list(self.peers.values()):
+            if peer in chosen and peer.am_choking:
+                self._unchoke(peer)
+            elif peer not in chosen and not peer.am_choking:
+                self._choke(peer)
+
+    def _check_stalls(self) -> None:
+        """Drop peers that sit on our requests without delivering."""
+        now = self.clock.seconds()
+        for peer in list(self.peers.values()):
+            if peer.requested and now - peer.last_block_at > self.config.request_timeout:
+                log.info("swarm {swarm}: dropping stalled peer {peer}",
+                         swarm=self.info_hash.hex()[:12], peer=peer.short_id)
+                peer.link.close("stalled: no data for requested blocks")
+                self.detach(peer)
+
+    # -- status ---------------------------------------------------------------------------
+    def peer_summaries(self) -> list[dict]:
+        return [{
+            "peer_id": p.peer_id.hex(),
+            "path": getattr(p.link, "path", "?"),
+            "address": getattr(p.link, "remote", ""),
+            "connect_seconds": getattr(p.link, "connect_seconds", 0.0),
+            "pieces": len(p.pieces),
+            "download_rate": p.download.rate,
+            "upload_rate": p.upload.rate,
+            "downloaded": p.download.total,
+            "uploaded": p.upload.total,
+            "choked_by_us": p.am_choking,
+            "choking_us": p.peer_choking,
+            "interested": p.am_interested,
+            "peer_interested": p.peer_interested,
+        } for p in self.peers.values()]
+
+
+def succeed_now(value) -> Deferred:
+    d = Deferred()
+    d.callback(value)
+    return d

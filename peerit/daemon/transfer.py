@@ -1,0 +1,350 @@
+"""One share or download on this daemon: its files, its swarm, and the peers it knows.
+
+A transfer checks data it cannot trust yet (an existing .p2p's data, files already at the
+target, pieces not known to be on stable storage after a crash) before the swarm starts,
+keeps the resume state current, and keeps enough links open: it asks its trackers for peers and
+dials the ones it is not connected to, backing off from those that fail.
+"""
+
+import json
+import os
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from peerit.bitfield import Bitfield
+from peerit.daemon.state import SwarmRecord
+from peerit.daemon.storage import FileStore
+from peerit.daemon.swarm import Swarm, SwarmConfig
+from peerit.errors import PeeritError
+
+log = Logger()
+
+MAINTAIN_INTERVAL = 2.0
+PEER_REFRESH = 30.0  # ask the trackers again this often while downloading...
+PEER_REFRESH_ALONE = 5.0  # ...or this often while no peer is connected
+MAX_DIALS_AT_ONCE = 8
+WANT_PEERS = 20
+BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
+
+
+def file_stamps(store: FileStore) -> str:
+    stamps = []
+    for index in range(len(store.metainfo.files)):
+        st = os.stat(store.path_of(index), follow_symlinks=False)
+        stamps.append([st.st_size, st.st_mtime_ns])
+    return json.dumps(stamps)
+
+
+class Transfer:
+    def __init__(self, daemon, metainfo, root: str, role: str, record: SwarmRecord = None):
+        self.daemon = daemon
+        self.clock = daemon.clock
+        self.metainfo = metainfo
+        self.info_hash = metainfo.info_hash
+        self.root = root
+        self.role = role
+        self.store = FileStore(metainfo, root, writable=(role == "download"))
+        self.have = Bitfield(metainfo.piece_count)
+        self.synced = Bitfield(metainfo.piece_count)
+        self.state = "stopped"
+        self.error = ""
+        self.paused = False
+        self.swarm: Swarm | None = None
+        self.known: dict[bytes, object] = {}  # peer id -> tracker's PeerInfo
+        self.dialing: dict[bytes, defer.Deferred] = {}
+        self.backoff: dict[bytes, tuple[float, float]] = {}  # peer id -> (retry at, delay)
+        self.last_peer_request = -1e9
+        self.check_progress = (0, 0)
+        self.completed_at = record.completed if record else None
+        self._checking = None
+        self._maintain_call = None
+        self._unsynced = 0
+        if record is not None:
+            self.paused = record.paused
+            if record.verified:
+                self.have = Bitfield(metainfo.piece_count, record.verified)
+            if record.synced:
+                self.synced = Bitfield(metainfo.piece_count, record.synced)
+
+    @property
+    def short(self) -> str:
+        return self.info_hash.hex()[:12]
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, self.metainfo.name)
+
+    @property
+    def trackers(self):
+        return self.daemon.trackers_for(self.metainfo)
+
+    # -- starting -------------------------------------------------------------------------
+    def open(self, create: bool) -> None:
+        self.store.open(create=create)
+
+    def start(self, check: list[int] | None = None) -> defer.Deferred:
+        """Check ``check`` pieces (all if None and nothing is trusted) then join the swarm."""
+        if self.paused:
+            self.state = "paused"
+            return defer.succeed(None)
+        if check:
+            return self._check_then_start(check)
+        self._start_swarm()
+        return defer.succeed(None)
+
+    def _check_then_start(self, pieces: list[int]) -> defer.Deferred:
+        self.state = "checking"
+        self.check_progress = (0, len(pieces))
+        cancelled = [False]
+
+        def work():
+            good = []
+            for n, piece in enumerate(pieces):
+                if cancelled[0]:
+                    break
+                if self.store.piece_digest(piece) == self.metainfo.piece_hash(piece):
+                    good.append(piece)
+                self.check_progress = (n + 1, len(pieces))
+            return good
+
+        d = self.daemon.in_thread(work)
+        self._checking = cancelled
+
+        def done(good):
+            self._checking = None
+            if cancelled[0]:
+                return
+            for piece in pieces:
+                self.have.discard(piece)
+            for piece in good:
+                self.have.add(piece)
+                self.synced.add(piece)
+            self.daemon.state.set_verified(self.info_hash, self.have.to_bytes())
+            self.daemon.state.set_synced(self.info_hash, self.synced.to_bytes())
+            log.info("transfer {t}: checked {n} pieces, {good} good", t=self.short,
+                     n=len(pieces), good=len(good))
+            if self.role == "seed" and not self.have.complete:
+                self._fail(f"the shared data no longer matches its .p2p "
+                           f"({self.metainfo.piece_count - len(self.have)} pieces differ)")
+                return
+            if self.role == "seed":
+                self.daemon.state.set_file_stamps(self.info_hash, file_stamps(self.store))
+            self._start_swarm()
+
+        def failed(failure):
+            self._checking = None
+            self._fail(f"cannot check the data: {failure.getErrorMessage()}")
+        d.addCallbacks(done, failed)
+        return d
+
+    def _fail(self, message: str) -> None:
+        log.error("transfer {t}: {message}", t=self.short, message=message)
+        self.state = "error"
+        self.error = message
+
+    def _start_swarm(self) -> None:
+        self.swarm = Swarm(
+            self.metainfo, self.store, self.have, self.clock, self.daemon.rng,
+            self.daemon.peer_id, verify=self._verify_piece, on_verified=self._piece_verified,
+            on_complete=self._completed, config=SwarmConfig())
+        self.swarm.start()
+        self.state = "seeding" if self.have.complete else "downloading"
+        self.error = ""
+        self.announce("started")
+        self._maintain_call = self.clock.callLater(0, self._maintain)
+
+    def announce(self, event: str) -> None:
+        for tracker in self.trackers:
+            tracker.announce(self.info_hash, event, self.bytes_left)
+
+    @property
+    def bytes_left(self) -> int:
+        if self.have.complete:
+            return 0
+        return self.metainfo.total_size - sum(self.metainfo.piece_size(i) for i in self.have)
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _verify_piece(self, piece: int) -> defer.Deferred:
+        return self.daemon.in_thread(self.store.piece_digest, piece)
+
+    def _piece_verified(self, piece: int) -> None:
+        # Committed at once: a SIGKILL a moment later must not cost this piece again.
+        self.daemon.state.set_verified(self.info_hash, self.have.to_bytes())
+        self._unsynced += 1
+
+    def sync(self) -> defer.Deferred:
+        """Flush written data, then mark the verified pieces as safely on disk."""
+        if not self._unsynced or self.role != "download":
+            return defer.succeed(None)
+        self._unsynced = 0
+        snapshot = self.have.copy()
+
+        def mark(_):
+            for piece in snapshot:
+                self.synced.add(piece)
+            self.daemon.state.set_synced(self.info_hash, self.synced.to_bytes())
+        return self.daemon.in_thread(self.store.sync).addCallback(mark)
+
+    def _completed(self) -> None:
+        self.state = "seeding"
+        self.completed_at = time.time()
+        self.daemon.state.set_completed(self.info_hash, self.completed_at)
+        self.announce("completed")
+        self.sync()
+        log.info("transfer {t}: {name} complete and verified", t=self.short,
+                 name=self.metainfo.name)
+
+    # -- peers ----------------------------------------------------------------------------
+    def peers_found(self, peers) -> None:
+        for info in peers:
+            if info.peer_id != self.daemon.peer_id:
+                self.known[info.peer_id] = info
+        if self.swarm is not None and self.swarm.downloading:
+            self._dial_some()
+
+    def _maintain(self) -> None:
+        self._maintain_call = None
+        if self.swarm is None or not self.swarm.running:
+            return
+        now = self.clock.seconds()
+        if self.swarm.downloading:
+            refresh = PEER_REFRESH if self.swarm.peers else PEER_REFRESH_ALONE
+            if now - self.last_peer_request >= refresh:
+                self.last_peer_request = now
+                self._request_peers()
+            self._dial_some()
+        self._maintain_call = self.clock.callLater(MAINTAIN_INTERVAL, self._maintain)
+
+    def _request_peers(self) -> None:
+        for tracker in self.trackers:
+            if not tracker.connected:
+                continue
+            d = tracker.request_peers(self.info_hash, 50)
+            d.addCallback(self.peers_found)
+            d.addErrback(lambda f: log.debug("peer list failed: {e}", e=f.getErrorMessage()))
+
+    def _dial_some(self) -> None:
+        swarm = self.swarm
+        if swarm is None or not swarm.downloading:
+            return
+        now = self.clock.seconds()
+        budget = min(MAX_DIALS_AT_ONCE - len(self.dialing),
+                     WANT_PEERS - len(swarm.peers) - len(self.dialing))
+        candidates = [info for peer_id, info in self.known.items()
+                      if peer_id not in swarm.peers and peer_id not in self.dialing
+                      and peer_id not in swarm.banned
+                      and self.backoff.get(peer_id, (0, 0))[0] <= now]
+        # Seeders first: they have everything.
+        candidates.sort(key=lambda info: not info.seeder)
+        for info in candidates[:max(0, budget)]:
+            self._dial(info)
+
+    def _dial(self, info) -> None:
+        d = self.daemon.connect_peer(self.info_hash, info)
+        self.dialing[info.peer_id] = d
+
+        def connected(link):
+            self.dialing.pop(info.peer_id, None)
+            self.backoff.pop(info.peer_id, None)
+            if self.swarm is None or not self.swarm.running:
+                link.close("transfer stopped")
+                return
+            link.attach()
+
+        def failed(failure):
+            self.dialing.pop(info.peer_id, None)
+            _, delay = self.backoff.get(info.peer_id, (0, BACKOFF_FIRST / 2))
+            delay = min(BACKOFF_MAX, delay * 2)
+            self.backoff[info.peer_id] = (self.clock.seconds() + delay, delay)
+            if not failure.check(defer.CancelledError):
+                log.info("transfer {t}: cannot reach {peer}: {why}", t=self.short,
+                         peer=info.peer_id.hex()[:12], why=failure.getErrorMessage())
+        d.addCallbacks(connected, failed)
+
+    def authorize(self, peer_id: bytes) -> defer.Deferred:
+        """Accept an inbound link only from a peer a tracker announced in this swarm."""
+        if self.swarm is None or not self.swarm.running:
+            return defer.succeed(f"not active ({self.state})")
+        refusal = self.swarm.can_attach(peer_id)
+        if refusal:
+            return defer.succeed(refusal)
+        if peer_id in self.known:
+            return defer.succeed(None)
+        trackers = [t for t in self.trackers if t.connected]
+        if not trackers:
+            return defer.succeed("no tracker vouches for this peer")
+        lists = [t.request_peers(self.info_hash, 200) for t in trackers]
+
+        def check(results):
+            for ok, peers in results:
+                if ok:
+                    self.peers_found(peers)
+            return None if peer_id in self.known else "peer not announced in this swarm"
+        return defer.DeferredList(lists, consumeErrors=True).addCallback(check)
+
+    # -- control --------------------------------------------------------------------------
+    def stop(self, reason: str = "transfer stopped", announce: bool = True) -> None:
+        if self._checking is not None:
+            self._checking[0] = True
+        if self._maintain_call is not None and self._maintain_call.active():
+            self._maintain_call.cancel()
+        self._maintain_call = None
+        for d in list(self.dialing.values()):
+            d.cancel()
+        self.dialing.clear()
+        if self.swarm is not None:
+            self.swarm.stop(reason)
+            self.swarm = None
+            if announce:
+                self.announce("stopped")
+
+    def pause(self) -> None:
+        self.stop("paused")
+        self.paused = True
+        self.state = "paused"
+        self.daemon.state.set_paused(self.info_hash, True)
+
+    def resume(self) -> None:
+        if not self.paused and self.state != "error":
+            return
+        self.paused = False
+        self.daemon.state.set_paused(self.info_hash, False)
+        self.start()
+
+    # -- status ---------------------------------------------------------------------------
+    def summary(self) -> dict:
+        swarm = self.swarm
+        size = self.metainfo.total_size
+        done = size - self.bytes_left
+        down = swarm.download.rate if swarm else 0.0
+        state = self.state
+        if state == "downloading" and swarm is not None and not swarm.peers:
+            state = "waiting for peers"
+        if state == "checking":
+            checked, total = self.check_progress
+            done = int(size * checked / total) if total else 0
+        eta = (self.bytes_left / down) if down > 1 and self.bytes_left else \
+            (0.0 if not self.bytes_left else -1.0)
+        return {
+            "info_hash": self.info_hash.hex(),
+            "name": self.metainfo.name,
+            "role": self.role,
+            "state": state,
+            "path": self.path,
+            "size": size,
+            "done": done,
+            "pieces": self.metainfo.piece_count,
+            "pieces_done": len(self.have),
+            "down_rate": down,
+            "up_rate": swarm.upload.rate if swarm else 0.0,
+            "downloaded": swarm.download.total if swarm else 0,
+            "uploaded": swarm.upload.total if swarm else 0,
+            "peers": len(swarm.peers) if swarm else 0,
+            "known_peers": len(self.known),
+            "eta": eta,
+            "hash_failures": swarm.hash_failures if swarm else 0,
+            "banned": len(swarm.banned) if swarm else 0,
+            "error": self.error,
+        }

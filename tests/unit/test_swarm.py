@@ -1,0 +1,201 @@
+"""Swarm logic end to end in memory: real peer messages, no sockets, a fake clock."""
+
+import hashlib
+import os
+import random
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from peerit.bitfield import Bitfield
+from peerit.daemon.swarm import Swarm, SwarmConfig
+from peerit.testing.swarms import MemoryNetwork, MemoryStore, make_metainfo, verifier
+from peerit.wire import peer as wire
+
+PIECE = 1 << 15
+BLOCK = 1 << 13
+
+
+def peer_id(n: int) -> bytes:
+    return hashlib.sha256(b"peer %d" % n).digest()
+
+
+class SwarmHarness:
+    def __init__(self, data: bytes, seed: int = 1):
+        self.data = data
+        self.metainfo = make_metainfo(data, PIECE)
+        self.clock = Clock()
+        self.rng = random.Random(seed)
+        self.network = MemoryNetwork()
+        self.n = 0
+
+    def swarm(self, complete: bool, corrupt: bool = False, **config):
+        self.n += 1
+        store = MemoryStore(self.metainfo, self.data if complete else None, corrupt=corrupt)
+        have = Bitfield.full(self.metainfo.piece_count) if complete else \
+            Bitfield(self.metainfo.piece_count)
+        completed = []
+        swarm = Swarm(self.metainfo, store, have, self.clock, self.rng, peer_id(self.n),
+                      verify=verifier(store), on_complete=lambda: completed.append(True),
+                      config=SwarmConfig(block_size=BLOCK, **config))
+        swarm.completed = completed
+        swarm.start()
+        return swarm
+
+
+class TransferTests(SynchronousTestCase):
+    def test_single_seeder_to_leecher_is_byte_identical(self):
+        """A leecher gets every piece from a seeder, verified, and says it is complete."""
+        h = SwarmHarness(os.urandom(10 * PIECE + 123))
+        seeder, leecher = h.swarm(True), h.swarm(False)
+        h.network.connect(leecher, seeder)
+        h.network.pump()
+        self.assertTrue(leecher.complete)
+        self.assertEqual(bytes(leecher.store.data), h.data)
+        self.assertEqual(leecher.completed, [True])
+        self.assertFalse(leecher.downloading)
+
+    def test_downloads_from_several_peers_at_once(self):
+        """With two seeders, blocks come from both."""
+        h = SwarmHarness(os.urandom(40 * PIECE))
+        a, b, leecher = h.swarm(True), h.swarm(True), h.swarm(False)
+        h.network.connect(leecher, a)
+        h.network.connect(leecher, b)
+        h.network.pump()
+        self.assertTrue(leecher.complete)
+        uploaded = [s.upload.total for s in (a, b)]
+        self.assertTrue(all(u > 0 for u in uploaded), uploaded)
+
+    def test_leecher_serves_pieces_it_has(self):
+        """Leecher 2 gets data from leecher 1, which only has what it downloaded."""
+        h = SwarmHarness(os.urandom(16 * PIECE))
+        seeder, first, second = h.swarm(True), h.swarm(False), h.swarm(False)
+        h.network.connect(first, seeder)
+        h.network.pump()
+        self.assertTrue(first.complete)
+        # The seeder leaves; the second leecher can only get data from the first.
+        seeder.stop()
+        h.network.connect(second, first)
+        h.network.pump()
+        self.assertTrue(second.complete)
+        self.assertEqual(bytes(second.store.data), h.data)
+
+    def test_corrupt_peer_is_banned_and_download_completes_from_honest(self):
+        """Pieces from a lying peer fail their hash; twice means a ban; result is correct."""
+        h = SwarmHarness(os.urandom(30 * PIECE))
+        liar, honest, leecher = h.swarm(True, corrupt=True), h.swarm(True), h.swarm(False)
+        h.network.connect(leecher, liar)
+        h.network.connect(leecher, honest)
+        h.network.pump()
+        self.assertTrue(leecher.complete)
+        self.assertEqual(bytes(leecher.store.data), h.data)
+        self.assertIn(liar.my_peer_id, leecher.banned)
+        self.assertNotIn(honest.my_peer_id, leecher.banned)
+        self.assertGreaterEqual(leecher.hash_failures, 2)
+
+    def test_unsolicited_block_closes_the_link(self):
+        """A block we never asked for is a protocol violation: never written, link closed."""
+        h = SwarmHarness(os.urandom(4 * PIECE))
+        seeder, leecher = h.swarm(True), h.swarm(False)
+        dialer_end, acceptor_end = h.network.connect(leecher, seeder)
+        h.network.queue.clear()
+        leecher.handle(dialer_end.state, wire.Block(0, 0, b"x" * BLOCK))
+        self.assertIsNotNone(dialer_end.closed)
+        self.assertIn("unsolicited", dialer_end.closed)
+        self.assertEqual(leecher.store.writes, 0)
+        self.assertNotIn(seeder.my_peer_id, leecher.peers)
+
+    def test_request_for_missing_piece_is_rejected(self):
+        """An uploader that lacks a piece answers Reject instead of sending anything."""
+        h = SwarmHarness(os.urandom(4 * PIECE))
+        leecher_a, leecher_b = h.swarm(False), h.swarm(False)
+        a_end, b_end = h.network.connect(leecher_a, leecher_b)
+        b_end.state.am_choking = False
+        leecher_b.handle(b_end.state, wire.Request(0, 0, BLOCK))
+        self.assertEqual(b_end.sent[-1], "Reject")
+        self.assertEqual(b_end.state.upload_queue, [])
+
+    def test_bad_request_range_is_a_violation(self):
+        h = SwarmHarness(os.urandom(4 * PIECE))
+        seeder, leecher = h.swarm(True), h.swarm(False)
+        _, acceptor_end = h.network.connect(leecher, seeder)
+        seeder.handle(acceptor_end.state, wire.Request(0, PIECE - 10, 100))
+        self.assertIn("bad request", acceptor_end.closed)
+
+    def test_peer_leaving_mid_transfer_hands_its_requests_to_others(self):
+        """When a seeder vanishes with requests outstanding, another seeder serves them."""
+        h = SwarmHarness(os.urandom(20 * PIECE))
+        a, b, leecher = h.swarm(True), h.swarm(True), h.swarm(False)
+        a_end, _ = h.network.connect(leecher, a)
+        h.network.connect(leecher, b)
+        # Deliver a little, then drop A with requests in flight.
+        for _ in range(30):
+            if h.network.queue:
+                link, data = h.network.queue.pop(0)
+                if link.closed is None and link.state is not None:
+                    link.swarm.handle(link.state, wire.parse(data))
+        self.assertTrue(a_end.state.requested)
+        a_end.close("gone")
+        leecher.detach(a_end.state)
+        h.network.pump()
+        self.assertTrue(leecher.complete)
+        self.assertEqual(bytes(leecher.store.data), h.data)
+
+    def test_stalled_peer_is_dropped_after_request_timeout(self):
+        """A peer that sits on requests is dropped when the clock passes the timeout."""
+        h = SwarmHarness(os.urandom(4 * PIECE))
+        seeder, leecher = h.swarm(True), h.swarm(False, request_timeout=30)
+        dialer_end, acceptor_end = h.network.connect(leecher, seeder)
+        # Let handshake traffic flow but never deliver the seeder's blocks.
+        while h.network.queue:
+            link, data = h.network.queue.pop(0)
+            if link is dialer_end and type(wire.parse(data)) is wire.Block:
+                continue
+            if link.state is not None:
+                link.swarm.handle(link.state, wire.parse(data))
+            acceptor_end.wants_upload = False
+        self.assertTrue(dialer_end.state.requested)
+        h.clock.advance(45)
+        self.assertIn("stalled", dialer_end.closed)
+
+    def test_endgame_requests_duplicates_and_cancels(self):
+        """In the last blocks, the same block goes to two peers; the loser gets a Cancel."""
+        h = SwarmHarness(os.urandom(2 * PIECE))
+        a, b, leecher = h.swarm(True), h.swarm(True), h.swarm(False)
+        a_end, _ = h.network.connect(leecher, a)
+        b_end, _ = h.network.connect(leecher, b)
+        h.network.pump()
+        self.assertTrue(leecher.complete)
+        self.assertIn("Cancel", a_end.sent + b_end.sent)
+
+
+class ChokingTests(SynchronousTestCase):
+    def test_uploader_unchokes_at_most_slots_plus_optimistic(self):
+        """With more interested peers than slots, only slots + 1 are unchoked."""
+        h = SwarmHarness(os.urandom(8 * PIECE))
+        seeder = h.swarm(True, upload_slots=2, max_peers=50)
+        leechers = [h.swarm(False) for _ in range(6)]
+        for leecher in leechers:
+            h.network.connect(leecher, seeder)
+        # Deliver only control messages (the interested ones), no pumping of blocks.
+        while h.network.queue:
+            link, data = h.network.queue.pop(0)
+            message = wire.parse(data)
+            if link.state is not None and type(message) is not wire.Block:
+                link.swarm.handle(link.state, message)
+        unchoked = [p for p in seeder.peers.values() if not p.am_choking]
+        self.assertEqual(len(unchoked), 3)
+        h.clock.advance(10)  # a rechoke round keeps the bound
+        unchoked = [p for p in seeder.peers.values() if not p.am_choking]
+        self.assertLessEqual(len(unchoked), 3)
+
+    def test_simultaneous_links_keep_the_same_one_on_both_sides(self):
+        """If both peers dial each other, both keep the link dialed by the lower peer id."""
+        h = SwarmHarness(os.urandom(2 * PIECE))
+        x, y = h.swarm(False), h.swarm(False)
+        first = h.network.connect(x, y)
+        second = h.network.connect(y, x)
+        kept = [pair for pair in (first, second) if pair[0].closed is None]
+        self.assertEqual(len(kept), 1)
+        self.assertIs(x.peers[y.my_peer_id].link in kept[0], True)
+        self.assertIs(y.peers[x.my_peer_id].link in kept[0], True)
