@@ -148,3 +148,26 @@ class HostileInputTests(SynchronousTestCase):
         decoder = FrameDecoder(wire.MAX_DAEMON_FRAME_SIZE)
         with self.assertRaises(FrameTooLarge):
             decoder.feed(frame(b"\x00" * (wire.MAX_DAEMON_FRAME_SIZE + 1))[:8])
+
+
+class FastPathTests(SynchronousTestCase):
+    @given(st.binary(min_size=41, max_size=41))
+    def test_announce_fast_path_agrees_with_the_generic_parser(self, body):
+        """Any 42-byte Announce frame parses the same (or fails the same) on both paths."""
+        self._agree(b"\x03" + body)
+
+    @given(st.binary(min_size=34, max_size=34))
+    def test_peer_list_request_fast_path_agrees_with_the_generic_parser(self, body):
+        self._agree(b"\x04" + body)
+
+    def _agree(self, data):
+        try:
+            generic = wire.messages.parse(data)
+        except MalformedMessage:
+            generic = None
+        if generic is None:
+            with self.assertRaises(MalformedMessage):
+                wire.parse(data)
+        else:
+            self.assertEqual(wire.parse(data), generic)
+            self.assertIs(type(wire.parse(data).info_hash), bytes)
