@@ -94,6 +94,7 @@ class Observation:
     responder: Address | None = None
     rtt: float | None = None
     detail: str | None = None
+    other_address: Address | None = None  # RFC 5780 OTHER-ADDRESS the server advertised
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class NetcheckReport:
         data["observations"] = [
             {**asdict(o),
              "server": _format(o.server), "mapped": _format(o.mapped),
-             "responder": _format(o.responder)}
+             "responder": _format(o.responder), "other_address": _format(o.other_address)}
             for o in self.observations]
         data["public_address"] = (
             _format((self.public_host, self.public_port)) if self.public_host else None)
@@ -218,7 +219,8 @@ async def _query(client: StunClient, purpose: str, server: Address,
         return None
     software = f"software: {result.software}" if result.software else None
     observations.append(Observation(purpose, server, change_ip, change_port, "answered",
-                                    result.mapped, result.responder, result.rtt, software))
+                                    result.mapped, result.responder, result.rtt, software,
+                                    result.other_address))
     return result
 
 
