@@ -18,6 +18,7 @@ repeat behind different NATs, as they do in homes. :data:`NAT_TYPES` names the u
 mapping and filtering behaviour.
 """
 
+import math
 from collections import deque
 
 from twisted.internet.task import Clock
@@ -236,6 +237,15 @@ class FakeNAT:
             self.network._later(self.lan_latency, host._deliver, m.internal[1], data, src)
 
 
+def _step_to(now: float, when: float) -> float:
+    """The smallest step that takes ``now`` to at least ``when`` (float sums can land a hair
+    short, and then the call would never run)."""
+    step = max(0.0, when - now)
+    while now + step < when:
+        step = math.nextafter(step, math.inf)
+    return step
+
+
 class FakeNetwork:
     """The internet: public hosts and NAT routers by public address, one clock, one rng.
 
@@ -304,8 +314,7 @@ class FakeNetwork:
             calls = clock.getDelayedCalls()  # kept sorted by time by task.Clock
             if not calls or calls[0].getTime() > end:
                 break
-            # A nanosecond past the call time: float sums could land just short of it.
-            clock.advance(max(0.0, calls[0].getTime() - clock.seconds()) + 1e-9)
+            clock.advance(_step_to(clock.seconds(), calls[0].getTime()))
         if end > clock.seconds():
             clock.advance(end - clock.seconds())
         return stop() if stop is not None else False
