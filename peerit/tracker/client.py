@@ -17,13 +17,14 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from peerit.addresses import TrackerAddress
 from peerit.errors import MalformedMessage, PeeritError, TimedOut
 from peerit.identity import Identity
-from peerit.tls import client_factory
+from peerit.tls import PinnedClientTLS
 from peerit.wire import tracker as wire
 from peerit.wire.framing import FrameDecoder, frame
 
@@ -305,7 +306,9 @@ class TrackerClient(service.MultiService):
         if endpoint is None:
             endpoint = HostnameEndpoint(reactor, tracker.host, tracker.port,
                                         timeout=connect_timeout)
-        factory = client_factory(identity, tracker.fingerprint, _TrackerClientFactory(self))
+        # peerit.tls.client_factory, on our clock (TLS batches small writes with callLater).
+        factory = TLSMemoryBIOFactory(PinnedClientTLS(identity, tracker.fingerprint), True,
+                                      _TrackerClientFactory(self), clock=reactor)
         self._service = ClientService(
             endpoint, factory,
             retryPolicy=retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=60.0),

@@ -10,7 +10,9 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from peerit.identity import Identity
-from peerit.tls import peer_id_of_transport, server_factory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from peerit.tls import IdentityServerTLS, peer_id_of_transport
 from peerit.tracker.session import Tracker
 
 # A peer that stops reading cannot hold a closing connection open for longer than this.
@@ -84,5 +86,10 @@ class TrackerFactory(Factory):
 
 
 def tls_factory(identity: Identity, tracker: Tracker):
-    """What the tracker listens with: our TLS around :class:`TrackerFactory`."""
-    return server_factory(identity, TrackerFactory(tracker))
+    """What the tracker listens with: our TLS around :class:`TrackerFactory`.
+
+    Same as ``peerit.tls.server_factory`` but on the tracker's clock: the TLS layer batches
+    small writes with ``callLater(0)``, which must run on the injected clock in tests.
+    """
+    return TLSMemoryBIOFactory(IdentityServerTLS(identity), False, TrackerFactory(tracker),
+                               clock=tracker.clock)
