@@ -16,6 +16,8 @@ breaks here (and in ``tests/unit/test_quic_connection.py``) rather than silently
   a fixed window", which also gives real receive back-pressure when the reader pauses.
 - ``_streams`` and ``QuicStreamSender._buffer_start`` tell how much of a stream is still held
   (written, not yet acknowledged) for send back-pressure.
+- ``_loss._pacer`` is replaced by :class:`CoarsePacer`, whose bursts cover the reactor's timer
+  granularity (see there).
 
 Everything fails closed: if a newer aioquic ignored the client-certificate switch, the server
 would see no certificate and refuse the connection.
@@ -26,8 +28,29 @@ from aioquic import tls
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY, MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection)
 from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.recovery import QuicPacketPacer
 
 from peerit.identity import format_fingerprint, peer_id_of_certificate
+
+
+#: How late a reactor timer may fire: epoll sleeps in whole milliseconds, rounded up.
+TIMER_GRANULARITY = 0.002
+
+
+class CoarsePacer(QuicPacketPacer):
+    """aioquic's pacer, with bursts worth at least ``TIMER_GRANULARITY`` of sending.
+
+    aioquic lets out at most 16 datagrams per burst and then asks to be woken a fraction of a
+    millisecond later; a Twisted reactor sleeps at least a millisecond, so a fast path would be
+    capped near 16 datagrams per millisecond (~23 MB/s) whatever the congestion window. A
+    burst covering the timer's slack keeps the rate the congestion controller chose; on a
+    long path it is still a small fraction of the window (2 ms of a 50 ms RTT).
+    """
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        if self.bucket_max < TIMER_GRANULARITY:
+            self.bucket_max = TIMER_GRANULARITY
 
 
 class PinnedQuicConnection(QuicConnection):
@@ -43,6 +66,7 @@ class PinnedQuicConnection(QuicConnection):
         configuration.max_stream_data = receive_window
         super().__init__(configuration=configuration, **kwargs)
         self._allowed_peer_ids = frozenset(allowed_peer_ids)
+        self._loss._pacer = CoarsePacer(max_datagram_size=configuration.max_datagram_size)
         self._receive_window = receive_window
         self._consumed_by_stream: dict[int, int] = {}
         self._consumed_total = 0
