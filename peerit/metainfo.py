@@ -190,14 +190,23 @@ class Metainfo:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             raise _file_error(e, path, "read") from None
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+        limit = wire.MAX_METAINFO_SIZE
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
                 raise UsageError(f"{path} is not a regular file")
-            try:
-                data = f.read(wire.MAX_METAINFO_SIZE + 1)
-            except OSError as e:
-                raise _file_error(e, path, "read") from None
-        if len(data) > wire.MAX_METAINFO_SIZE:
+            data = b""
+            if status.st_size <= limit:
+                # One byte more than announced, in case the file grew since fstat.
+                with os.fdopen(fd, "rb", closefd=False) as f:
+                    data = f.read(status.st_size + 1)
+                    if len(data) > status.st_size:
+                        data += f.read(limit + 1 - len(data))
+        except OSError as e:
+            raise _file_error(e, path, "read") from None
+        finally:
+            os.close(fd)
+        if status.st_size > limit or len(data) > limit:
             raise MetainfoError(f"{path} is larger than the {wire.MAX_METAINFO_SIZE} byte "
                                 f"limit for .p2p files")
         try:
