@@ -30,7 +30,7 @@ class PeerLink(Protocol):
 
     def __init__(self, router, clock, my_peer_id: bytes, info_hash: bytes | None = None,
                  expected_peer_id: bytes | None = None, path: str = "tcp",
-                 on_ready=None):
+                 on_ready=None, on_failed=None):
         self.router = router
         self.clock = clock
         self.my_peer_id = my_peer_id

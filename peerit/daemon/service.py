@@ -146,8 +146,6 @@ class Daemon(service.MultiService):
                 log.failure("final sync failed")
         for port in self._ports:
             await port.stopListening()
-        for client in self.trackers.values():
-            client.stop()
 
     def stopService(self):
         d = defer.ensureDeferred(self._stop())
@@ -181,7 +179,7 @@ class Daemon(service.MultiService):
                 from peerit.daemon.trackers import make_tracker_client as factory
             client = factory(self, address)
             self.trackers[address] = client
-            client.start()
+            client.setServiceParent(self)
         return client
 
     def trackers_for(self, metainfo) -> list:

@@ -27,8 +27,13 @@ def environment(extra: dict | None = None) -> dict:
 
 
 def twistd_argv(plugin: str, *args: str, prefix: tuple = ()) -> list[str]:
-    """argv for ``twistd -n --pidfile= PLUGIN ARGS`` run by this interpreter."""
-    return [*prefix, sys.executable, "-m", "twisted", "-n", "--pidfile=", plugin, *args]
+    """argv for ``twistd -n --pidfile= PLUGIN ARGS``: the twistd next to this interpreter."""
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.path.exists(twistd):
+        twistd_cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    else:
+        twistd_cmd = [sys.executable, twistd]
+    return [*prefix, *twistd_cmd, "-n", "--pidfile=", plugin, *args]
 
 
 def ctl_argv(*args: str, prefix: tuple = ()) -> list[str]:
