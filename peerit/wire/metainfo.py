@@ -24,7 +24,7 @@ import struct
 
 from construct import (
     Bytes, Const, ConstructError, Container, Enum, If, Int8ub, Int16ub, Int32ub, Int64ub,
-    ListContainer, OneOf, PascalString, RawCopy, Rebuild, StreamError, Struct,
+    OneOf, PascalString, RawCopy, Rebuild, StreamError, Struct,
     Subconstruct, Terminated, TerminatedError, ValidationError, len_, this)
 
 from peerit.errors import MetainfoError

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.addresses import TrackerAddress
-from peerit.errors import MetainfoError, PermissionDenied, UsageError
+from peerit.errors import MetainfoError, UsageError
 from peerit.metainfo import (
     READ_BLOCK, FileEntry, Metainfo, PieceHasher, Segment, choose_piece_length,
     create_metainfo, scan_share)
@@ -382,12 +382,3 @@ class ReadWriteTests(TempDirMixin, SynchronousTestCase):
         with self.assertRaises(MetainfoError) as caught:
             Metainfo.read(str(root / "huge.p2p"))
         self.assertIn("larger than", str(caught.exception))
-
-    def test_unreadable(self):
-        if os.geteuid() == 0:
-            raise self.skipTest("root reads any file")
-        root = self.make_root()
-        (root / "locked.p2p").write_bytes(self.sample().to_bytes())
-        os.chmod(root / "locked.p2p", 0)
-        with self.assertRaises(PermissionDenied):
-            Metainfo.read(str(root / "locked.p2p"))

@@ -1,0 +1,264 @@
+"""peerit-ctl create and inspect, in process through main() and as real subprocesses."""
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from peerit.ctl import offline
+from peerit.ctl.main import main
+from peerit.errors import UsageError
+from peerit.metainfo import Metainfo
+from peerit.testing.processes import run_ctl
+
+FINGERPRINT = "ab" * 32
+
+
+class Run:
+    """Outcome of one in-process peerit-ctl run."""
+
+    def __init__(self, argv, stderr=None):
+        out = io.StringIO()
+        err = stderr or io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                self.code = main(argv)
+            except SystemExit as e:  # argparse: --help, missing arguments
+                self.code = e.code
+        self.stdout = out.getvalue()
+        self.stderr = err.getvalue()
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+class CtlTestCase(SynchronousTestCase):
+    def setUp(self):
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        self.root = Path(directory.name)
+        self.share = self.root / "share"
+        (self.share / "sub" / "deeper").mkdir(parents=True)
+        (self.share / "sub" / "deeper" / "a.bin").write_bytes(os.urandom(70000))
+        (self.share / "sub" / "empty").write_bytes(b"")
+        (self.share / "b.txt").write_bytes(b"hello\n" * 3000)
+        previous = os.getcwd()
+        os.chdir(self.root)
+        self.addCleanup(os.chdir, previous)
+
+    def assertOneLineError(self, run, code, text):
+        self.assertEqual(run.code, code, run.stderr)
+        self.assertEqual(run.stderr.count("\n"), 1, run.stderr)
+        self.assertTrue(run.stderr.startswith("peerit-ctl: "), run.stderr)
+        self.assertIn(text, run.stderr)
+        self.assertNotIn("Traceback", run.stderr)
+
+
+class CreateCommandTests(CtlTestCase):
+    def test_default_output_in_current_directory(self):
+        """create writes NAME.p2p here and prints its path and the info-hash."""
+        run = Run(["create", str(self.share)])
+        self.assertEqual(run.code, 0, run.stderr)
+        self.assertEqual(run.stderr, "")  # stderr is not a terminal: no progress bar
+        metainfo = Metainfo.read(str(self.root / "share.p2p"))
+        self.assertEqual(run.stdout.splitlines(),
+                         ["created share.p2p", f"info-hash {metainfo.info_hash_hex}"])
+        self.assertEqual([f.path for f in metainfo.files],
+                         ["b.txt", "sub/deeper/a.bin", "sub/empty"])
+
+    def test_refuses_to_overwrite_without_force(self):
+        (self.root / "share.p2p").write_bytes(b"precious")
+        run = Run(["create", str(self.share)])
+        self.assertOneLineError(run, 2, "already exists (use --force")
+        self.assertEqual((self.root / "share.p2p").read_bytes(), b"precious")
+        run = Run(["create", str(self.share), "--force"])
+        self.assertEqual(run.code, 0, run.stderr)
+        Metainfo.read(str(self.root / "share.p2p"))
+
+    def test_options_and_json(self):
+        output = self.root / "out" / "x.p2p"
+        output.parent.mkdir()
+        run = Run(["create", str(self.share / "b.txt"), "-o", str(output), "--json",
+                   "--tracker", f"127.0.0.1:6000#{FINGERPRINT}", "--tracker", "tracker.example",
+                   "--piece-length", "16K", "--comment", "for friends"])
+        self.assertEqual(run.code, 0, run.stderr)
+        result = run.json()
+        self.assertEqual(result["path"], str(output))
+        self.assertEqual(result["piece_length"], 16384)
+        self.assertEqual(result["piece_count"], 2)
+        self.assertEqual(result["comment"], "for friends")
+        self.assertEqual([t["address"] for t in result["trackers"]],
+                         [f"127.0.0.1:6000#{FINGERPRINT}", "tracker.example:59000"])
+        metainfo = Metainfo.read(str(output))
+        self.assertEqual(result["info_hash"], metainfo.info_hash_hex)
+        data = (self.share / "b.txt").read_bytes()
+        self.assertEqual(metainfo.piece_hash(1), hashlib.sha256(data[16384:]).digest())
+
+    def test_bad_inputs_are_one_line(self):
+        cases = [
+            (["create", str(self.root / "missing")], 2, "no such file"),
+            (["create", str(self.share), "--piece-length", "1000"], 2, "bad piece length"),
+            (["create", str(self.share), "--piece-length", "128M"], 2, "bad piece length"),
+            (["create", str(self.share), "--piece-length", "lots"], 2, "bad size"),
+            (["create", str(self.share), "--tracker", "host:99999"], 2, "bad port"),
+            (["create", str(self.share), "--tracker", "host:1#nothex"], 2, "bad tracker"),
+            (["create", str(self.share), "-o", str(self.root / "nodir" / "x.p2p")], 2,
+             "does not exist"),
+            (["create", str(self.share), "--comment", "x" * 70000], 2, "comment"),
+        ]
+        for argv, code, text in cases:
+            self.assertOneLineError(Run(argv), code, text)
+        self.assertFalse((self.root / "share.p2p").exists())
+
+    def test_symlink_inside_share(self):
+        (self.share / "link").symlink_to(self.share / "b.txt")
+        self.assertOneLineError(Run(["create", str(self.share)]), 2, "symbolic link")
+
+    def test_progress_bar_on_a_terminal(self):
+        """With stderr on a terminal a tqdm bar is drawn there, and stdout stays clean."""
+        class Terminal(io.StringIO):
+            def isatty(self):
+                return True
+        run = Run(["create", str(self.share)], stderr=Terminal())
+        self.assertEqual(run.code, 0)
+        self.assertIn("hashing share", run.stderr)
+        self.assertTrue(run.stdout.startswith("created share.p2p\n"))
+
+    def test_help(self):
+        run = Run(["create", "--help"])
+        self.assertEqual(run.code, 0)
+        for text in ("--piece-length", "--tracker", "--force", "symbolic links", "FINGERPRINT"):
+            self.assertIn(text, run.stdout)
+
+
+class InspectCommandTests(CtlTestCase):
+    def create(self, *extra) -> Path:
+        output = self.root / "s.p2p"
+        run = Run(["create", str(self.share), "-o", str(output), *extra])
+        self.assertEqual(run.code, 0, run.stderr)
+        return output
+
+    def test_text(self):
+        path = self.create("--tracker", f"10.0.0.1:7#{FINGERPRINT}", "--comment", "hi",
+                           "--piece-length", "32K")
+        metainfo = Metainfo.read(str(path))
+        run = Run(["inspect", str(path)])
+        self.assertEqual(run.code, 0, run.stderr)
+        lines = run.stdout.splitlines()
+        self.assertIn("name:         share", lines)
+        self.assertIn(f"info-hash:    {metainfo.info_hash_hex}", lines)
+        self.assertIn(f"total size:   85.9 KiB ({metainfo.total_size} bytes)", lines)
+        self.assertIn("piece length: 32 KiB (32768 bytes)", lines)
+        self.assertIn("pieces:       3", lines)
+        self.assertIn("comment:      hi", lines)
+        self.assertIn(f"  10.0.0.1:7#{FINGERPRINT}", lines)
+        self.assertIn("  sub/deeper/a.bin  68.4 KiB (70000 bytes)", lines)
+        self.assertIn("  sub/empty  0 B (0 bytes)", lines)
+        self.assertTrue(any(line.startswith("created:      20") for line in lines))
+
+    def test_json(self):
+        path = self.create("--tracker", "127.0.0.1:1")
+        run = Run(["inspect", "--json", str(path)])
+        self.assertEqual(run.code, 0, run.stderr)
+        result = run.json()
+        metainfo = Metainfo.read(str(path))
+        self.assertEqual(result["info_hash"], metainfo.info_hash_hex)
+        self.assertEqual(result["total_size"], 70000 + 18000)
+        self.assertEqual(result["files"], [{"path": f.path, "size": f.size}
+                                           for f in metainfo.files])
+        self.assertEqual(result["trackers"], [{"address": "127.0.0.1:1", "host": "127.0.0.1",
+                                               "port": 1, "fingerprint": None}])
+        self.assertEqual(result["created"], metainfo.created)
+
+    def test_control_characters_are_escaped(self):
+        """A hostile name cannot send escape sequences to the terminal."""
+        odd = self.root / "odd"
+        odd.mkdir()
+        (odd / "evil\x1b[2Jname").write_bytes(b"x")
+        run = Run(["create", str(odd), "-o", str(self.root / "odd.p2p")])
+        self.assertEqual(run.code, 0, run.stderr)
+        run = Run(["inspect", str(self.root / "odd.p2p")])
+        self.assertNotIn("\x1b", run.stdout)
+        self.assertIn("evil\\x1b[2Jname", run.stdout)
+
+    def test_damaged_files(self):
+        path = self.create()
+        data = path.read_bytes()
+        path.write_bytes(data[:-3])
+        self.assertOneLineError(Run(["inspect", str(path)]), 5, "truncated")
+        path.write_bytes(data + b"!")
+        self.assertOneLineError(Run(["inspect", str(path)]), 5, "trailing bytes")
+        self.assertOneLineError(Run(["inspect", str(self.root / "none.p2p")]), 2,
+                                "no such file")
+        self.assertOneLineError(Run(["inspect", str(self.root)]), 2, "")
+
+
+class SizeParsingTests(SynchronousTestCase):
+    def test_sizes(self):
+        self.assertEqual(offline.parse_size("262144"), 262144)
+        self.assertEqual(offline.parse_size("256K"), 256 * 1024)
+        self.assertEqual(offline.parse_size("256kib"), 256 * 1024)
+        self.assertEqual(offline.parse_size("1M"), 1 << 20)
+        self.assertEqual(offline.parse_size("4MiB"), 4 << 20)
+        self.assertEqual(offline.parse_size("1G"), 1 << 30)
+        for bad in ("", "1.5M", "-1", "M", "1X"):
+            self.assertRaises(UsageError, offline.parse_size, bad)
+
+    def test_piece_lengths(self):
+        self.assertEqual(offline.parse_piece_length("16K"), 16384)
+        self.assertEqual(offline.parse_piece_length("64M"), 64 << 20)
+        for bad in ("8K", "128M", "100000", "0"):
+            self.assertRaises(UsageError, offline.parse_piece_length, bad)
+
+    def test_format_size(self):
+        self.assertEqual(offline.format_size(0), "0 B")
+        self.assertEqual(offline.format_size(1023), "1023 B")
+        self.assertEqual(offline.format_size(1024), "1 KiB")
+        self.assertEqual(offline.format_size(1536), "1.5 KiB")
+        self.assertEqual(offline.format_size(100 << 30), "100 GiB")
+
+
+class SubprocessTests(CtlTestCase):
+    """The installed entry point as users run it: exit codes and one-line errors."""
+
+    def test_create_then_inspect(self):
+        output = self.root / "s.p2p"
+        created = run_ctl("create", str(self.share), "-o", str(output), "--json")
+        self.assertEqual(created.returncode, 0, created.stderr)
+        self.assertEqual(created.stderr, "")
+        inspected = run_ctl("inspect", "--json", str(output))
+        self.assertEqual(inspected.returncode, 0, inspected.stderr)
+        self.assertEqual(json.loads(inspected.stdout)["info_hash"],
+                         json.loads(created.stdout)["info_hash"])
+
+    def test_errors_exit_codes(self):
+        bad = self.root / "bad.p2p"
+        bad.write_bytes(b"\x89P2P\r\n\x1a\n\x00\x01garbage")
+        for argv, code in ((("inspect", str(bad)), 5),
+                           (("create", str(self.root / "missing")), 2),
+                           (("create", str(self.share), "--piece-length", "3K"), 2)):
+            result = run_ctl(*argv)
+            self.assertEqual(result.returncode, code, result.stderr)
+            self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+            self.assertTrue(result.stderr.startswith("peerit-ctl: "), result.stderr)
+
+    def test_permission_denied(self):
+        """An unreadable .p2p exits with the permission code (run as an unprivileged user)."""
+        if os.geteuid() != 0 or not shutil.which("setpriv"):
+            raise self.skipTest("needs root and setpriv to become an unprivileged user")
+        os.chmod(self.root, 0o755)
+        locked = self.root / "locked.p2p"
+        created = run_ctl("create", str(self.share), "-o", str(locked))
+        self.assertEqual(created.returncode, 0, created.stderr)
+        os.chmod(locked, 0o600)
+        result = run_ctl("inspect", str(locked),
+                         prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
+        self.assertEqual(result.returncode, 7, result.stderr)
+        self.assertEqual(result.stderr.strip(),
+                         f"peerit-ctl: cannot read {locked}: permission denied")
