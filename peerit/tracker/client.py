@@ -12,7 +12,7 @@ import random
 from typing import Callable, Iterable
 
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
@@ -69,6 +69,7 @@ class TrackerLink:
         self._decoder = FrameDecoder(wire.MAX_TRACKER_FRAME_SIZE)
         self.welcome: wire.Welcome | None = None
         self.welcomed = Deferred()
+        self.lost = Deferred()   # fires (with this link) once the session is over
         self.closed = False
         self._peer_lists: dict[bytes, collections.deque] = {}
         self._pings: dict[int, tuple[Deferred, float]] = {}
@@ -114,6 +115,7 @@ class TrackerLink:
         self._pings.clear()
         for d in pending:
             d.errback(TrackerUnavailable("tracker session ended"))
+        self.lost.callback(self)
 
     def close(self) -> None:
         self._abort()
@@ -204,9 +206,11 @@ class TrackerLink:
         if error.code in wire.FATAL_ERRORS:
             log.warn("tracker closed the session: {code}: {reason}",
                      code=error.code, reason=error.reason)
-        else:
-            log.info("tracker refused a request: {code}: {reason}",
-                     code=error.code, reason=error.reason)
+            self._on_push(error)
+            self.close()
+            return
+        log.info("tracker refused a request: {code}: {reason}",
+                 code=error.code, reason=error.reason)
         self._on_push(error)
 
     def _keepalive(self, interval: float) -> None:
@@ -270,7 +274,7 @@ class _TrackerClientFactory(Factory):
         return protocol
 
 
-class TrackerClient(service.MultiService):
+class TrackerClient(service.Service):
     """The daemon's session with its tracker, re-established whenever it drops.
 
     ``hello()`` returns the :class:`~peerit.wire.tracker.Hello` to send (listen ports, LAN
@@ -279,6 +283,11 @@ class TrackerClient(service.MultiService):
     so the tracker's table is rebuilt after any disconnection. ``on_push(message)`` receives
     every message the tracker sends unasked (PeerJoined, non-request errors, later NAT
     messages).
+
+    Reconnecting is a small loop of its own rather than ``ClientService``: that one cannot
+    take a connection lost while ``prepareConnection`` waits (here: for the TLS handshake and
+    Welcome), and the backoff must only reset once the tracker has welcomed us, so that a
+    wrong pin or a refusing tracker is retried ever more slowly.
     """
 
     def __init__(self, reactor, identity: Identity, tracker: TrackerAddress,
@@ -289,7 +298,6 @@ class TrackerClient(service.MultiService):
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  retry_policy: Callable[[int], float] | None = None,
                  endpoint=None):
-        super().__init__()
         if tracker.fingerprint is None:
             raise PeeritError(f"tracker {tracker} has no fingerprint to pin "
                               f"(write it as HOST:PORT#FINGERPRINT)")
@@ -301,19 +309,19 @@ class TrackerClient(service.MultiService):
         self._hello = hello
         self._announces = announces
         self._on_push = on_push
+        self._retry_policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=60.0)
         self._link: TrackerLink | None = None
         self._waiters: list[Deferred] = []
+        self._failures = 0
+        self._connecting: Deferred | None = None
+        self._retry = None
         if endpoint is None:
             endpoint = HostnameEndpoint(reactor, tracker.host, tracker.port,
                                         timeout=connect_timeout)
+        self._endpoint = endpoint
         # peerit.tls.client_factory, on our clock (TLS batches small writes with callLater).
-        factory = TLSMemoryBIOFactory(PinnedClientTLS(identity, tracker.fingerprint), True,
-                                      _TrackerClientFactory(self), clock=reactor)
-        self._service = ClientService(
-            endpoint, factory,
-            retryPolicy=retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=60.0),
-            clock=reactor, prepareConnection=self._prepare)
-        self._service.setServiceParent(self)
+        self._factory = TLSMemoryBIOFactory(PinnedClientTLS(identity, tracker.fingerprint),
+                                            True, _TrackerClientFactory(self), clock=reactor)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -372,29 +380,69 @@ class TrackerClient(service.MultiService):
             raise TimedOut(f"tracker {what}: no answer in {seconds:g}s")
         return d.addTimeout(timeout, self.clock, onTimeoutCancel=timed_out)
 
-    # -- connection --------------------------------------------------------------------------
+    # -- connection loop ---------------------------------------------------------------------
 
-    def _prepare(self, protocol) -> Deferred:
-        # ClientService counts the connection as made only once the tracker welcomed us; a
-        # failed handshake or a pin mismatch is a failed attempt, retried with backoff.
+    def startService(self):
+        super().startService()
+        self._attempt()
+
+    def stopService(self):
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(TrackerUnavailable("tracker client stopped"))
+
+    def _attempt(self):
+        self._retry = None
+        self._connecting = d = self._endpoint.connect(self._factory)
+        d.addCallbacks(self._tcp_connected, self._attempt_failed)
+
+    def _tcp_connected(self, protocol):
+        self._connecting = None
         link = protocol.wrappedProtocol.link
         self._link = link
+        link.welcomed.addCallbacks(self._welcomed, lambda failure: None)
+        link.lost.addCallback(self._lost)
 
-        def welcomed(welcome):
-            log.info("tracker session with {tracker} up; public address {host}:{port}",
-                     tracker=str(self.tracker), host=welcome.observed.host,
-                     port=welcome.observed.port)
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(self)
-            return welcome
+    def _attempt_failed(self, failure):
+        self._connecting = None
+        if failure.check(CancelledError) or not self.running:
+            return
+        log.warn("cannot reach tracker {tracker}: {reason}", tracker=str(self.tracker),
+                 reason=failure.getErrorMessage())
+        self._schedule_retry()
 
-        def failed(reason):
-            if not reason.check(CancelledError):
-                log.warn("tracker session with {tracker} failed: {reason}",
-                         tracker=str(self.tracker), reason=reason.getErrorMessage())
-            return reason
-        return link.welcomed.addCallbacks(welcomed, failed)
+    def _welcomed(self, welcome):
+        self._failures = 0
+        log.info("tracker session with {tracker} up; public address {host}:{port}",
+                 tracker=str(self.tracker), host=welcome.observed.host,
+                 port=welcome.observed.port)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def _lost(self, link):
+        if link is not self._link:
+            return
+        self._link = None
+        if self.running:
+            if link.welcome is None:
+                log.warn("tracker {tracker} did not welcome us (unreachable, refused, or not "
+                         "the pinned key)", tracker=str(self.tracker))
+            self._schedule_retry()
+
+    def _schedule_retry(self):
+        self._failures += 1
+        delay = self._retry_policy(self._failures)
+        self._retry = self.clock.callLater(delay, self._attempt)
 
     def _push(self, message) -> None:
         try:

@@ -53,6 +53,8 @@ class TrackerProtocol(Protocol):
         self.transport.write(data)
 
     def close(self) -> None:
+        # TLS waits for a registered producer to go before it sends close_notify.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
         if self._closing is None:
             self._closing = self.tracker.clock.callLater(CLOSE_GRACE, self.abort)

@@ -1,6 +1,6 @@
 """The tracker wire format: exact bytes, round trips, hostile input, the peer-list fast path."""
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.errors import FrameTooLarge, MalformedMessage
@@ -83,7 +83,8 @@ class RoundTripTests(SynchronousTestCase):
     def test_parse_of_build_is_identity(self, message):
         self.assertEqual(wire.parse(wire.build(message)), message)
 
-    @given(hashes, st.lists(peer_infos, max_size=12))
+    @settings(max_examples=40)
+    @given(hashes, st.lists(peer_infos, max_size=6))
     def test_peer_list_fast_path_builds_the_same_bytes(self, info_hash, peers):
         """The tracker's cached-bytes peer list equals the generic encoding."""
         fast = wire.peer_list_body(info_hash, [wire.encode_peer_info(p) for p in peers])
