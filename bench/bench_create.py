@@ -88,7 +88,8 @@ def main(argv=None) -> int:
         make_file(path, size)
         warm(path)
         print(f"file {size} bytes, piece length {piece_length}, threads "
-              f"{args.threads or 'default'}, cpus {os.cpu_count()}")
+              f"{args.threads or 'default'}, cpus {os.cpu_count()}, "
+              f"load average before {os.getloadavg()[0]:.2f}")
         create_times, plain_times = [], []
         for _ in range(runs):
             plain_times.append(timed(lambda: plain_sha256(path)))
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
                 path, piece_length=piece_length, threads=args.threads)))
         plain = describe("hashlib.sha256, 1 MiB reads", size, plain_times)
         create = describe("create_metainfo", size, create_times)
-        print(f"ratio create / plain: {create / plain:.2f}")
+        print(f"ratio create / plain: {create / plain:.2f}   "
+              f"(load average after {os.getloadavg()[0]:.2f})")
     finally:
         shutil.rmtree(directory)
     return 0

@@ -67,7 +67,7 @@ def describe(metainfo: Metainfo) -> dict:
     return {
         "name": metainfo.name,
         "info_hash": metainfo.info_hash_hex,
-        "layout": "directory" if metainfo.is_directory else "single file",
+        "layout": "directory" if metainfo.is_directory else "single",
         "total_size": metainfo.total_size,
         "piece_length": metainfo.piece_length,
         "piece_count": metainfo.piece_count,
@@ -134,7 +134,7 @@ def run_inspect(args) -> int:
     lines = [
         f"name:         {_printable(metainfo.name)}",
         f"info-hash:    {metainfo.info_hash_hex}",
-        f"layout:       {described['layout']}",
+        f"layout:       {'directory' if metainfo.is_directory else 'single file'}",
         f"total size:   {format_size(metainfo.total_size)} ({metainfo.total_size} bytes)",
         f"piece length: {format_size(metainfo.piece_length)} ({metainfo.piece_length} bytes)",
         f"pieces:       {metainfo.piece_count}",

@@ -170,6 +170,7 @@ class InspectCommandTests(CtlTestCase):
         metainfo = Metainfo.read(str(path))
         self.assertEqual(result["info_hash"], metainfo.info_hash_hex)
         self.assertEqual(result["total_size"], 70000 + 18000)
+        self.assertEqual(result["layout"], "directory")
         self.assertEqual(result["files"], [{"path": f.path, "size": f.size}
                                            for f in metainfo.files])
         self.assertEqual(result["trackers"], [{"address": "127.0.0.1:1", "host": "127.0.0.1",
