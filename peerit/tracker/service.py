@@ -95,10 +95,18 @@ class TrackerService(service.Service):
         bound = self.port.getHost()
         self.address = TrackerAddress(advertised_host(bound.host), bound.port,
                                       self.identity.peer_id)
-        write_atomic(self.endpoint_path, f"{self.address}\n")
         self._sweeper = task.LoopingCall(self.tracker.sweep)
         self._sweeper.clock = self.reactor
         self._sweeper.start(self.tracker.limits.idle_timeout / 2, now=False)
+        # Ready only once the reactor runs: its SIGTERM handler is installed by then, so a
+        # test or script that stops the tracker as soon as it is ready gets a clean stop.
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self):
+        if not self.running or self.port is None:
+            return
+        bound = self.port.getHost()
+        write_atomic(self.endpoint_path, f"{self.address}\n")
         log.info("peer-it tracker listening on {host}:{port} (TLS), fingerprint "
                  "{fingerprint}; daemons use --tracker {tracker}",
                  host=bound.host, port=bound.port, fingerprint=self.identity.fingerprint,
