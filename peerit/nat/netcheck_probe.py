@@ -5,10 +5,13 @@ JSON lines on stdout and exits; every wait is bounded.
 
 - ``netcheck --tracker HOST:PORT --alt-port PORT [--external HOST:PORT]``: the full
   :func:`peerit.nat.netcheck.run_netcheck`, printed as one JSON object (``as_dict``).
-- ``binding SERVER [--listen SECONDS]``: one Binding request, prints
+- ``binding SERVER [--contact HOST:PORT] [--listen SECONDS]``: a datagram to each contact
+  (opening NAT flows), then one Binding request; prints
   ``{"mapped": "HOST:PORT"}``; then, with ``--listen``, prints every peer-it probe datagram
   that arrives (``{"received": ..., "from": ...}``) until the time is up.
-- ``send TARGET [--count N] [--payload TEXT]``: sends N probe-marked datagrams 50 ms apart.
+- ``send TARGET [--count N] [--payload TEXT] [--interval S] [--from NAME=HOST:PORT]``:
+  N probe-marked datagrams, 50 ms apart unless told otherwise, from each ``--from`` socket
+  (its NAME as payload) or from ``--bind``/``--port``.
 
 Used as ``python -m peerit.nat.netcheck_probe COMMAND ...`` inside a lab namespace.
 """
@@ -59,6 +62,9 @@ async def _binding(reactor, args) -> None:
                 "from": format_host_port(*addr[:2])})
 
     mux.set_handler(DatagramKind.PROBE, received)
+    for contact in args.contact:
+        # Opens a NAT flow toward that endpoint before the Binding (filtering tests).
+        mux.send(PROBE_MAGIC + b"contact", parse_host_port(contact))
     mapped = await client.binding(parse_host_port(args.server))
     _print({"mapped": format_host_port(*mapped), "local_port": mux.local_port})
     if args.listen:
@@ -67,12 +73,25 @@ async def _binding(reactor, args) -> None:
 
 
 async def _send(reactor, args) -> None:
-    mux, _ = _open(reactor, args)
     target = parse_host_port(args.target)
+    if args.sources:
+        # One process, several sockets: each source sends its own name as the payload.
+        sources = []
+        for spec in args.sources:
+            name, _, where = spec.partition("=")
+            host, port = parse_host_port(where)
+            mux = UdpMux(reactor)
+            reactor.listenUDP(port, mux, interface=host)
+            sources.append((name, mux))
+    else:
+        sources = [(args.payload, _open(reactor, args)[0])]
     for _ in range(args.count):
-        mux.send(PROBE_MAGIC + args.payload.encode("utf-8"), target)
-        await task.deferLater(reactor, 0.05, lambda: None)
-    _print({"sent": args.count, "to": format_host_port(*target), "local_port": mux.local_port})
+        for payload, mux in sources:
+            mux.send(PROBE_MAGIC + payload.encode("utf-8"), target)
+        await task.deferLater(reactor, args.interval, lambda: None)
+    for payload, mux in sources:
+        _print({"sent": args.count, "payload": payload, "to": format_host_port(*target),
+                "local_port": mux.local_port})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,15 +108,23 @@ def main(argv: list[str] | None = None) -> None:
     binding = commands.add_parser("binding")
     binding.add_argument("server")
     binding.add_argument("--listen", type=float, default=0.0)
+    binding.add_argument("--contact", action="append", default=[],
+                         help="send one datagram to this HOST:PORT first (repeatable)")
     send = commands.add_parser("send")
     send.add_argument("target")
     send.add_argument("--count", type=int, default=5)
     send.add_argument("--payload", default="hello")
+    send.add_argument("--interval", type=float, default=0.05, help="seconds between datagrams")
+    send.add_argument("--from", dest="sources", action="append", default=[],
+                      metavar="NAME=HOST:PORT",
+                      help="send from this address too, with NAME as the payload (repeatable)")
     args = parser.parse_args(argv)
     if args.command == "binding" and not 0 <= args.listen <= 120:
         parser.error("--listen must be 0-120 seconds")
     if args.command == "send" and not 0 < args.count <= 1000:
         parser.error("--count must be 1-1000")
+    if args.command == "send" and not 0.001 <= args.interval <= 10:
+        parser.error("--interval must be 0.001-10 seconds")
     job = {"netcheck": _netcheck, "binding": _binding, "send": _send}[args.command]
 
     async def run(reactor):

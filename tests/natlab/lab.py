@@ -337,7 +337,9 @@ class NatLab:
         if not 0 <= per_mille <= 1000:
             raise ValueError("loss is per mille: 0-1000")
         rules = "flush chain inet lab_loss forward\n"
-        if per_mille:
+        if per_mille == 1000:
+            rules += "add rule inet lab_loss forward drop\n"  # "< 1000" is out of nft's range
+        elif per_mille:
             rules += f"add rule inet lab_loss forward numgen random mod 1000 < {per_mille} drop\n"
         self.nft(router, rules)
 
