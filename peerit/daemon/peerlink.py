@@ -206,7 +206,14 @@ class PeerLink(Protocol):
     def _pump(self) -> None:
         self._pump_call = None
         sent = 0
+        limiter = getattr(self.router, "upload_limiter", None)
         while not self._paused and not self._closed and self.state is not None:
+            if limiter is not None and self.state.upload_queue:
+                length = self.state.upload_queue[0][2]
+                if not limiter.take(length):
+                    self._pump_call = self.clock.callLater(limiter.wait_time(length),
+                                                           self._pump)
+                    return
             try:
                 item = self.swarm.next_upload(self.state)
             except PeeritError as e:

@@ -62,7 +62,7 @@ def control_path_of(spec: str) -> str:
 class Daemon(service.MultiService):
     def __init__(self, reactor, data_dir: str, control: str, listen: str = "tcp:0",
                  trackers: list[TrackerAddress] = (), advertise: list[str] = (),
-                 rng=None, tracker_client_factory=None):
+                 rng=None, tracker_client_factory=None, max_upload_rate: float = 0):
         super().__init__()
         self.reactor = reactor
         self.clock = reactor
@@ -73,6 +73,10 @@ class Daemon(service.MultiService):
         self.advertise = list(advertise)
         self.rng = rng or random.SystemRandom()
         self._tracker_client_factory = tracker_client_factory
+        self.upload_limiter = None
+        if max_upload_rate:
+            from peerit.daemon.ratelimit import TokenBucket
+            self.upload_limiter = TokenBucket(reactor, max_upload_rate)
         self.transfers: dict[bytes, Transfer] = {}
         self.trackers = {}  # TrackerAddress -> tracker client
         self.identity = None

@@ -25,6 +25,9 @@ class Options(usage.Options):
         ["listen", "l", "tcp:0",
          "Endpoint for peer links (TLS is always on), e.g. tcp:6881 or "
          "tcp:0:interface=127.0.0.1 [default: any free TCP port]"],
+        ["max-upload-rate", None, "0",
+         "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
+         "[default: 0]"],
     ]
 
     def __init__(self):
@@ -50,7 +53,12 @@ class Options(usage.Options):
         self["advertise"].append(value)
 
     def postOptions(self):
+        from peerit.ctl.offline import parse_size
         from peerit.daemon.service import default_control_path, default_data_dir
+        try:
+            self["max-upload-rate"] = parse_size(self["max-upload-rate"])
+        except PeeritError as e:
+            raise usage.UsageError(f"--max-upload-rate: {e}")
         self["data-dir"] = os.path.abspath(os.path.expanduser(
             self["data-dir"] or default_data_dir()))
         if not self["control"]:
@@ -62,4 +70,5 @@ def makeService(options):
 
     from peerit.daemon.service import Daemon
     return Daemon(reactor, options["data-dir"], options["control"], options["listen"],
-                  options["trackers"], options["advertise"])
+                  options["trackers"], options["advertise"],
+                  max_upload_rate=options["max-upload-rate"])

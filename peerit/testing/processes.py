@@ -26,10 +26,14 @@ def environment(extra: dict | None = None) -> dict:
     return env
 
 
-def twistd_argv(plugin: str, *args: str, prefix: tuple = ()) -> list[str]:
-    """argv for ``twistd -n --pidfile= PLUGIN ARGS``: the twistd next to this interpreter."""
+def twistd_argv(plugin: str, *args: str, prefix: tuple = (),
+                module: str | None = None) -> list[str]:
+    """argv for ``twistd -n --pidfile= PLUGIN ARGS``: the twistd next to this interpreter
+    (or ``python -m MODULE``, a test launcher that runs twistd after patching something)."""
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if not os.path.exists(twistd):
+    if module is not None:
+        twistd_cmd = [sys.executable, "-m", module]
+    elif not os.path.exists(twistd):
         twistd_cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
     else:
         twistd_cmd = [sys.executable, twistd]

@@ -1,0 +1,220 @@
+"""End to end with real processes on loopback: twistd tracker and daemons, peerit-ctl."""
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from peerit.testing.localswarm import LocalSwarm
+from peerit.testing.processes import ctl_argv, environment
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+def random_file(path: Path, size: int, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = hashlib.sha256(str(seed).encode()).digest() * (MiB // 32)
+    with open(path, "wb") as f:
+        written = 0
+        counter = 0
+        while written < size:
+            chunk = hashlib.sha256(block[:64] + counter.to_bytes(8, "big")).digest() + \
+                block[32:]
+            chunk = chunk[:min(len(chunk), size - written)]
+            f.write(chunk)
+            written += len(chunk)
+            counter += 1
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): sha256_of(p) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def swarm(tmp_path):
+    with LocalSwarm(tmp_path / "swarm") as s:
+        s.start_tracker()
+        yield s
+
+
+def share(swarm: LocalSwarm, name: str, path: Path) -> dict:
+    p2p = swarm.workdir / f"{path.name}.p2p"
+    return swarm.ctl_json(name, "share", str(path), "-o", str(p2p))
+
+
+def test_file_and_directory_shared_by_one_downloaded_by_three(swarm, tmp_path):
+    """A 64 MiB file and a directory tree (nested folders, an empty file) reach three
+    downloaders byte for byte, through the real tracker, daemons and peerit-ctl."""
+    big = random_file(tmp_path / "src" / "big.bin", 64 * MiB, seed=1)
+    tree = tmp_path / "src" / "album"
+    random_file(tree / "a" / "b" / "deep.bin", 3 * MiB + 17, seed=2)
+    random_file(tree / "top.bin", 700_000, seed=3)
+    (tree / "a" / "empty.txt").write_bytes(b"")
+    for name in ("seed", "d1", "d2", "d3"):
+        swarm.start_daemon(name)
+    file_share = share(swarm, "seed", big)
+    tree_share = share(swarm, "seed", tree)
+    for name in ("d1", "d2", "d3"):
+        for s in (file_share, tree_share):
+            swarm.ctl(name, "download", s["metainfo"], "--to", str(tmp_path / name),
+                      "--detach")
+    for name in ("d1", "d2", "d3"):
+        swarm.wait_complete(name, file_share["info_hash"])
+        swarm.wait_complete(name, tree_share["info_hash"])
+        assert sha256_of(tmp_path / name / "big.bin") == sha256_of(big)
+        assert tree_digest(tmp_path / name / "album") == tree_digest(tree)
+        assert (tmp_path / name / "album" / "a" / "empty.txt").stat().st_size == 0
+
+
+def test_download_command_shows_progress_and_waits_until_verified(swarm, tmp_path):
+    """`peerit-ctl download` (not detached) returns only when every piece is verified."""
+    src = random_file(tmp_path / "src" / "movie.bin", 16 * MiB, seed=4)
+    swarm.start_daemon("seed")
+    swarm.start_daemon("dl")
+    s = share(swarm, "seed", src)
+    result = swarm.ctl("dl", "download", s["metainfo"], "--to", str(tmp_path / "out"),
+                       "--json", "--timeout", "120")
+    status = json.loads(result.stdout)
+    assert status["state"] == "seeding"
+    assert status["pieces_done"] == status["pieces"]
+    assert sha256_of(tmp_path / "out" / "movie.bin") == sha256_of(src)
+
+
+def test_killed_downloader_resumes_without_refetching_verified_pieces(swarm, tmp_path):
+    """SIGKILL at about half way; after a restart the daemon goes on by itself, keeps every
+    verified piece and fetches only the rest."""
+    src = random_file(tmp_path / "src" / "half.bin", 64 * MiB, seed=5)
+    swarm.start_daemon("seed", "--max-upload-rate", "16M")
+    swarm.start_daemon("dl")
+    s = share(swarm, "seed", src)
+    swarm.ctl("dl", "download", s["metainfo"], "--to", str(tmp_path / "out"), "--detach")
+    before = swarm.wait_for("dl", s["info_hash"],
+                            lambda st: st["pieces_done"] >= st["pieces"] // 2, timeout=60)
+    assert before["state"] != "seeding"
+    swarm.kill_daemon("dl")
+    swarm.restart_daemon("dl")
+    after = swarm.status("dl", s["info_hash"])
+    # Every piece it reported verified survived the kill.
+    assert after["pieces_done"] >= before["pieces_done"], (before, after)
+    done = swarm.wait_complete("dl", s["info_hash"], timeout=120)
+    piece_length = done["size"] // done["pieces"]
+    refetch_allowance = 8 * piece_length  # pieces in flight at the kill, endgame copies
+    # "downloaded" counts bytes received since the restart.
+    missing_at_kill = done["size"] - before["pieces_done"] * piece_length
+    assert done["downloaded"] <= missing_at_kill + refetch_allowance, (before, done)
+    assert done["downloaded"] < done["size"] * 0.6
+    assert sha256_of(tmp_path / "out" / "half.bin") == sha256_of(src)
+
+
+def test_seeder_leaving_mid_transfer_does_not_stall(swarm, tmp_path):
+    """The first seeder dies mid-transfer; a second one that has every piece finishes it."""
+    src = random_file(tmp_path / "src" / "leave.bin", 48 * MiB, seed=6)
+    swarm.start_daemon("first", "--max-upload-rate", "8M")
+    swarm.start_daemon("second", "--max-upload-rate", "8M")
+    swarm.start_daemon("dl")
+    s = share(swarm, "first", src)
+    swarm.ctl_json("second", "share", str(src), "--p2p", s["metainfo"])
+    swarm.wait_complete("second", s["info_hash"])
+    swarm.ctl("dl", "download", s["metainfo"], "--to", str(tmp_path / "out"), "--detach")
+    swarm.wait_for("dl", s["info_hash"], lambda st: st["pieces_done"] >= st["pieces"] // 4,
+                   timeout=60)
+    swarm.kill_daemon("first")
+    swarm.wait_complete("dl", s["info_hash"], timeout=120)
+    assert sha256_of(tmp_path / "out" / "leave.bin") == sha256_of(src)
+
+
+def test_peer_serving_corrupt_blocks_is_banned_and_result_is_correct(swarm, tmp_path):
+    """A daemon that flips bytes in what it uploads gets banned; the honest seeder's data
+    completes the download, byte for byte."""
+    src = random_file(tmp_path / "src" / "target.bin", 24 * MiB, seed=7)
+    swarm.start_daemon("honest", "--max-upload-rate", "6M")
+    swarm.start_daemon("liar", module="peerit.testing.corrupt_daemon")
+    swarm.start_daemon("dl")
+    s = share(swarm, "honest", src)
+    swarm.ctl_json("liar", "share", str(src), "--p2p", s["metainfo"])
+    swarm.wait_complete("liar", s["info_hash"])
+    swarm.ctl("dl", "download", s["metainfo"], "--to", str(tmp_path / "out"), "--detach")
+    done = swarm.wait_complete("dl", s["info_hash"], timeout=120)
+    assert sha256_of(tmp_path / "out" / "target.bin") == sha256_of(src)
+    assert done["banned"] >= 1, done
+    assert done["hash_failures"] >= 2, done
+    log = swarm.daemons["dl"].process.log()
+    assert "banning" in log and "sent corrupt data twice" in log
+
+
+def test_ctl_against_stopped_daemon_is_one_clear_line(tmp_path):
+    """No daemon behind the socket: exit code 3 and a single line saying so."""
+    result = subprocess.run(ctl_argv("status", "--control", f"unix:{tmp_path}/none.sock"),
+                            capture_output=True, text=True, env=environment(), timeout=30)
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no peer-it daemon is listening" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_p2p_given_to_download_is_one_clear_line(swarm, tmp_path):
+    swarm.start_daemon("dl")
+    bad = tmp_path / "bad.p2p"
+    bad.write_bytes(b"this is not a p2p file at all")
+    result = swarm.ctl("dl", "download", str(bad), check=False)
+    assert result.returncode == 5
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_id_is_one_clear_line(swarm):
+    swarm.start_daemon("dl")
+    result = swarm.ctl("dl", "pause", "abcdef", check=False)
+    assert result.returncode == 4
+    assert result.stderr.strip() == "peerit-ctl: no share or download matches abcdef"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as another user")
+def test_second_local_user_cannot_use_the_control_socket():
+    """Another user is refused by the socket directory's permissions (0700); opening them up
+    shows that the permissions, not something else, were what kept them out."""
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="peerit-perm-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        with LocalSwarm(base / "swarm") as local:
+            os.chmod(local.workdir, 0o755)
+            local.start_tracker()
+            handle = local.start_daemon("owner")
+            as_nobody = ("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                         "--clear-groups")
+            env = environment({"HOME": "/tmp"})
+            result = subprocess.run(
+                ctl_argv("list", "--control", handle.control, prefix=as_nobody),
+                capture_output=True, text=True, env=env, timeout=60)
+            assert result.returncode == 7, result.stderr
+            assert "permission denied" in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+            # Positive control: with the directory and socket opened up it would work.
+            os.chmod(handle.data_dir, 0o755)
+            os.chmod(handle.data_dir / "control.sock", 0o777)
+            opened = subprocess.run(
+                ctl_argv("list", "--control", handle.control, prefix=as_nobody),
+                capture_output=True, text=True, env=env, timeout=60)
+            assert opened.returncode == 0, opened.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
