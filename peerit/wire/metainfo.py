@@ -280,8 +280,13 @@ def _check_tree(paths: list[str]) -> None:
     previous = None
     directories = set()
     for path in paths:
-        check_relative_path(path)
-        key = path.encode("utf-8")
+        try:
+            key = path.encode("utf-8")
+        except UnicodeEncodeError:
+            key = None
+        if key is None or not _plainly_valid(path, key):
+            check_relative_path(path)  # names the reason
+            raise MetainfoError(f"invalid file path {path!r}")
         if previous is not None:
             if key == previous:
                 raise MetainfoError(f"duplicate file path {path!r}")
@@ -290,13 +295,27 @@ def _check_tree(paths: list[str]) -> None:
                     f"file paths not in canonical order: {path!r} after "
                     f"{previous.decode()!r}")
         previous = key
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            directories.add("/".join(parts[:depth]))
+        slash = path.find("/")
+        while slash != -1:
+            directories.add(path[:slash])
+            slash = path.find("/", slash + 1)
     # Sorting by bytes does not put "a" next to "a/b" ("a.txt" sorts between), hence a set.
-    for path in paths:
-        if path in directories:
-            raise MetainfoError(f"{path!r} is both a file and a directory")
+    if directories:
+        for path in paths:
+            if path in directories:
+                raise MetainfoError(f"{path!r} is both a file and a directory")
+
+
+def _plainly_valid(path: str, encoded: bytes) -> bool:
+    """check_relative_path's verdict in a few string scans: file lists can be a million long."""
+    if (not path or path[0] == "/" or path[-1] == "/" or "//" in path or "\0" in path
+            or "\\" in path or len(encoded) > MAX_PATH_BYTES):
+        return False
+    wrapped = f"/{path}/"
+    if "/./" in wrapped or "/../" in wrapped:
+        return False
+    return len(encoded) <= MAX_COMPONENT_BYTES or all(
+        len(component) <= MAX_COMPONENT_BYTES for component in encoded.split(b"/"))
 
 
 def check_trackers(trackers) -> None:

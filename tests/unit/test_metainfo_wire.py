@@ -140,7 +140,7 @@ def mutate(data: bytes, draw) -> bytes:
 
 
 class PropertyTests(SynchronousTestCase):
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=150, deadline=None)
     @given(metainfos())
     def test_round_trip(self, metainfo):
         """parse(build(x)) == x, and the info-hash survives the trip."""
@@ -174,7 +174,7 @@ class PropertyTests(SynchronousTestCase):
         except MetainfoError:
             pass
 
-    @settings(max_examples=500, deadline=None,
+    @settings(max_examples=300, deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(metainfos(), st.data())
     def test_mutated_files(self, metainfo, data):
@@ -191,6 +191,27 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual(parsed.to_bytes(), damaged)
         interpreted = wire.METAINFO.parse(damaged)
         self.assertEqual(interpreted.info.data, wire.parse(damaged).info.data)
+
+
+class PathCheckTests(SynchronousTestCase):
+    @settings(max_examples=1000, deadline=None)
+    @given(st.text(alphabet=st.sampled_from(["/", ".", "\\", "\0", "x", "é", "\ud800"]),
+                   max_size=12) | st.builds(lambda n, m: "x" * n + "/" + "é" * m,
+                                            st.integers(250, 260), st.integers(120, 130)))
+    def test_fast_path_check_agrees(self, path):
+        """The fast scan used on long file lists accepts exactly the paths the detailed,
+        reason-giving check accepts."""
+        try:
+            wire.check_relative_path(path)
+            detailed = True
+        except MetainfoError:
+            detailed = False
+        try:
+            encoded = path.encode()
+        except UnicodeEncodeError:
+            self.assertFalse(detailed)
+            return
+        self.assertEqual(wire._plainly_valid(path, encoded), detailed)
 
 
 # -- hostile and damaged files, each refused with its reason ----------------------------------
