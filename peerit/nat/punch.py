@@ -74,6 +74,21 @@ MAX_PENDING_NOMINATIONS = 8
 PORT_RANGE = (1024, 65535)
 
 
+# netcheck's RFC 4787 names for a mapping, reduced to what the punch needs to know.
+_MAPPING_NAMES = {
+    "endpoint-independent": INDEPENDENT,
+    "address-dependent": DEPENDENT,
+    "address-and-port-dependent": DEPENDENT,
+    "endpoint-dependent": DEPENDENT,
+    **{m: m for m in MAPPINGS},
+}
+
+
+def mapping_behaviour(name: str | None) -> str:
+    """``independent``, ``dependent`` or ``unknown`` from our own names or netcheck's."""
+    return _MAPPING_NAMES.get(name or UNKNOWN, UNKNOWN)
+
+
 def role_for(my_peer_id: bytes, their_peer_id: bytes) -> str:
     """The convention both sides can compute alone: the lower peer id controls."""
     return CONTROLLING if my_peer_id < their_peer_id else CONTROLLED
@@ -84,7 +99,8 @@ def plan_for(my_mapping: str, their_mapping: str) -> str:
 
     Unknown behaviour counts as independent: probing costs little and the deadline bounds it.
     """
-    mine, theirs = my_mapping == DEPENDENT, their_mapping == DEPENDENT
+    mine = mapping_behaviour(my_mapping) == DEPENDENT
+    theirs = mapping_behaviour(their_mapping) == DEPENDENT
     if mine and theirs:
         return "relay"
     if mine:
@@ -252,8 +268,10 @@ class PunchAttempt:
             raise ValueError("cannot punch to myself")
         if role not in (CONTROLLING, CONTROLLED):
             raise ValueError(f"role must be {CONTROLLING!r} or {CONTROLLED!r}")
-        if my_mapping not in MAPPINGS or their_mapping not in MAPPINGS:
-            raise ValueError(f"mapping behaviour must be one of {MAPPINGS}")
+        if my_mapping not in _MAPPING_NAMES or their_mapping not in _MAPPING_NAMES:
+            raise ValueError(f"unknown mapping behaviour; use one of {MAPPINGS}")
+        my_mapping, their_mapping = (mapping_behaviour(my_mapping),
+                                     mapping_behaviour(their_mapping))
         if interval <= 0 or max_probes_per_second <= 0:
             raise ValueError("interval and probe rate must be positive")
         self._clock = clock

@@ -256,6 +256,11 @@ class ScriptedPeerTests(SynchronousTestCase):
         self.assertEqual(punch.plan_for("dependent", "unknown"), "hard")
         self.assertEqual(punch.plan_for("independent", "dependent"), "easy")
         self.assertEqual(punch.plan_for("unknown", "unknown"), "direct")
+        # netcheck's RFC 4787 names are understood too.
+        self.assertEqual(punch.plan_for("address-and-port-dependent", "endpoint-independent"),
+                         "hard")
+        self.assertEqual(punch.plan_for("endpoint-independent", "address-dependent"), "easy")
+        self.assertEqual(punch.mapping_behaviour(None), "unknown")
 
 
 class CoordinatorTests(SynchronousTestCase):
