@@ -223,6 +223,13 @@ class NatLab:
             # IPv4 only: no router solicitations or DAD noise, nothing the tests don't expect.
             self.sysctl(role, "net.ipv6.conf.all.disable_ipv6", "1")
             self.sysctl(role, "net.ipv6.conf.default.disable_ipv6", "1")
+        for role in ("pub", "r1", "r2"):
+            # Where br_netfilter is loaded (Docker loads it), bridged frames would also go
+            # through the namespace's IP hooks: r1's forward policy would then drop LAN-to-LAN
+            # traffic. A real switch does not filter; neither do the lab's bridges.
+            if self.exec(role, ["test", "-e", "/proc/sys/net/bridge"], check=False) \
+                    .returncode == 0:
+                self.sysctl(role, "net.bridge.bridge-nf-call-iptables", "0")
         self.ip("pub", "link", "add", "br0", "type", "bridge")
         self.ip("pub", "link", "set", "br0", "up")
         for address in (TRACKER_IP, *COTURN_IPS, STRANGER_IP):

@@ -132,3 +132,21 @@ def test_partial_loss_drops_about_that_share(lab):
     listener.wait_for_log('"done"', timeout=20)
     received = sum(1 for r in records(listener.log()) if "received" in r)
     assert 30 <= received <= 170, received
+
+
+@pytest.mark.parametrize("lab", ["port-restricted", "full-cone"], indirect=True)
+def test_router_does_not_hairpin(lab):
+    """a2 cannot reach a1 through r1's public address (no hairpin NAT, as on many home
+    routers), while the LAN path works: peers behind one NAT must use LAN candidates."""
+    listener = lab.python(
+        "a1", "peerit.nat.netcheck_probe", "--port", "7000", "binding", TRACKER,
+        "--listen", "5", log_name=f"hairpin-{lab.nat_type}.log")
+    mapped = next(r["mapped"] for r in records(listener.wait_for_log('"mapped"', timeout=20))
+                  if "mapped" in r)
+    lab.exec("a2", [*PROBE, "send", mapped, "--count", "3", "--payload", "hairpin"],
+             timeout=30)
+    lab.exec("a2", [*PROBE, "send", "10.201.0.10:7000", "--count", "3", "--payload", "lan"],
+             timeout=30)
+    listener.wait_for_log('"done"', timeout=20)
+    received = {r["received"] for r in records(listener.log()) if "received" in r}
+    assert received == {"lan"}
