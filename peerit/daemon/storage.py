@@ -57,6 +57,13 @@ def _os_error(e: OSError, path: str) -> PeeritError:
     return PeeritError(f"{path}: {os.strerror(e.errno)}")
 
 
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 @implementer(IPieceStore)
 class FileStore:
     """The files of ``metainfo`` under ``root`` (the directory that holds the share's name)."""
@@ -101,9 +108,10 @@ class FileStore:
         parts = self._paths[index].split("/")
         path = self.path_of(index)
         dir_fd = self._root_fd
+        part = parts[0]
         opened = []
         try:
-            for part in parts[:-1]:
+            for part in parts[:-1]:  # ``part`` names the component on error
                 try:
                     next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
                                       dir_fd=dir_fd)
@@ -115,6 +123,7 @@ class FileStore:
                                       dir_fd=dir_fd)
                 opened.append(next_fd)
                 dir_fd = next_fd
+            part = parts[-1]
             flags = (os.O_RDWR if self.writable else os.O_RDONLY) | os.O_NOFOLLOW
             if create:
                 flags |= os.O_CREAT
@@ -123,6 +132,8 @@ class FileStore:
                 os.close(fd)
                 raise UsageError(f"{path} is not a regular file")
         except OSError as e:
+            if e.errno in (errno.ENOTDIR, errno.ELOOP) and _is_symlink(part, dir_fd):
+                raise UsageError(f"refusing to follow a symlink at {path}") from None
             raise _os_error(e, path) from None
         finally:
             for d in opened:

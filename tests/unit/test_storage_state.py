@@ -1,0 +1,127 @@
+"""Piece storage on disk (safe paths, preallocation, offsets) and the resume state."""
+
+import hashlib
+import os
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from peerit.daemon.state import StateDB, SwarmRecord
+from peerit.daemon.storage import FileStore
+from peerit.errors import NoSpace, UsageError
+from peerit.metainfo import FileEntry, Metainfo
+
+
+def directory_metainfo(files, piece_length=1024, name="share"):
+    data = b"".join(bytes([i + 1]) * size for i, (_, size) in enumerate(files))
+    hashes = b"".join(hashlib.sha256(data[i:i + piece_length]).digest()
+                      for i in range(0, len(data), piece_length))
+    return Metainfo(name=name, piece_length=piece_length, total_size=len(data),
+                    is_directory=True,
+                    files=tuple(FileEntry(p, s) for p, s in sorted(files)),
+                    piece_hashes=hashes), data
+
+
+class FileStoreTests(SynchronousTestCase):
+    def setUp(self):
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(lambda: os.system(f"rm -rf {self.root}"))
+
+    def test_blocks_written_by_offset_across_files_read_back_and_hash(self):
+        """Pieces span file boundaries; writes land at the right offsets in each file."""
+        metainfo, data = directory_metainfo([("a/x.bin", 1500), ("a/y/z.bin", 10),
+                                             ("b.bin", 2000)])
+        store = FileStore(metainfo, self.root)
+        store.open(create=True)
+        for piece in reversed(range(metainfo.piece_count)):  # out of order on purpose
+            start = piece * 1024
+            store.write_block(piece, 0, data[start:start + metainfo.piece_size(piece)])
+        for piece in range(metainfo.piece_count):
+            self.assertEqual(store.piece_digest(piece), metainfo.piece_hash(piece))
+            self.assertEqual(store.read_block(piece, 100, 50),
+                             data[piece * 1024 + 100:piece * 1024 + 150])
+        store.close()
+        with open(os.path.join(self.root, "share", "a", "y", "z.bin"), "rb") as f:
+            self.assertEqual(f.read(), data[1500:1510])
+
+    def test_files_are_preallocated_to_their_size(self):
+        metainfo, _ = directory_metainfo([("one.bin", 5000), ("two.bin", 0)])
+        store = FileStore(metainfo, self.root)
+        store.open(create=True)
+        store.close()
+        self.assertEqual(os.path.getsize(os.path.join(self.root, "share", "one.bin")), 5000)
+        self.assertEqual(os.path.getsize(os.path.join(self.root, "share", "two.bin")), 0)
+
+    def test_symlink_planted_in_target_is_refused(self):
+        """A symlink where a directory of the share should be is never followed."""
+        outside = tempfile.mkdtemp()
+        self.addCleanup(lambda: os.system(f"rm -rf {outside}"))
+        os.makedirs(os.path.join(self.root, "share"))
+        os.symlink(outside, os.path.join(self.root, "share", "a"))
+        metainfo, _ = directory_metainfo([("a/x.bin", 10)])
+        store = FileStore(metainfo, self.root)
+        with self.assertRaises(UsageError) as caught:
+            store.open(create=True)
+        self.assertIn("symlink", str(caught.exception))
+        self.assertEqual(os.listdir(outside), [])
+
+    def test_symlinked_file_is_refused(self):
+        os.makedirs(os.path.join(self.root, "share"))
+        victim = os.path.join(self.root, "victim")
+        with open(victim, "wb") as f:
+            f.write(b"precious")
+        os.symlink(victim, os.path.join(self.root, "share", "x.bin"))
+        metainfo, _ = directory_metainfo([("x.bin", 10)])
+        with self.assertRaises(UsageError):
+            FileStore(metainfo, self.root).open(create=True)
+        with open(victim, "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+
+    def test_full_disk_is_reported_as_no_space(self):
+        """Preallocation beyond the filesystem's size fails up front with NoSpace."""
+        if not os.path.exists("/dev/shm"):
+            self.skipTest("no /dev/shm")
+        size, piece = 1 << 40, 1 << 26
+        metainfo = Metainfo(name="share", piece_length=piece, total_size=size,
+                            is_directory=True, files=(FileEntry("huge.bin", size),),
+                            piece_hashes=bytes(32 * (size // piece)))
+        store = FileStore(metainfo, tempfile.mkdtemp(dir="/dev/shm"))
+        with self.assertRaises(NoSpace):
+            store.open(create=True)
+
+    def test_seed_with_wrong_size_file_is_refused(self):
+        metainfo, data = directory_metainfo([("x.bin", 100)])
+        os.makedirs(os.path.join(self.root, "share"))
+        with open(os.path.join(self.root, "share", "x.bin"), "wb") as f:
+            f.write(b"short")
+        with self.assertRaises(UsageError):
+            FileStore(metainfo, self.root, writable=False).open(create=False)
+
+    def test_delete_files_keeps_unrelated_files(self):
+        metainfo, _ = directory_metainfo([("d/x.bin", 10)])
+        store = FileStore(metainfo, self.root)
+        store.open(create=True)
+        mine = os.path.join(self.root, "share", "notes.txt")
+        with open(mine, "w") as f:
+            f.write("user file")
+        store.delete_files()
+        self.assertFalse(os.path.exists(os.path.join(self.root, "share", "d")))
+        self.assertTrue(os.path.exists(mine))
+
+
+class StateTests(SynchronousTestCase):
+    def test_records_survive_reopen_and_unclean_shutdown_is_noticed(self):
+        path = os.path.join(tempfile.mkdtemp(), "state.sqlite3")
+        db = StateDB(path)
+        self.assertTrue(db.clean_shutdown)
+        record = SwarmRecord(b"h" * 32, b"meta", "/root", "download", False, None, None,
+                             None, 1.0, None)
+        db.add(record)
+        db.set_verified(b"h" * 32, b"\xff\x80")
+        # No close(): as if the process was killed.
+        again = StateDB(path)
+        self.assertFalse(again.clean_shutdown)
+        (restored,) = again.records()
+        self.assertEqual(restored.verified, b"\xff\x80")
+        again.close()
+        self.assertTrue(StateDB(path).clean_shutdown)
