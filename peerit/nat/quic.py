@@ -55,6 +55,8 @@ MIN_DATAGRAM_SIZE = 1200  # QUIC's floor; always safe
 MTU_1500_IPV4_DATAGRAM_SIZE = 1500 - 20 - 8  # what a 1500-byte IPv4 path carries
 MTU_1500_IPV6_DATAGRAM_SIZE = 1500 - 40 - 8
 
+TIMER_RETRY = 1e-6  # seconds; see _Link._rearm_timer
+
 # Application error codes in our CONNECTION_CLOSE frames.
 CLOSE_ABORTED = 0x1
 CLOSE_PROTOCOL = 0x2
@@ -250,6 +252,7 @@ class _Link:
         self._finishing = False
         self._clock = endpoint.clock
         self._timer = None
+        self._timer_fired_at = None
         self._handshake_timer = self._clock.callLater(
             endpoint.settings.handshake_timeout, self._handshake_timed_out)
         self._keepalive = None
@@ -263,7 +266,8 @@ class _Link:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.conn.handle_timer(self._clock.seconds())
+        self._timer_fired_at = self._clock.seconds()
+        self.conn.handle_timer(self._timer_fired_at)
         self.pump()
 
     def _send_keepalive(self) -> None:
@@ -303,6 +307,11 @@ class _Link:
                 self._timer = None
             return
         delay = max(0.0, at - now)
+        if delay == 0.0 and now == self._timer_fired_at:
+            # aioquic sets its loss timer at sent + delay but declares the loss when
+            # sent <= now - delay; rounding can keep the timer due and the loss undeclared
+            # at one instant. A real clock moves on; a frozen one would spin forever.
+            delay = TIMER_RETRY
         if self._timer is None:
             self._timer = self._clock.callLater(delay, self._on_timer)
         elif self._timer.getTime() != at:
