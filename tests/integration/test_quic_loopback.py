@@ -1,0 +1,80 @@
+"""QUIC peer links over two real UDP sockets on 127.0.0.1 (one reactor): a few MiB intact
+with both identities pinned, and a wrong pin refused, on the real clock and socket path."""
+
+import hashlib
+import random
+
+from twisted.internet import defer, error, reactor
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+
+from peerit.errors import IdentityMismatch
+from peerit.identity import Identity
+from peerit.nat.quic import QuicDatagramProtocol, QuicHandshakeFailed, QuicSettings
+
+SETTINGS = QuicSettings(max_datagram_size=1452, handshake_timeout=5.0)
+
+
+class Sink(Protocol):
+    def __init__(self):
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.done = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.digest.update(data)
+        self.size += len(data)
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.done.callback(None)
+
+
+class QuicLoopbackTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.ids = Identity.generate("a"), Identity.generate("b")
+        self.sockets = [QuicDatagramProtocol(identity, reactor, SETTINGS)
+                        for identity in self.ids]
+        self.ports = [reactor.listenUDP(0, proto, interface="127.0.0.1")
+                      for proto in self.sockets]
+        self.addrs = [("127.0.0.1", port.getHost().port) for port in self.ports]
+
+    def tearDown(self):
+        for proto in self.sockets:
+            proto.endpoint.close()
+        return defer.gatherResults([port.stopListening() for port in self.ports])
+
+    @defer.inlineCallbacks
+    def test_few_mib_transfer_intact_with_identities_pinned(self):
+        a, b = self.sockets
+        sink = Sink()
+        accepted = b.endpoint.accept_from(self.addrs[0], [self.ids[0].peer_id], lambda pid: sink)
+        sender = yield a.endpoint.connect(self.addrs[1], self.ids[1].peer_id,
+                                          lambda pid: Protocol())
+        receiver = yield accepted
+        self.assertIs(receiver, sink)
+        self.assertEqual(sender.transport.peer_id, self.ids[1].peer_id)
+        self.assertEqual(sink.transport.peer_id, self.ids[0].peer_id)
+        payload = random.Random(5).randbytes(6 * 1024 * 1024)
+        for offset in range(0, len(payload), 256 * 1024):
+            sender.transport.write(payload[offset:offset + 256 * 1024])
+        sender.transport.loseConnection()
+        yield sink.done
+        sink.reason.trap(error.ConnectionDone)
+        self.assertEqual(sink.size, len(payload))
+        self.assertEqual(sink.digest.hexdigest(), hashlib.sha256(payload).hexdigest())
+
+    @defer.inlineCallbacks
+    def test_wrong_pin_is_refused_on_real_sockets(self):
+        a, b = self.sockets
+        made = []
+        accepted = b.endpoint.accept_from(self.addrs[0], [self.ids[0].peer_id],
+                                          lambda pid: made.append(pid) or Protocol())
+        stranger = Identity.generate("stranger").peer_id
+        with self.assertRaises(IdentityMismatch):
+            yield a.endpoint.connect(self.addrs[1], stranger, lambda pid: Protocol())
+        with self.assertRaises(QuicHandshakeFailed):
+            yield accepted
+        self.assertEqual(made, [])
