@@ -3,7 +3,8 @@
 Writes a file of random-ish data in a temporary directory (removed afterwards), reads it once
 so it sits in the page cache, then alternates runs of ``create_metainfo`` and of a plain
 ``hashlib.sha256`` loop (1 MiB reads) over the same file. Prints MB/s (10**6 bytes per second)
-median and range for both, and the ratio of the medians.
+median and range for both, the median CPU seconds (all threads: the work done, which other
+load on the machine does not inflate), and the ratio of the medians.
 
     .venv/bin/python bench/bench_create.py [--size 1G] [--runs 3] [--threads N]
         [--piece-length 512K]
@@ -55,17 +56,19 @@ def plain_sha256(path: str) -> bytes:
     return h.digest()
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """Wall-clock seconds, and CPU seconds of the whole process (all threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def describe(label: str, size: int, seconds: list[float]) -> float:
-    rates = sorted(size / s / 1e6 for s in seconds)
+def describe(label: str, size: int, runs: list[tuple[float, float]]) -> float:
+    rates = sorted(size / wall / 1e6 for wall, _ in runs)
     median = statistics.median(rates)
+    cpu = statistics.median(cpu for _, cpu in runs)
     print(f"{label:<28} median {median:8.1f} MB/s   range {rates[0]:.1f}..{rates[-1]:.1f}"
-          f"   ({len(rates)} runs)")
+          f"   CPU {cpu:.2f} s   ({len(rates)} runs)")
     return median
 
 
@@ -90,13 +93,13 @@ def main(argv=None) -> int:
         print(f"file {size} bytes, piece length {piece_length}, threads "
               f"{args.threads or 'default'}, cpus {os.cpu_count()}, "
               f"load average before {os.getloadavg()[0]:.2f}")
-        create_times, plain_times = [], []
+        create_runs, plain_runs = [], []
         for _ in range(runs):
-            plain_times.append(timed(lambda: plain_sha256(path)))
-            create_times.append(timed(lambda: create_metainfo(
+            plain_runs.append(timed(lambda: plain_sha256(path)))
+            create_runs.append(timed(lambda: create_metainfo(
                 path, piece_length=piece_length, threads=args.threads)))
-        plain = describe("hashlib.sha256, 1 MiB reads", size, plain_times)
-        create = describe("create_metainfo", size, create_times)
+        plain = describe("hashlib.sha256, 1 MiB reads", size, plain_runs)
+        create = describe("create_metainfo", size, create_runs)
         print(f"ratio create / plain: {create / plain:.2f}   "
               f"(load average after {os.getloadavg()[0]:.2f})")
     finally:
