@@ -33,6 +33,11 @@ class TrackerProtocol(Protocol):
             self.transport.abortConnection()
             return
         self.transport.registerProducer(self, True)
+        # Answers are small and come one per request: without this, Nagle holds each one
+        # back until the previous is acknowledged (tens of ms with delayed ACKs).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
 
     def handshakeCompleted(self):
         if self.session is not None:
@@ -62,14 +67,17 @@ class TrackerProtocol(Protocol):
     def abort(self) -> None:
         self.transport.abortConnection()
 
-    # IPushProducer: the transport says when its send buffer fills and drains
+    # IPushProducer: the transport says when its send buffer fills and drains. A peer that
+    # does not read its answers gets no new ones: stop reading its requests until it does.
     def pauseProducing(self):
         if self.session is not None:
             self.session.producer_paused()
+        self.transport.pauseProducing()
 
     def resumeProducing(self):
         if self.session is not None:
             self.session.producer_resumed()
+        self.transport.resumeProducing()
 
     def stopProducing(self):
         pass

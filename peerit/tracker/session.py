@@ -180,7 +180,7 @@ class Tracker:
         session = self._sessions.get(peer_id)
         if session is None:
             return False
-        return session.send(message)
+        return session.push(message)
 
     def close_all(self, code: str = "shutting_down", reason: str = "tracker stopping") -> None:
         for session in list(self._sessions.values()):
@@ -288,8 +288,8 @@ class TrackerSession:
         self._finish()
 
     def producer_paused(self) -> None:
-        """The connection's send buffer is full: stop pushing; a reader this slow is dropped
-        after the idle timeout (the idle check looks at this)."""
+        """The connection's send buffer is full (the adapter also stops reading): pushes are
+        skipped, and a reader stalled for the idle timeout is dropped."""
         if self._paused_since is None:
             self._paused_since = self._clock.seconds()
 
@@ -299,14 +299,27 @@ class TrackerSession:
     # -- sending -----------------------------------------------------------------------------
 
     def send(self, message) -> bool:
-        """Send a message now; False if the session is not ACTIVE or its reader is stalled."""
+        """Answer with a message now; False only if the session is no longer ACTIVE.
+
+        Answers are never dropped: a reader that stops reading stops getting served once its
+        requests are not read either, and is dropped after the idle timeout.
+        """
         return self.send_body(wire.build(message))
 
     def send_body(self, body: bytes) -> bool:
-        if self.state != ACTIVE or self._paused_since is not None:
+        if self.state != ACTIVE:
             return False
         self.link.write(frame_header(len(body)) + body)
         return True
+
+    def push(self, message) -> bool:
+        """Send a message the peer did not ask for; skipped (False) while its reader stalls."""
+        return self.push_body(wire.build(message))
+
+    def push_body(self, body: bytes) -> bool:
+        if self._paused_since is not None:
+            return False
+        return self.send_body(body)
 
     def fail(self, code: str, reason: str, refused_opcode: int = 0,
              info_hash: bytes = wire.NO_INFO_HASH) -> None:
@@ -462,7 +475,7 @@ def _tell_members(tracker: Tracker, info_hash: bytes, newcomer: bytes) -> None:
     for peer_id in members:
         session = sessions.get(peer_id)
         if session is not None:
-            session.send_body(body)
+            session.push_body(body)
 
 
 def _on_peer_list_request(session: TrackerSession, request: wire.PeerListRequest) -> None:

@@ -120,10 +120,10 @@ class _IndexedSet:
         items = self.items
         if count <= 0 or not items:
             return []
-        if len(items) <= count + 1:
-            picked = [p for p in items if p != exclude]
-            rng.shuffle(picked)
-            return picked[:count]
+        if len(items) <= count:
+            # Everyone fits: the sample is the whole set (in no promised order); skipping the
+            # shuffle matters because most swarms are smaller than a peer list.
+            return [p for p in items if p != exclude]
         # One spare draw in case the asker is among those picked.
         picked = [p for p in rng.sample(items, count + 1) if p != exclude]
         return picked[:count]
