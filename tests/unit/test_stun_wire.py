@@ -172,7 +172,7 @@ class HostileInputTests(SynchronousTestCase):
             stun.read_error_code(message)
 
     @given(st.binary(max_size=200))
-    @settings(max_examples=400)
+    @settings(max_examples=400, deadline=None)
     def test_arbitrary_bytes_raise_only_malformed(self, data):
         try:
             message = stun.parse(data)
@@ -186,7 +186,7 @@ class HostileInputTests(SynchronousTestCase):
                 pass
 
     @given(st.binary(min_size=12, max_size=180))
-    @settings(max_examples=300)
+    @settings(max_examples=300, deadline=None)
     def test_arbitrary_attribute_bodies_behind_a_valid_header(self, body):
         """Structure-aware fuzz: a correct header and length around random attribute bytes."""
         body = body[:len(body) - len(body) % 4]
@@ -205,6 +205,7 @@ addresses_v6 = st.tuples(st.ip_addresses(v=6).map(str), st.integers(0, 65535))
 
 
 class RoundTripTests(SynchronousTestCase):
+    @settings(deadline=None)  # timing under a loaded CI machine is not what is tested
     @given(tid=st.binary(min_size=12, max_size=12),
            address=st.one_of(addresses_v4, addresses_v6),
            name=st.text(max_size=40),

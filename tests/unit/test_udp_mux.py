@@ -1,6 +1,6 @@
 """The one-socket multiplexer: classification by first bytes, dispatch, sending, keep-alive."""
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -46,6 +46,7 @@ class ClassifyTests(SynchronousTestCase):
                      b"\xbf\xff\xff\xff", PROBE_MAGIC[:3]):
             self.assertIsNone(classify(data), data)
 
+    @settings(deadline=None)
     @given(st.binary(max_size=64))
     def test_kind_follows_the_first_byte_ranges(self, data):
         """QUIC iff 0x40 set; STUN only with top bits 00; probes only with top bits 10."""
