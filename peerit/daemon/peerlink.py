@@ -62,6 +62,10 @@ class PeerLink(Protocol):
         self._timers["handshake"] = self.clock.callLater(
             HANDSHAKE_TIMEOUT, self.close, "handshake timed out")
         self.transport.registerProducer(self, True)
+        # Requests are small and latency-bound: never let Nagle hold them back.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         if getattr(self.transport, "peer_id", None) is not None:
             self._secured(self.transport.peer_id)  # QUIC/relay: proven before we start
 

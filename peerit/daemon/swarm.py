@@ -25,7 +25,7 @@ log = Logger()
 @dataclass
 class SwarmConfig:
     block_size: int = wire.DEFAULT_BLOCK_SIZE
-    min_pipeline: int = 8  # outstanding block requests per peer, at least
+    min_pipeline: int = 16  # outstanding block requests per peer, at least
     max_pipeline: int = 64
     pipeline_seconds: float = 0.5  # keep this much of a peer's rate in flight
     max_upload_queue: int = 512  # requests a peer may have queued with us

@@ -1,0 +1,97 @@
+"""One seeder -> one downloader (or N downloaders) over loopback with the real daemons.
+
+    .venv/bin/python bench/bench_transfer.py --size 512M --runs 3
+    .venv/bin/python bench/bench_transfer.py --size 128M --downloaders 8 --runs 3
+
+Times from the download command to "every piece verified" (for a swarm: until the last
+downloader has it all), and reads each daemon's peak RSS (VmHWM) from /proc. Loopback only,
+bounded: every run has a deadline and every process is ended by PID.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peerit.client import BlockingClient  # noqa: E402
+from peerit.ctl.offline import parse_size  # noqa: E402
+from peerit.testing.localswarm import LocalSwarm  # noqa: E402
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for i in range(0, size, 1 << 20):
+            f.write(chunk[: min(1 << 20, size - i)])
+            chunk = chunk[1:] + chunk[:1]
+
+
+def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dict:
+    with tempfile.TemporaryDirectory(prefix="peerit-bench-") as work, \
+            LocalSwarm(Path(work) / "swarm") as swarm:
+        swarm.start_tracker()
+        swarm.start_daemon("seed", *seeder_args)
+        names = [f"d{i}" for i in range(downloaders)]
+        for name in names:
+            swarm.start_daemon(name)
+        src = Path(work) / "payload.bin"
+        make_file(src, size)
+        shared = swarm.ctl_json("seed", "share", str(src), "-o", str(Path(work) / "p.p2p"))
+        clients = {n: BlockingClient(swarm.daemons[n].control) for n in names}
+        started = time.monotonic()
+        for name in names:
+            clients[name].download(shared["metainfo"], str(Path(work) / name))
+        finish = {}
+        while len(finish) < len(names):
+            for name in names:
+                if name not in finish and \
+                        clients[name].status(shared["info_hash"])["state"] == "seeding":
+                    finish[name] = time.monotonic() - started
+            if time.monotonic() - started > deadline:
+                raise TimeoutError(f"not done within {deadline}s")
+            time.sleep(0.02)
+        rss = {n: peak_rss_mib(swarm.daemons[n].process.pid) for n in ["seed", *names]}
+        for c in clients.values():
+            c.close()
+        return {"seconds": max(finish.values()), "rss": rss}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="512M")
+    parser.add_argument("--downloaders", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--deadline", type=float, default=300)
+    args = parser.parse_args()
+    size = parse_size(args.size)
+    results = [one_run(size, args.downloaders, args.deadline) for _ in range(args.runs)]
+    seconds = [r["seconds"] for r in results]
+    rates = [size / s / 1e6 for s in seconds]
+    seed_rss = max(r["rss"]["seed"] for r in results)
+    dl_rss = max(v for r in results for k, v in r["rss"].items() if k != "seed")
+    print(f"peer-it, {args.size} to {args.downloaders} downloader(s), {args.runs} runs")
+    print(f"  time to last verified: median {statistics.median(seconds):.2f} s "
+          f"(range {min(seconds):.2f}-{max(seconds):.2f})")
+    if args.downloaders == 1:
+        print(f"  throughput: median {statistics.median(rates):.0f} MB/s "
+              f"(range {min(rates):.0f}-{max(rates):.0f})")
+    print(f"  peak RSS: seeder {seed_rss:.0f} MiB, downloader(s) max {dl_rss:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
