@@ -16,7 +16,8 @@ import zlib
 from dataclasses import dataclass
 
 from construct import (
-    BitsInteger, BitStruct, Byte, Bytes, Const, ConstructError, Enum, GreedyBytes, GreedyRange,
+    BitsInteger, BitStruct, Byte, Bytes, Const, ConstructError, Enum, Error, GreedyBytes,
+    GreedyRange,
     Int16ub, Int32ub, Padding, Struct, Switch, Terminated, this)
 
 from peerit.errors import MalformedMessage
@@ -81,7 +82,7 @@ ADDRESS = Struct(
     Padding(1),
     "family" / Enum(Byte, ipv4=_IPV4, ipv6=_IPV6),
     "port" / Int16ub,
-    "address" / Switch(this.family, {"ipv4": Bytes(4), "ipv6": Bytes(16)}),
+    "address" / Switch(this.family, {"ipv4": Bytes(4), "ipv6": Bytes(16)}, default=Error),
     Terminated,
 )
 

@@ -157,9 +157,10 @@ class HostileInputTests(SynchronousTestCase):
             stun.parse(moved)
 
     def test_bad_address_family(self):
-        value = b"\x00\x03\x00\x01" + b"\x00" * 4
-        with self.assertRaises(MalformedMessage):
-            stun.decode_address(value)
+        for family in (0, 3, 255):
+            value = bytes([0, family, 0, 1]) + b"\x00" * 4
+            with self.assertRaises(MalformedMessage):
+                stun.decode_address(value)
 
     def test_address_length_must_match_family(self):
         with self.assertRaises(MalformedMessage):
@@ -185,19 +186,32 @@ class HostileInputTests(SynchronousTestCase):
             except MalformedMessage:
                 pass
 
-    @given(st.binary(min_size=12, max_size=180))
-    @settings(max_examples=300, deadline=None)
-    def test_arbitrary_attribute_bodies_behind_a_valid_header(self, body):
-        """Structure-aware fuzz: a correct header and length around random attribute bytes."""
-        body = body[:len(body) - len(body) % 4]
-        data = (b"\x01\x01" + len(body).to_bytes(2, "big") + stun.MAGIC_COOKIE_BYTES
-                + TRANSACTION + body)
+    @given(st.lists(st.tuples(
+        st.one_of(st.sampled_from([stun.MAPPED_ADDRESS, stun.XOR_MAPPED_ADDRESS,
+                                   stun.ERROR_CODE, stun.SOFTWARE, stun.CHANGE_REQUEST,
+                                   stun.UNKNOWN_ATTRIBUTES, stun.OTHER_ADDRESS,
+                                   stun.RESPONSE_ORIGIN]),
+                  st.integers(0, 0xFFFF)),
+        st.binary(max_size=24)), max_size=5),
+        st.sampled_from([stun.BINDING_REQUEST, stun.BINDING_SUCCESS, stun.BINDING_ERROR]))
+    @settings(max_examples=1000, deadline=None)
+    def test_well_framed_attributes_with_arbitrary_values(self, attributes, message_type):
+        """Structure-aware fuzz: valid header and TLV framing, known types, random values."""
+        body = b"".join(t.to_bytes(2, "big") + len(v).to_bytes(2, "big") + v
+                        + bytes(-len(v) % 4) for t, v in attributes)
+        data = (message_type.to_bytes(2, "big") + len(body).to_bytes(2, "big")
+                + stun.MAGIC_COOKIE_BYTES + TRANSACTION + body)
         try:
             message = stun.parse(data)
-            stun.mapped_address(message)
-            stun.read_error_code(message)
         except MalformedMessage:
-            pass
+            return
+        for reader in (stun.mapped_address, stun.read_software, stun.read_error_code,
+                       stun.read_change_request, stun.read_unknown_attributes,
+                       lambda m: stun.read_address(m, stun.OTHER_ADDRESS)):
+            try:
+                reader(message)
+            except MalformedMessage:
+                pass
 
 
 addresses_v4 = st.tuples(st.ip_addresses(v=4).map(str), st.integers(0, 65535))
