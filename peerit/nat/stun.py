@@ -7,11 +7,14 @@ rather report "no answer" after 3 s than wait the RFC's 39.5 s.
 
 :class:`StunResponder` answers Binding requests for the tracker. STUN over UDP is an
 amplification risk: a 20-byte request spoofed with a victim's address gets a 52-byte answer
-(IPv4; 64 bytes for IPv6) sent to the victim, a factor of at most 2.6 (3.2 for IPv6). So
-the responder answers only well-formed Binding requests, keeps its answers to the three
-attributes a client needs (XOR-MAPPED-ADDRESS, SOFTWARE, FINGERPRINT) and limits replies per
-source address and in total. It never reflects anything the request carried except the
-transaction id.
+(IPv4; 64 bytes for IPv6) sent to the victim, a factor of at most 2.6 (3.2 for IPv6). An
+error reply (420 for an unknown attribute) is at most 68 bytes and needs a request of at
+least 24, a factor under 2.9. So the responder answers only well-formed Binding requests,
+keeps its answers to the three attributes a client needs (XOR-MAPPED-ADDRESS, SOFTWARE,
+FINGERPRINT), limits replies per source address (a burst of 20, then 10/s) and in total
+(5000/s), and never reflects anything the request carried except the transaction id (and up
+to four unknown attribute types in a 420). At the total cap a spoofing attacker gets at most
+5000 x 64 bytes = 320 kB/s of answers aimed at others.
 """
 
 import os

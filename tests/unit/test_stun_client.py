@@ -1,10 +1,11 @@
 """STUN client transactions and the tracker's responder, on a task.Clock with no sockets."""
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.errors import MalformedMessage, TimedOut
-from peerit.nat.stun import StunClient, StunErrorResponse, StunResponder
+from peerit.nat.stun import Reply, StunClient, StunErrorResponse, StunResponder
 from peerit.wire import stun
 
 SERVER = ("198.18.0.1", 3478)
@@ -233,3 +234,23 @@ class ResponderTests(SynchronousTestCase):
         d = client.binding(SERVER)
         client.datagram_received(replies[0].datagram, SERVER)
         self.assertEqual(self.successResultOf(d), CLIENT)
+
+
+class HostileResponderInputTests(SynchronousTestCase):
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=16)), max_size=4))
+    def test_any_well_framed_request_gets_a_reply_or_none_never_an_exception(self, attributes):
+        responder = StunResponder(task.Clock(), alternate_port=True, per_source_burst=1e9)
+        message = stun.StunMessage(stun.BINDING_REQUEST, b"q" * 12, tuple(
+            stun.Attribute(t, v) for t, v in attributes if t != stun.FINGERPRINT))
+        reply = responder.respond(stun.build(message), CLIENT)
+        if reply is not None:
+            response = stun.parse(reply.datagram)
+            self.assertIn(response.type, (stun.BINDING_SUCCESS, stun.BINDING_ERROR))
+            self.assertLessEqual(len(reply.datagram), 68)
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=120))
+    def test_arbitrary_datagrams_never_raise(self, data):
+        responder = StunResponder(task.Clock(), alternate_port=True)
+        self.assertIn(type(responder.respond(data, CLIENT)), (type(None), Reply))
