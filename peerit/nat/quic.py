@@ -164,7 +164,7 @@ class QuicStreamTransport:
 
     def getPeerCertificate(self):
         """The peer's certificate (a ``cryptography`` object), as ``peerit.tls`` expects."""
-        return self._link.conn.tls._peer_certificate
+        return self._link.conn.peer_certificate()
 
     # IConsumer
     def registerProducer(self, producer, streaming: bool) -> None:
@@ -426,7 +426,13 @@ class _Link:
                 else self._held_input[0]
             self._held_input = []
             self.conn.consumed(self._receive_stream, len(data))
-            self._protocol.dataReceived(data)
+            try:
+                self._protocol.dataReceived(data)
+            except Exception:
+                # As Twisted's TCP transports do: a protocol bug ends its own link only.
+                log.failure("peer protocol failed on data from {addr}", addr=self.addr)
+                self.abort("protocol error")
+                return
             self.endpoint._mark_dirty(self)  # credit may have opened: tell the peer
         if self._input_finished and self.state is _State.OPEN and not self._held_input:
             self._input_finished = False

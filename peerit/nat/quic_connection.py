@@ -93,15 +93,19 @@ class PinnedQuicConnection(QuicConnection):
 
         context._set_peer_certificate = pinned_set_peer_certificate
 
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The certificate the other side presented (and signed the transcript with)."""
+        certificate = getattr(getattr(self, "tls", None), "_peer_certificate", None)
+        return certificate if isinstance(certificate, x509.Certificate) else None
+
     def proven_peer_id(self) -> bytes | None:
         """The peer id the other side proved in the handshake, if it is an allowed one.
 
         Meaningful once the handshake completed: the certificate was then checked against the
         pins and its key signed the transcript (CertificateVerify).
         """
-        tls_context = getattr(self, "tls", None)
-        certificate = getattr(tls_context, "_peer_certificate", None)
-        if not isinstance(certificate, x509.Certificate):
+        certificate = self.peer_certificate()
+        if certificate is None:
             return None
         proven = peer_id_of_certificate(certificate)
         return proven if proven in self._allowed_peer_ids else None

@@ -407,3 +407,24 @@ class HelperTests(SynchronousTestCase):
         self.assertRaises(ValueError, QuicSettings, max_datagram_size=1199)
         self.assertRaises(ValueError, QuicSettings, congestion_control="bbr")
         self.assertEqual(QuicSettings(max_datagram_size=1452).max_datagram_size, 1452)
+
+
+class ProtocolErrorTests(QuicTestCase):
+
+    def test_a_failing_protocol_ends_only_its_own_link(self):
+        """An exception in dataReceived aborts that link (the peer is told) and is logged;
+        the endpoint goes on working."""
+        client, server = self.open_link()
+
+        def broken(data):
+            raise RuntimeError("bug")
+        server.dataReceived = broken
+        client.transport.write(b"boom")
+        self.assertTrue(self.advance_until(lambda: client.lost and server.lost, 10))
+        server.lost.trap(error.ConnectionAborted)
+        client.lost.trap(QuicConnectionLost)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(self.advance_until(lambda: self.dialer.links() == 0
+                                           and self.acceptor.links() == 0, 10))
+        client2, server2 = self.open_link(dialer_greeting=b"again")
+        self.assertTrue(self.advance_until(lambda: server2.data == b"again", 5))
