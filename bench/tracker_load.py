@@ -261,6 +261,8 @@ def main():
     parser.add_argument("--rates", default="10000,15000,20000,25000")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--max-peers", type=int, default=50)
+    parser.add_argument("--tracker-profile", metavar="PATH",
+                        help="run the tracker under cProfile and save its stats to PATH")
     args = parser.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
     if not 0 < args.sessions <= MAX_SESSIONS:
@@ -275,7 +277,10 @@ def main():
     tracker_cmd = [
         "taskset", "-c", "0", sys.executable, "-c",
         "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-        "--logfile", str(log_path), "peerit-tracker",
+        "--logfile", str(log_path),
+        *(["--profiler=cprofile", "--savestats", f"--profile={args.tracker_profile}"]
+          if args.tracker_profile else []),
+        "peerit-tracker",
         "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", data_dir,
         "--max-sessions-per-address", str(args.sessions + 10),
         "--max-sessions", str(args.sessions + 10),
