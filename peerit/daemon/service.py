@@ -332,7 +332,14 @@ class Daemon(service.MultiService):
                              "fingerprint and the daemon has no --tracker")
         transfer = Transfer(self, metainfo, root, "download")
         present = os.path.exists(transfer.path)
-        transfer.open(create=True)  # raises NoSpace / PermissionDenied / symlink refusals
+        try:
+            transfer.open(create=True)  # NoSpace / PermissionDenied / symlink refusals
+        except PeeritError:
+            if not present:
+                transfer.store.delete_files()  # leave no half-made files behind
+            else:
+                transfer.store.close()
+            raise
         self.state.add(SwarmRecord(
             metainfo.info_hash, metainfo.to_bytes(), root, "download", False,
             None, None, None, time.time(), None))

@@ -218,3 +218,45 @@ def test_second_local_user_cannot_use_the_control_socket():
             assert opened.returncode == 0, opened.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_download_without_peers_waits_and_never_hangs_the_cli(swarm, tmp_path):
+    """Nobody seeds: the daemon keeps waiting and retrying; the CLI returns when told to."""
+    src = random_file(tmp_path / "src" / "lonely.bin", 1 * MiB, seed=8)
+    swarm.start_daemon("seed")
+    swarm.start_daemon("dl")
+    s = share(swarm, "seed", src)
+    swarm.stop_daemon("seed")
+    started = time.monotonic()
+    result = swarm.ctl("dl", "download", s["metainfo"], "--to", str(tmp_path / "out"),
+                       "--timeout", "3", check=False)
+    assert result.returncode == 9, result.stderr
+    assert time.monotonic() - started < 20
+    assert "the daemon keeps going" in result.stderr
+    assert swarm.status("dl", s["info_hash"])["state"] == "waiting for peers"
+    # The seeder comes back: the waiting download completes on its own.
+    swarm.restart_daemon("seed")
+    swarm.wait_complete("dl", s["info_hash"], timeout=90)
+    assert sha256_of(tmp_path / "out" / "lonely.bin") == sha256_of(src)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_download_into_a_full_filesystem_is_one_clear_error(swarm, tmp_path):
+    """A 4 MiB filesystem cannot hold 8 MiB: refused up front with exit code 6."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],
+                   check=True)
+    try:
+        src = random_file(tmp_path / "src" / "big8.bin", 8 * MiB, seed=9)
+        swarm.start_daemon("seed")
+        swarm.start_daemon("dl")
+        s = share(swarm, "seed", src)
+        result = swarm.ctl("dl", "download", s["metainfo"], "--to", str(small), check=False)
+        assert result.returncode == 6, result.stderr
+        assert "no space left on device" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert swarm.ctl_json("dl", "list") == []  # nothing half-added
+        assert list(small.iterdir()) == []  # and no half-made files
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
