@@ -28,6 +28,7 @@ from peerit.wire.stun import MAGIC_COOKIE_BYTES
 
 __all__ = ["PROBE_MAGIC", "KEEPALIVE_INTERVAL", "DatagramKind", "UdpMux", "classify"]
 KEEPALIVE_INTERVAL = 25.0
+SOCKET_BUFFER = 4 * 1024 * 1024
 
 Address = tuple[str, int]
 Handler = Callable[[bytes, Address], None]
@@ -92,6 +93,14 @@ class UdpMux(DatagramProtocol):
         return self.transport.getHost().port
 
     def startProtocol(self) -> None:
+        # QUIC sends in bursts; default socket buffers overflow at them (docs/quic.md).
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            from peerit.nat.quic import set_socket_buffers
+            try:
+                set_socket_buffers(sock, SOCKET_BUFFER)
+            except OSError as e:
+                self.log.info("cannot enlarge UDP socket buffers: {error}", error=e)
         self._keepalive = task.LoopingCall(self._refresh_mapping)
         self._keepalive.clock = self._clock
         self._keepalive.start(self._keepalive_interval, now=False)
@@ -120,7 +129,13 @@ class UdpMux(DatagramProtocol):
         if self.transport is None:
             return False
         try:
-            self.transport.write(datagram, addr)
+            # The socket directly: Twisted's Port.write checks the address three times per
+            # datagram, a tenth of a QUIC sender's time (docs/quic.md).
+            sock = getattr(self.transport, "socket", None)
+            if sock is not None:
+                sock.sendto(datagram, addr)
+            else:
+                self.transport.write(datagram, addr)
         except OSError as e:
             # Unreachable networks and full buffers are ordinary for UDP: the sender's own
             # timeout and retransmissions deal with them.
