@@ -89,6 +89,14 @@ class FileStore:
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
             raise _os_error(e, self.root) from None
+        if create and self.metainfo.is_directory and not self.metainfo.files:
+            # A share of an empty directory: the directory itself is the whole download.
+            try:
+                os.mkdir(self.metainfo.name, 0o755, dir_fd=self._root_fd)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise _os_error(e, os.path.join(self.root, self.metainfo.name)) from None
         for index, entry in enumerate(self.metainfo.files):
             fd = self._open_file(index, create)
             if create:

@@ -125,3 +125,12 @@ class StateTests(SynchronousTestCase):
         self.assertEqual(restored.verified, b"\xff\x80")
         again.close()
         self.assertTrue(StateDB(path).clean_shutdown)
+
+
+class EmptyShareTests(SynchronousTestCase):
+    def test_empty_directory_share_creates_the_directory(self):
+        root = tempfile.mkdtemp()
+        metainfo = Metainfo(name="nothing", piece_length=1 << 18, total_size=0,
+                            is_directory=True, files=(), piece_hashes=b"")
+        FileStore(metainfo, root).open(create=True)
+        self.assertTrue(os.path.isdir(os.path.join(root, "nothing")))
