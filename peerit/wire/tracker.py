@@ -260,13 +260,13 @@ def build(message) -> bytes:
 # The requests a tracker parses thousands of times a second have a fixed size, so they take a
 # fast path: once the length is right no field can read short, and a ``struct.Struct``
 # derived from the construct definition (not written a second time) unpacks the fields.
-# Measured: 22 us -> 1 us per Announce. A unit test holds both paths together.
+# Measured: 22 us -> 2 us per Announce. A unit test holds both paths together.
 def _fixed_layout(body: Struct) -> tuple[struct.Struct, list]:
     """The struct format of a fixed-size construct Struct, and a decoder per field (an
     Enum's mapping, or None for the raw value)."""
     formats, decoders = [">"], []
-    for field in body.subcons:
-        inner = field.subcon
+    for member in body.subcons:
+        inner = member.subcon
         while isinstance(inner, ExprValidator):
             inner = inner.subcon
         decoder = None
@@ -278,7 +278,7 @@ def _fixed_layout(body: Struct) -> tuple[struct.Struct, list]:
         elif isinstance(inner, FormatField) and inner.fmtstr[0] == ">":
             formats.append(inner.fmtstr[1:])
         else:
-            raise TypeError(f"no fixed layout for {field.name}")
+            raise TypeError(f"no fixed layout for {member.name}")
         decoders.append(decoder)
     return struct.Struct("".join(formats)), decoders
 
