@@ -1,5 +1,9 @@
 """``twistd peerit-tracker`` options and the service they make (no sockets)."""
 
+import os
+import shutil
+import tempfile
+
 from twisted.application.service import IService, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -34,7 +38,7 @@ class ListenDescriptionTests(SynchronousTestCase):
 class OptionsTests(SynchronousTestCase):
     def test_defaults_are_the_limits_defaults(self):
         options = tap.Options()
-        options.parseOptions(["--data-dir", self.mktemp()])
+        options.parseOptions(["--data-dir", "unused"])
         self.assertEqual(options["listen"], "tcp:59000")
         self.assertEqual(options.limits, Limits())
 
@@ -55,7 +59,8 @@ class OptionsTests(SynchronousTestCase):
 
 class MakeServiceTests(SynchronousTestCase):
     def test_service_listens_with_tls_and_writes_the_endpoint_once_running(self):
-        data_dir = self.mktemp()
+        data_dir = tempfile.mkdtemp(prefix="peerit-tap-test-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
         options = tap.Options()
         options.parseOptions(["--data-dir", data_dir, "--listen", "tcp:0:interface=127.0.0.1"])
         reactor = MemoryReactorClock()
@@ -66,7 +71,6 @@ class MakeServiceTests(SynchronousTestCase):
         [(port, factory, _, interface)] = reactor.tcpServers
         self.assertEqual(interface, "127.0.0.1")
         self.assertEqual(type(factory).__name__, "TLSMemoryBIOFactory")
-        import os
         endpoint = os.path.join(data_dir, ENDPOINT_FILE)
         self.assertFalse(os.path.exists(endpoint), "not before the reactor runs")
         reactor.run()  # MemoryReactor: fires the startup triggers only
