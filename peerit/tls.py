@@ -19,8 +19,8 @@ from peerit.identity import Identity, peer_id_of_certificate
 def _context(identity: Identity, expected_peer_id: bytes | None) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-    ctx.use_certificate(_to_openssl_cert(identity.certificate))
-    ctx.use_privatekey(_to_openssl_key(identity.key))
+    ctx.use_certificate(identity.certificate)
+    ctx.use_privatekey(identity.key)
     ctx.check_privatekey()
     # Big records mean fewer Python calls per megabyte on the bulk path.
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET)
@@ -35,16 +35,6 @@ def _context(identity: Identity, expected_peer_id: bytes | None) -> SSL.Context:
 
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
     return ctx
-
-
-def _to_openssl_cert(cert):
-    from OpenSSL import crypto
-    return crypto.X509.from_cryptography(cert)
-
-
-def _to_openssl_key(key):
-    from OpenSSL import crypto
-    return crypto.PKey.from_cryptography_key(key)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -75,14 +65,16 @@ class IdentityServerTLS:
         return conn
 
 
-def server_factory(identity: Identity, wrapped_factory) -> TLSMemoryBIOFactory:
-    return TLSMemoryBIOFactory(IdentityServerTLS(identity), False, wrapped_factory)
+def server_factory(identity: Identity, wrapped_factory, clock=None) -> TLSMemoryBIOFactory:
+    """``clock``: Twisted's TLS layer batches writes with callLater(0); tests pass theirs."""
+    return TLSMemoryBIOFactory(IdentityServerTLS(identity), False, wrapped_factory,
+                               clock=clock)
 
 
 def client_factory(identity: Identity, expected_peer_id: bytes,
-                   wrapped_factory) -> TLSMemoryBIOFactory:
+                   wrapped_factory, clock=None) -> TLSMemoryBIOFactory:
     return TLSMemoryBIOFactory(PinnedClientTLS(identity, expected_peer_id), True,
-                               wrapped_factory)
+                               wrapped_factory, clock=clock)
 
 
 def peer_id_of_transport(transport) -> bytes | None:

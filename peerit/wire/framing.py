@@ -8,18 +8,23 @@ from construct import Int32ub
 
 from peerit.errors import FrameTooLarge
 
-LENGTH = Int32ub
+LENGTH = Int32ub  # the declared format; the two functions below are its measured fast path
 LENGTH_SIZE = LENGTH.sizeof()
-_parse_length = LENGTH.compile().parse
+
+
+def _parse_length(data) -> int:
+    # int.from_bytes is the same big-endian u32 as LENGTH, without construct's per-call
+    # overhead, which was a fifth of the tracker's CPU under load (docs/tracker.md).
+    return int.from_bytes(data, "big")
 
 
 def frame_header(body_length: int) -> bytes:
     """The length prefix for a body of ``body_length`` bytes."""
-    return LENGTH.build(body_length)
+    return body_length.to_bytes(LENGTH_SIZE, "big")
 
 
 def frame(body: bytes) -> bytes:
-    return LENGTH.build(len(body)) + body
+    return frame_header(len(body)) + body
 
 
 class FrameDecoder:

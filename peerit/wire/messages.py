@@ -7,11 +7,12 @@ handle the opcode, the ``Switch`` on it, and turn every construct error into
 """
 
 import dataclasses
+import io
 import struct
 from typing import Any
 
 from construct import (
-    Byte, ConstructError, Container, Error, ListContainer, Struct, Switch, Terminated, this)
+    Byte, ConstructError, StreamError, Container, Error, ListContainer, Struct, Switch, Terminated, this)
 
 from peerit.errors import MalformedMessage
 
@@ -52,8 +53,13 @@ class MessageSet:
     @property
     def _parser(self):
         # Compiled once: several times faster than the interpreted Struct on every frame.
+        # Without Terminated: its compiled read(1) expects a short read, which the strict
+        # stream below refuses; the end of the message is checked by position instead.
         if self._compiled is None:
-            self._compiled = self.format.compile()
+            self._compiled = Struct(
+                "opcode" / Byte,
+                "body" / Switch(this.opcode, dict(self._bodies), default=Error),
+            ).compile()
         return self._compiled
 
     @property
@@ -78,12 +84,26 @@ class MessageSet:
         if cls is None:
             raise MalformedMessage(f"unknown {self.name} message type {data[0]}")
         try:
-            parsed = self._parser.parse(data)
+            stream = StrictBytesIO(data)
+            parsed = self._parser.parse_stream(stream)
+            if stream.tell() != len(data):
+                raise StreamError(f"{len(data) - stream.tell()} bytes after the message")
         except ConstructError as e:
             raise MalformedMessage(f"bad {self.name} {cls.__name__}: {_short(e)}") from None
         except (ValueError, UnicodeDecodeError, OverflowError, struct.error) as e:
             raise MalformedMessage(f"bad {self.name} {cls.__name__}: {e}") from None
         return _from_construct(cls, parsed.body)
+
+
+class StrictBytesIO(io.BytesIO):
+    """Compiled construct reads ``Bytes(n)`` with a bare ``read(n)`` and accepts a short
+    result; here a short read is an error, so a truncated message never parses."""
+
+    def read(self, size=-1):
+        data = super().read(size)
+        if size is not None and size >= 0 and len(data) != size:
+            raise StreamError(f"truncated: expected {size} bytes, found {len(data)}")
+        return data
 
 
 def _short(error: Exception) -> str:

@@ -121,3 +121,15 @@ class FramingTests(SynchronousTestCase):
         decoder = framing.FrameDecoder(peer.MAX_FRAME_SIZE)
         with self.assertRaises(FrameTooLarge):
             decoder.feed(b"\xff\xff\xff\xff")
+
+
+class TruncationTests(SynchronousTestCase):
+    def test_every_truncation_of_every_message_is_refused(self):
+        """Compiled construct accepts short reads of fixed-size fields; we must not."""
+        for message, hex_bytes in GOLDEN:
+            raw = bytes.fromhex(hex_bytes)
+            if isinstance(message, (peer.Bitfield, peer.Block)):
+                continue  # their payload runs to the end of the frame: any length is valid
+            for cut in range(1, len(raw)):
+                with self.assertRaises(MalformedMessage, msg=(message, cut)):
+                    peer.parse(raw[:cut])
