@@ -27,27 +27,38 @@ def frame(body: bytes) -> bytes:
     return frame_header(len(body)) + body
 
 
+LARGE_FRAME = 64 * 1024  # bodies at least this big are assembled in place
+
+
 class FrameDecoder:
     """Cuts a byte stream into frames, holding at most one partial frame.
 
-    ``feed`` returns the complete frame bodies (as ``bytes``) found so far and keeps the rest.
-    A length above ``max_frame_size`` raises :class:`FrameTooLarge` at once; the caller should
-    drop the connection since the stream can no longer be trusted.
+    ``feed`` returns the complete frame bodies found so far and keeps the rest. Small bodies
+    come back as ``bytes``; a large one (piece data) is collected straight into a buffer of
+    its announced size and returned as that ``bytearray``, so its bytes are copied once, not
+    twice. A length above ``max_frame_size`` raises :class:`FrameTooLarge` at once (before
+    anything is allocated for it); the caller should drop the connection.
     """
 
     def __init__(self, max_frame_size: int):
         self.max_frame_size = max_frame_size
         self._buffer = bytearray()
         self._need = None  # body length of the frame being collected, once known
+        self._large = None  # the large body being filled, and how much of it is filled
+        self._filled = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + self._filled
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data) -> list:
+        frames = []
+        if self._large is not None:
+            data = self._fill_large(data, frames)
+            if not data:
+                return frames
         buf = self._buffer
         buf += data
-        frames = []
         pos = 0
         end = len(buf)
         view = memoryview(buf)
@@ -64,6 +75,12 @@ class FrameDecoder:
                     self._need = need
                     pos += LENGTH_SIZE
                 if end - pos < self._need:
+                    if self._need >= LARGE_FRAME:
+                        # Everything left belongs to this frame: move it to its own buffer.
+                        self._large = bytearray(self._need)
+                        self._filled = end - pos
+                        self._large[:self._filled] = view[pos:end]
+                        pos = end
                     break
                 frames.append(view[pos:pos + self._need].tobytes())
                 pos += self._need
@@ -73,3 +90,14 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return frames
+
+    def _fill_large(self, data, frames: list):
+        """Copy the next part of ``data`` into the large body; return what is left over."""
+        take = min(len(data), len(self._large) - self._filled)
+        self._large[self._filled:self._filled + take] = memoryview(data)[:take]
+        self._filled += take
+        if self._filled < len(self._large):
+            return b""
+        frames.append(self._large)
+        self._large, self._filled, self._need = None, 0, None
+        return data[take:]

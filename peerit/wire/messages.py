@@ -71,9 +71,10 @@ class MessageSet:
 
     def build(self, message) -> bytes:
         opcode, body = self._by_class[type(message)]
+        # Interpreted, not compiled: compiled Bytes(n) writes a value of any length.
         try:
             return bytes([opcode]) + body.build(_to_construct(message))
-        except ConstructError as e:
+        except (ConstructError, struct.error, ValueError, OverflowError, TypeError) as e:
             raise MalformedMessage(f"cannot encode {type(message).__name__}: {_short(e)}") \
                 from None
 

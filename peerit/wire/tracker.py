@@ -3,7 +3,8 @@
 Frames are length-prefixed (``peerit.wire.framing``); each body is an opcode byte and the
 message. The daemon opens with ``Hello``; the tracker answers ``Welcome`` and from then on
 either side may speak at any time: the daemon announces and asks for peers, the tracker answers
-and pushes (``PeerJoined``; later NAT messages). Addresses travel as 4 or 16 raw bytes and
+and pushes (``PeerJoined``; the NAT traversal messages of docs/nat-protocol.md:
+``StunInfo``, ``Punch``, ``RelayOffer``). Addresses travel as 4 or 16 raw bytes and
 appear in the dataclasses as ``ipaddress`` text ("192.0.2.1", "2001:db8::1").
 
 Peer lists are the hot path; :func:`peer_list_body` builds one from per-peer bytes that the
@@ -96,6 +97,10 @@ ERROR_CODE = Enum(
     superseded=9,           # the same peer id opened a newer session
     shutting_down=10,
     internal=11,
+    # NAT traversal refusals (docs/nat-protocol.md); each refuses one request, the session stays
+    peer_unavailable=12,    # the target is not connected, or one side is not in that swarm
+    too_many_attempts=13,   # the requester already has its cap of punches/relays under way
+    relay_unavailable=14,   # this tracker runs no relay, or it is full
 )
 
 

@@ -133,3 +133,30 @@ class TruncationTests(SynchronousTestCase):
             for cut in range(1, len(raw)):
                 with self.assertRaises(MalformedMessage, msg=(message, cut)):
                     peer.parse(raw[:cut])
+
+
+class LargeFrameTests(SynchronousTestCase):
+    def test_large_and_small_frames_interleaved_in_any_chunking(self):
+        """Big bodies are assembled in place; the frames around them are unaffected."""
+        import random
+        rng = random.Random(5)
+        bodies = [bytes([i]) * n for i, n in enumerate([10, 200_000, 3, 70_000, 65_536, 1])]
+        stream = b"".join(framing.frame(b) for b in bodies)
+        for chunk in (1, 1000, 16384, 65536, len(stream)):
+            decoder = framing.FrameDecoder(1 << 20)
+            got = []
+            pos = 0
+            while pos < len(stream):
+                size = rng.randint(1, chunk)
+                got += decoder.feed(stream[pos:pos + size])
+                pos += size
+            self.assertEqual([bytes(b) for b in got], bodies)
+            self.assertEqual(decoder.buffered, 0)
+
+
+class BuildTests(SynchronousTestCase):
+    def test_values_that_do_not_fit_are_refused_not_mangled(self):
+        for message in (peer.Have(-1), peer.Have(2**32), peer.Handshake(1, b"x", ID_B),
+                        peer.Request(0, 0, 2**40)):
+            with self.assertRaises(MalformedMessage):
+                peer.build(message)
