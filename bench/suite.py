@@ -1,0 +1,520 @@
+"""peer-it side by side with what its users would pick instead, in one run on one machine.
+
+Runs every benchmark of issue 6 on loopback (and the NAT lab when root and
+``bench/bench_natlab.py`` exists), each tool in its own processes, several runs interleaved so
+that a noisy moment hits peer-it and its references alike, and prints one table: median and
+range of each figure, the ratio peer-it / reference per round (median and range), CPU seconds
+and peak RSS of each process, and the load average. Normally started by ``bench/run``, which
+builds ``bench/.venv`` with the references first.
+
+    python bench/suite.py [--quick] [--only SELECTOR[,...]] [--runs N] [--budget SECONDS]
+                          [--json FILE] [--keep] [--profile DIR]
+
+SELECTOR is a benchmark (transfer, swarm, natlab, create, idle) or BENCHMARK/TOOL
+(e.g. transfer/peer-it, create/hashlib). Everything is bounded: each sample has a time limit,
+the whole suite has ``--budget``; samples that would start past it are reported as not run.
+Every process is ended by PID and the work directory is removed unless ``--keep``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+REFERENCES = BENCH / "references"
+sys.path.insert(0, str(REFERENCES))
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO))
+
+from common import (Child, MiB, install_sigterm_exit, make_file,  # noqa: E402
+                    proc_cpu_seconds, write_result)
+
+
+# -- what to run ----------------------------------------------------------------------------
+@dataclass
+class Sizes:
+    transfer: int = 512 * MiB
+    swarm: int = 128 * MiB
+    swarm_downloaders: int = 8
+    natlab: int = 256 * MiB
+    create: int = 1024 * MiB
+    idle_shares: int = 1000
+    idle_links: int = 50
+    idle_window: float = 10.0
+    runs: int = 3
+
+
+QUICK = Sizes(transfer=16 * MiB, swarm=8 * MiB, swarm_downloaders=2, natlab=16 * MiB,
+              create=32 * MiB, idle_shares=20, idle_links=3, idle_window=2.0, runs=1)
+
+
+@dataclass
+class Benchmark:
+    name: str
+    title: str
+    unit: str  # "MB/s" (higher is better), "s" (lower is better), "% core"
+    tools: list
+    target: str
+    ratio_goal: dict = field(default_factory=dict)  # reference tool -> (op, bound)
+
+
+def benchmarks(sizes: Sizes) -> list[Benchmark]:
+    mib = lambda n: f"{n // MiB} MiB"  # noqa: E731
+    return [
+        Benchmark("transfer", f"1 seeder -> 1 downloader, {mib(sizes.transfer)}, loopback",
+                  "MB/s", ["peer-it", "libtorrent", "magic-wormhole", "tcp-sendfile"],
+                  ">= 1.5x libtorrent and >= 1.5x magic-wormhole; daemon RSS <= 100 MiB",
+                  {"libtorrent": (">=", 1.5), "magic-wormhole": (">=", 1.5)}),
+        Benchmark("swarm", f"1 seeder + {sizes.swarm_downloaders} downloaders, "
+                  f"{mib(sizes.swarm)}, time to the last", "s", ["peer-it", "libtorrent"],
+                  "<= 1.0x libtorrent's time", {"libtorrent": ("<=", 1.0)}),
+        Benchmark("natlab", f"1 -> 1 over the punched QUIC path (NAT lab), "
+                  f"{mib(sizes.natlab)}", "MB/s", ["peer-it"], ">= 60 MB/s"),
+        Benchmark("create", f".p2p creation of {mib(sizes.create)} (page cache)", "MB/s",
+                  ["peer-it", "hashlib"], ">= 0.8x hashlib", {"hashlib": (">=", 0.8)}),
+        Benchmark("idle", f"idle daemon, {sizes.idle_shares} shares + {sizes.idle_links} "
+                  f"open peer links", "% core", ["peer-it"], "< 2% of a core"),
+    ]
+
+
+def selected(bench: Benchmark, tool: str, only: list[str] | None) -> bool:
+    if not only:
+        return True
+    return bench.name in only or f"{bench.name}/{tool}" in only
+
+
+# -- one sample: a child process that writes one JSON result --------------------------------
+def sample_argv(bench: Benchmark, tool: str, sizes: Sizes, files: dict, workdir: Path,
+                out: Path, timeout: float, profile: str | None) -> list | None:
+    py = sys.executable
+    me = str(Path(__file__).resolve())
+    common = ["--json", out, "--timeout", timeout]
+    if bench.name in ("transfer", "swarm"):
+        downloaders = 1 if bench.name == "transfer" else sizes.swarm_downloaders
+        size = sizes.transfer if bench.name == "transfer" else sizes.swarm
+        if tool == "peer-it":
+            argv = [py, me, "sample-peerit", "--size", size, "--downloaders", downloaders,
+                    *common]
+            return argv + (["--profile", profile] if profile else [])
+        src = files[bench.name]
+        if tool == "libtorrent":
+            return [py, REFERENCES / "libtorrent_peer.py", "run", "--file", src,
+                    "--workdir", workdir, "--downloaders", downloaders, *common]
+        if tool == "magic-wormhole":
+            return [py, REFERENCES / "wormhole_peer.py", "run", "--file", src,
+                    "--workdir", workdir, *common]
+        if tool == "tcp-sendfile":
+            return [py, REFERENCES / "tcp_copy.py", "run", "--file", src,
+                    "--workdir", workdir, *common]
+    if bench.name == "create":
+        return [py, REFERENCES / "hash_file.py", "--file", files["create"], "--json", out,
+                "--what", "create" if tool == "peer-it" else "hashlib"]
+    if bench.name == "idle":
+        return [py, BENCH / "bench_idle.py", "--shares", sizes.idle_shares,
+                "--links", sizes.idle_links, "--window", sizes.idle_window,
+                "--windows", sizes.runs, *common]
+    if bench.name == "natlab":
+        return [py, BENCH / "bench_natlab.py", "--size", f"{sizes.natlab // MiB}M",
+                "--runs", sizes.runs, "--json", out]
+    raise ValueError(f"no runner for {bench.name}/{tool}")
+
+
+def sample_timeout(bench: Benchmark, sizes: Sizes) -> float:
+    """Generous bounds: a sample that needs longer is broken, not slow."""
+    if bench.name == "transfer":
+        return 60 + sizes.transfer / (5 * 10**6)  # at least 5 MB/s
+    if bench.name == "swarm":
+        return 90 + sizes.swarm_downloaders * sizes.swarm / (5 * 10**6)
+    if bench.name == "create":
+        return 30 + sizes.create / (20 * 10**6)
+    if bench.name == "idle":
+        return 240 + sizes.idle_shares * 0.2 + sizes.idle_window * sizes.runs
+    return 120 + sizes.runs * (60 + sizes.natlab / (5 * 10**6))
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below ``pid``, found in /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parents[int(entry)] = (int(fields[1]), fields[19])
+            except OSError:
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, started) in parents.items():
+            if ppid == parent:
+                found.append((child, started))
+                frontier.append(child)
+    return found
+
+
+def kill_leftovers(processes: list[tuple[int, str]]) -> None:
+    """SIGKILL what a sample started and failed to end, checking each PID is still the
+    same process (same start time) before signalling it."""
+    for pid, started in processes:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[19] != started:
+                    continue
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, IndexError):
+            continue
+
+
+def run_sample(argv: list, name: str, workdir: Path, out: Path, timeout: float) -> dict:
+    out.unlink(missing_ok=True)
+    child = Child(name, argv, workdir, cwd=str(workdir))
+    started = time.monotonic()
+    below = []
+    try:
+        while child.alive():
+            below = descendants(child.pid) or below
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"over its {timeout:.0f} s bound")
+            time.sleep(0.2)
+    except BaseException as e:
+        # Let the sample end its own processes (its SIGTERM handler unwinds them), then
+        # make sure by PID.
+        below = descendants(child.pid) or below
+        child.stop(timeout=30)
+        kill_leftovers(below)
+        if isinstance(e, TimeoutError):
+            return {"error": f"{e}; log: {child.output_tail(600)}"}
+        raise
+    kill_leftovers(below)
+    if child.returncode != 0 or not out.exists():
+        return {"error": f"exit {child.returncode}: {child.output_tail(1500)}"}
+    return json.loads(out.read_text())
+
+
+# -- peer-it samples run inside this script (bench_transfer does the work) ------------------
+def sample_peerit(args) -> None:
+    import bench_transfer
+
+    # bench_transfer reads each daemon's peak RSS by PID when the last downloader finished;
+    # read its CPU time at the same moment, and at the download command, for CPU per run.
+    cpu_at_start: dict[int, float] = {}
+    cpu_used: list[float] = []
+    original_rss = bench_transfer.peak_rss_mib
+
+    def peak_rss_and_cpu(pid: int) -> float:
+        cpu_used.append(proc_cpu_seconds(pid) - cpu_at_start.get(pid, 0.0))
+        return original_rss(pid)
+    bench_transfer.peak_rss_mib = peak_rss_and_cpu
+
+    class CpuNotingClient(bench_transfer.BlockingClient):
+        def download(self, *a, **kw):
+            if not cpu_at_start:
+                for pid, _ in descendants(os.getpid()):
+                    try:
+                        cpu_at_start[pid] = proc_cpu_seconds(pid)
+                    except OSError:
+                        pass
+            return self.__getattr__("download")(*a, **kw)
+    bench_transfer.BlockingClient = CpuNotingClient
+
+    if args.profile:
+        inject_profiler(Path(args.profile))
+    result = bench_transfer.one_run(args.size, args.downloaders, args.timeout)
+    names = list(result["rss"])
+    write_result(args.json, {
+        "seconds": result["seconds"], "bytes": args.size,
+        "rss": result["rss"],
+        "cpu": dict(zip(names, cpu_used)) if len(cpu_used) == len(names) else {}})
+
+
+def inject_profiler(directory: Path) -> None:
+    """Every daemon LocalSwarm starts runs under twistd's cProfile, one stats file per
+    daemon (named after its data directory), written when it is stopped."""
+    from peerit.testing import localswarm
+    directory.mkdir(parents=True, exist_ok=True)
+    original = localswarm.twistd_argv
+
+    def profiled(plugin, *args, **kwargs):
+        argv = original(plugin, *args, **kwargs)
+        if plugin != "peerit-daemon":
+            return argv
+        name = Path(args[list(args).index("--data-dir") + 1]).name
+        at = argv.index("-n") + 1
+        return argv[:at] + [f"--profile={directory / name}.prof", "--profiler=cprofile",
+                            "--savestats"] + argv[at:]
+    localswarm.twistd_argv = profiled
+
+
+# -- figures --------------------------------------------------------------------------------
+def figure(bench: Benchmark, result: dict) -> float | None:
+    if "error" in result:
+        return None
+    if bench.unit == "MB/s":
+        return result["bytes"] / result["seconds"] / 1e6
+    if bench.unit == "s":
+        return result["seconds"]
+    return result["cpu_percent"]
+
+
+def natlab_results(result: dict) -> list[dict]:
+    """bench_natlab.py writes one result, or {"runs": [result, ...]}."""
+    if "error" in result:
+        return [result]
+    return result.get("runs", [result])
+
+
+def rss_text(samples: list[dict]) -> str:
+    """Peak RSS of each process over the runs; N similar downloaders shown as one max."""
+    peaks: dict[str, float] = {}
+    for s in samples:
+        for name, mib in s.get("rss", {}).items():
+            key = name.rstrip("0123456789") + "*" if name[-1:].isdigit() else name
+            peaks[key] = max(peaks.get(key, 0.0), mib)
+    return ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
+
+
+def cpu_text(samples: list[dict]) -> str:
+    totals = [sum(s["cpu"].values()) for s in samples if s.get("cpu")]
+    return f"{statistics.median(totals):.1f}" if totals else "-"
+
+
+def compare(op: str, value: float, bound: float) -> bool:
+    return value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+
+
+def table(benches: list[Benchmark], results: dict, loads: dict, only) -> tuple[str, list]:
+    lines, verdicts = [], []
+    header = (f"{'benchmark / tool':<34}{'median':>9} {'range':>15}{'n':>3}  "
+              f"{'CPU s':>6}  {'ratio peer-it/ref (range)':<27}{'target':<14} peak RSS MiB")
+    for bench in benches:
+        rows = [(tool, results.get((bench.name, tool))) for tool in bench.tools
+                if selected(bench, tool, only)]
+        if not rows:
+            continue
+        lines.append("")
+        lines.append(f"{bench.title}  [{bench.unit}]   target: {bench.target}")
+        ours = results.get((bench.name, "peer-it")) or []
+        for tool, samples in rows:
+            label = f"  {tool}"
+            if samples is None:
+                lines.append(f"{label:<34}not run ({loads.get((bench.name, tool), '')})")
+                continue
+            values = [figure(bench, s) for s in samples]
+            good = [v for v in values if v is not None]
+            errors = [s["error"] for s in samples if "error" in s]
+            if not good:
+                lines.append(f"{label:<34}failed: ...{errors[0][-400:]!r}")
+                if tool == "peer-it" or bench.name in ("natlab", "idle"):
+                    verdicts.append((bench.name, tool, "FAILED"))
+                continue
+            fmt = "{:.1f}" if bench.unit != "s" else "{:.2f}"
+            med = fmt.format(statistics.median(good))
+            rng = f"{fmt.format(min(good))}-{fmt.format(max(good))}"
+            ratio, target = "", ""
+            if tool != "peer-it" and ours:
+                per_round = [figure(bench, a) / figure(bench, b)
+                             for a, b in zip(ours, samples)
+                             if figure(bench, a) is not None and figure(bench, b)]
+                if per_round:
+                    r = statistics.median(per_round)
+                    ratio = f"{r:.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+                    goal = bench.ratio_goal.get(tool)
+                    if goal:
+                        ok = compare(goal[0], r, goal[1])
+                        target = f"{goal[0]}{goal[1]} {'PASS' if ok else 'FAIL'}"
+                        verdicts.append((bench.name, tool, "PASS" if ok else "FAIL"))
+            if tool == "peer-it" and bench.name == "natlab":
+                ok = statistics.median(good) >= 60
+                target = f">=60 {'PASS' if ok else 'FAIL'}"
+                verdicts.append((bench.name, tool, "PASS" if ok else "FAIL"))
+            if tool == "peer-it" and bench.name == "idle":
+                ok = statistics.median(good) < 2
+                target = f"<2 {'PASS' if ok else 'FAIL'}"
+                verdicts.append((bench.name, tool, "PASS" if ok else "FAIL"))
+            note = f"  [{len(errors)} failed]" if errors else ""
+            paths = {s.get("path") for s in samples if s.get("path")}
+            if paths:
+                note += f"  path {', '.join(sorted(paths))}"
+            lines.append(f"{label:<34}{med:>9} {rng:>15}{len(good):>3}  "
+                         f"{cpu_text(samples):>6}  {ratio:<27}{target:<14} "
+                         f"{rss_text(samples)}{note}")
+        if bench.name == "transfer" and ours:
+            peaks = [max(s["rss"].values()) for s in ours if s.get("rss")]
+            if peaks:
+                ok = max(peaks) <= 100
+                lines.append(f"{'  peer-it daemon peak RSS (max)':<34}{max(peaks):>9.0f} "
+                             f"{'':>15}{len(peaks):>3}  {'':>6}  {'':<27}"
+                             f"{'<=100 ' + ('PASS' if ok else 'FAIL'):<14}")
+                verdicts.append(("transfer", "peer-it RSS", "PASS" if ok else "FAIL"))
+    return header + "\n" + "\n".join(lines), verdicts
+
+
+def profile_report(directory: Path, top: int = 25) -> str:
+    """The costliest functions of each profiled daemon, by own time and by cumulative."""
+    import io
+    import pstats
+    out = io.StringIO()
+    for path in sorted(directory.glob("*.prof")):
+        stats = pstats.Stats(str(path), stream=out)
+        stats.strip_dirs()
+        out.write(f"\n===== {path.name}: by own time =====\n")
+        stats.sort_stats("tottime").print_stats(top)
+        out.write(f"===== {path.name}: by cumulative time =====\n")
+        stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue() or f"no profiles in {directory}"
+
+
+# -- the run --------------------------------------------------------------------------------
+def versions() -> str:
+    from importlib import metadata
+    out = [f"python {platform.python_version()}"]
+    for dist in ("twisted", "pyOpenSSL", "libtorrent", "magic-wormhole"):
+        try:
+            out.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{dist} absent")
+    return ", ".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("sample-peerit", help="(internal) one peer-it sample")
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--downloaders", type=int, default=1)
+    p.add_argument("--json", required=True)
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--profile")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, one run: checks that everything still runs")
+    parser.add_argument("--only", help="comma-separated BENCHMARK or BENCHMARK/TOOL")
+    parser.add_argument("--runs", type=int, help="runs of each (default 3, quick 1)")
+    parser.add_argument("--budget", type=float, default=1800,
+                        help="seconds for the whole suite (default 1800)")
+    parser.add_argument("--json", help="also write every sample's result here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="run peer-it's daemons under cProfile, stats files in DIR")
+    args = parser.parse_args(argv)
+    install_sigterm_exit()
+    if args.command == "sample-peerit":
+        sample_peerit(args)
+        return 0
+
+    sizes = QUICK if args.quick else Sizes()
+    if args.runs:
+        sizes.runs = args.runs
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    benches = benchmarks(sizes)
+    known = {b.name for b in benches} | {f"{b.name}/{t}" for b in benches for t in b.tools}
+    if only and not set(only) <= known:
+        parser.error(f"unknown selector(s) {sorted(set(only) - known)}; "
+                     f"known: {sorted(known)}")
+    deadline = time.monotonic() + args.budget
+    workdir = Path(tempfile.mkdtemp(prefix="peerit-bench-suite-"))
+    profile = str(Path(args.profile).resolve()) if args.profile else None
+    load_before = os.getloadavg()
+    started = time.time()
+    print(f"peer-it benchmark suite: {versions()}; {os.cpu_count()} cores; "
+          f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
+          f"work directory {workdir}", flush=True)
+    results: dict[tuple, list] = {}
+    skipped: dict[tuple, str] = {}
+    sample_loads: list[float] = []
+    try:
+        files = {}
+        for bench in benches:
+            tools = [t for t in bench.tools if selected(bench, t, only)]
+            if not tools:
+                continue
+            if bench.name == "natlab":
+                why = ("bench/bench_natlab.py not present" if not
+                       (BENCH / "bench_natlab.py").exists() else
+                       "needs root" if os.geteuid() != 0 else None)
+                if why:
+                    skipped[(bench.name, "peer-it")] = why
+                    continue
+            if bench.name == "transfer" and set(tools) - {"peer-it"}:
+                files["transfer"] = workdir / "transfer.bin"
+                make_file(files["transfer"], sizes.transfer)
+            if bench.name == "swarm" and set(tools) - {"peer-it"}:
+                files["swarm"] = workdir / "swarm.bin"
+                make_file(files["swarm"], sizes.swarm)
+            if bench.name == "create":
+                from bench_create import make_file as make_create_file, warm
+                files["create"] = workdir / "create.bin"
+                make_create_file(str(files["create"]), sizes.create)
+                warm(str(files["create"]))
+            # idle and natlab take their runs inside one sample (a long set-up each).
+            rounds = 1 if bench.name in ("idle", "natlab") else sizes.runs
+            bound = sample_timeout(bench, sizes)
+            for round_ in range(rounds):
+                for tool in tools:
+                    key = (bench.name, tool)
+                    left = deadline - time.monotonic()
+                    if left < min(bound, 30):
+                        skipped[key] = "suite budget spent"
+                        continue
+                    out = workdir / f"{bench.name}-{tool}-{round_}.json"
+                    argv = sample_argv(bench, tool, sizes, files, workdir, out,
+                                       min(bound, left) - 5,
+                                       profile if (bench.name, tool) ==
+                                       ("transfer", "peer-it") else None)
+                    sample_loads.append(os.getloadavg()[0])
+                    print(f"  {bench.name}/{tool} run {round_ + 1}/{rounds} ...",
+                          end="", flush=True)
+                    result = run_sample(argv, f"{bench.name}-{tool}-{round_}", workdir, out,
+                                        min(bound, left))
+                    found = natlab_results(result) if bench.name == "natlab" else \
+                        result.get("windows", [result]) if bench.name == "idle" else [result]
+                    results.setdefault(key, []).extend(found)
+                    value = figure(bench, found[0])
+                    print(f" {value:.2f} {bench.unit}" if value is not None else
+                          f" failed: ...{found[0]['error'][-300:]!r}", flush=True)
+            for key in list(skipped):
+                if key in results:
+                    del skipped[key]
+            for path in files.values():
+                path.unlink(missing_ok=True)
+            files.clear()
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    load_after = os.getloadavg()
+    text, verdicts = table(benches, results, skipped, only)
+    loads = sorted(sample_loads) or [load_after[0]]
+    summary = (f"\nload average (1 min): {load_before[0]:.2f} before, "
+               f"median {statistics.median(loads):.2f} at sample starts "
+               f"(range {loads[0]:.2f}-{loads[-1]:.2f}), {load_after[0]:.2f} after; "
+               f"{os.cpu_count()} cores; {time.time() - started:.0f} s in all")
+    print(text + summary)
+    fails = [f"{b}/{t}" for b, t, v in verdicts if v != "PASS"]
+    print(f"targets: {sum(v == 'PASS' for *_, v in verdicts)} met, "
+          f"{len(fails)} not met{': ' + ', '.join(fails) if fails else ''}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "started": started, "versions": versions(), "load_before": load_before,
+            "load_after": load_after, "sample_loads": sample_loads,
+            "results": {f"{b}/{t}": v for (b, t), v in results.items()},
+            "not_run": {f"{b}/{t}": v for (b, t), v in skipped.items()},
+            "verdicts": verdicts}, indent=1))
+    if args.profile:
+        print(profile_report(Path(profile)))
+    # Exit status says whether the harness ran, not whether peer-it met its targets.
+    failed_runs = [k for k, v in results.items() if all("error" in s for s in v)]
+    return 1 if failed_runs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
