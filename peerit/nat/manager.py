@@ -335,15 +335,15 @@ class NatManager:
         waiter = Deferred()
         self._check_waiters.append(waiter)
         if self._checking is None:
-            self._checking = Deferred.fromCoroutine(self._check())
+            self._checking = Deferred.fromCoroutine(self._check(self.stun, self.udp_port))
             self._checking.addBoth(self._check_done)
         return waiter
 
-    async def _check(self) -> nc.NetcheckReport:
+    async def _check(self, stun: StunClient, local_port: int) -> nc.NetcheckReport:
         primary, alternate = await self._tracker_stun_addresses()
         if primary is None and self._stun_server is None:
             return nc.NetcheckReport(False, None, None, nc.UNKNOWN, nc.UNKNOWN, None, None,
-                                     local_port=self.udp_port,
+                                     local_port=local_port,
                                      measured_at=self.clock.seconds())
         if primary is None:
             primary, alternate, external = self._stun_server, None, None
@@ -351,7 +351,7 @@ class NatManager:
             external = self._stun_server
         hosts = list(self._local_hosts()) if self._local_hosts is not None else None
         return await nc.run_netcheck(
-            self.stun, primary, alternate, external, local_port=self.udp_port,
+            stun, primary, alternate, external, local_port=local_port,
             local_hosts=hosts, measured_at=self.clock.seconds())
 
     def _check_done(self, result):
@@ -420,9 +420,28 @@ class NatManager:
 
     def netcheck(self) -> Deferred:
         """For ``peerit-ctl netcheck``: a fresh report as a dict (``NetcheckReport.as_dict``)
-        with the tracker's round trip and a ``text`` key (``describe()``)."""
+        with the tracker's round trip and a ``text`` key (``describe()``).
+
+        The NAT's behaviour is measured from a new socket: the main one has flows open to
+        every STUN port already, through which a port-restricted NAT would look looser than
+        it is. The public address shown is the main socket's (kept fresh by the
+        keep-alive). What was measured also updates what the punch goes by."""
         async def run():
-            report = await self.check()
+            probe = self._open_socket(main=False)
+            try:
+                stun = StunClient(self.clock, probe.mux.send, software="peer-it")
+                probe.mux.set_handler(DatagramKind.STUN, stun.datagram_received)
+                report = await self._check(stun, probe.local_port)
+            finally:
+                probe.shutdown()
+            current = self.report
+            if current is not None and current.udp_works:
+                report = replace(report, public_host=current.public_host,
+                                 public_port=current.public_port, local_port=self.udp_port)
+            elif report.udp_works:
+                report = replace(report, local_port=self.udp_port)
+            if report.udp_works:
+                self._learned(report)
             rtt = None
             client = self._stun_tracker()
             if client is not None and client.connected:
@@ -719,7 +738,10 @@ class NatManager:
     def _open_extra_socket(self) -> UdpSocket:
         if len(self._extra) >= MAX_EXTRA_SOCKETS:
             raise OSError(f"{MAX_EXTRA_SOCKETS} extra UDP sockets already open")
-        sock = UdpSocket(self, main=False)
+        return self._open_socket(main=False)
+
+    def _open_socket(self, main: bool) -> UdpSocket:
+        sock = UdpSocket(self, main=main)
         port = self._listen_udp(0, sock.mux, interface=self._udp_interface)
         sock.listening(port)
         self._extra.add(sock)

@@ -191,6 +191,21 @@ class StunAndReportTests(NatManagerTestCase):
         self.assertIn("Mapping: address-and-port-dependent mapping", answer["text"])
         self.assertIn("Tracker round trip: 42 ms", answer["text"])
 
+    def test_netcheck_measures_on_a_fresh_socket(self):
+        """The main socket has flows to both STUN ports after the first check, which a
+        port-restricted NAT would let answers through; netcheck still reads its filtering
+        right because it measures from a new socket, closed afterwards."""
+        world = World("port-restricted", "port-restricted")
+        world.settle()
+        answers = []
+        world.a.manager.netcheck().addBoth(answers.append)
+        world.run(15, stop=lambda: bool(answers))
+        self.assertEqual(answers[0]["filtering"], "address-and-port-dependent")
+        self.assertEqual(answers[0]["mapping"], "endpoint-independent")
+        self.assertEqual(answers[0]["public_address"], f"{PUBLIC['a']}:40000")
+        self.assertEqual(len(world.a.udp.ports), 2)
+        self.assertEqual(world.a.udp.open_ports, [world.a.udp.ports[0]])
+
     def test_wire_names(self):
         self.assertEqual(wire_mapping("endpoint-independent"), "independent")
         self.assertEqual(wire_mapping("address-dependent"), "dependent")

@@ -1,0 +1,241 @@
+"""Peers behind real netfilter NATs: the tracker (STUN, punch coordination, relay) in the lab's
+public namespace, daemons behind the routers, real downloads.
+
+- The whole 4x4 matrix of NAT types: a 16 MiB download from b1 (behind r2) to a1 (behind r1)
+  succeeds and verifies for every pair, over punched QUIC for every pair except
+  symmetric<->symmetric, which goes through the relay. Path and time to first byte are
+  recorded (printed, and written to ``nat_matrix.json`` in the lab's work directory).
+- Two peers behind the same router connect over their LAN addresses.
+- 5% loss each way on both routers: the download still completes.
+- ``peerit-ctl netcheck`` reports the mapping (and, with coturn as ``--stun-server``, the
+  filtering) each router type really has.
+
+Every wait is bounded; each case builds its own lab (about a second) and tears it down.
+"""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import HOSTS, NAT_TYPES, ROUTER_PUBLIC, TRACKER_IP
+from peerit.testing.processes import ctl_argv, environment, twistd_argv
+from peerit.wire import tracker as tracker_wire
+
+pytestmark = pytest.mark.skipif(not hasattr(tracker_wire, "Punch"),
+                                reason="the tracker side of NAT traversal is not in this tree")
+
+MiB = 1 << 20
+TRACKER_PORT, RELAY_PORT = 59000, 59001
+STUN_PORT, STUN_ALT_PORT = 3478, 3479
+QUIC_DATAGRAM = "1452"  # the lab's links have a 1500-byte MTU
+RESULTS: dict = {}
+
+
+class LabPeers:
+    """A tracker in the lab's public namespace and daemons on its hosts, driven with
+    peerit-ctl over their control sockets (files, so reachable from the root namespace)."""
+
+    def __init__(self, lab, workdir: Path):
+        self.lab = lab
+        self.workdir = Path(workdir)
+        self.tracker = None
+        self.daemons: dict = {}
+
+    def start_tracker(self, *extra: str, timeout: float = 30) -> str:
+        data = self.workdir / "tracker"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = twistd_argv(
+            "peerit-tracker", "--listen", f"tcp:{TRACKER_PORT}:interface={TRACKER_IP}",
+            "--data-dir", str(data),
+            "--stun", f"udp:{STUN_PORT}:interface={TRACKER_IP}",
+            "--stun-alt-port", str(STUN_ALT_PORT),
+            "--relay", f"tcp:{RELAY_PORT}:interface={TRACKER_IP}", *extra)
+        process = self.lab.spawn("pub", argv, self.workdir / "tracker.log")
+        process.wait_for_path(data / "tracker.endpoint", timeout)
+        self.tracker = (data / "tracker.endpoint").read_text().strip()
+        return self.tracker
+
+    def start_daemon(self, name: str, host: str, *extra: str, timeout: float = 30):
+        data = self.workdir / name
+        control = f"unix:{data}/control.sock"
+        argv = twistd_argv(
+            "peerit-daemon", "--data-dir", str(data), "--control", control,
+            "--tracker", self.tracker, "--udp", "udp:0",
+            "--quic-datagram-size", QUIC_DATAGRAM, *extra)
+        process = self.lab.spawn(host, argv, self.workdir / f"{name}.log")
+        self.daemons[name] = (control, process)
+        process.wait_for_path(data / "control.sock", timeout)
+        deadline = time.monotonic() + timeout
+        while self.ctl(name, "status", check=False).returncode != 0:
+            if time.monotonic() > deadline or not process.alive():
+                raise RuntimeError(f"daemon {name} not answering:\n{process.log()[-3000:]}")
+            time.sleep(0.1)
+        return process
+
+    def ctl(self, name: str, *args: str, check: bool = True, timeout: float = 60):
+        import subprocess
+        control, process = self.daemons[name]
+        result = subprocess.run(ctl_argv(*args, "--control", control), capture_output=True,
+                                text=True, timeout=timeout, env=environment())
+        if check and result.returncode != 0:
+            raise RuntimeError(f"peerit-ctl {' '.join(args)}: {result.stderr}\n"
+                               f"--- {name} log ---\n{process.log()[-4000:]}")
+        return result
+
+    def ctl_json(self, name: str, *args: str, **kwargs):
+        return json.loads(self.ctl(name, *args, "--json", **kwargs).stdout)
+
+    def log(self, name: str) -> str:
+        return self.daemons[name][1].log()
+
+    def share(self, name: str, path: Path) -> dict:
+        return self.ctl_json(name, "share", str(path), "-o",
+                             str(self.workdir / f"{path.name}.p2p"))
+
+    def download(self, name: str, shared: dict, target: Path, timeout: float = 120,
+                 poll: float = 0.05) -> dict:
+        """Start a download and follow it: the time to first byte (from the command to the
+        first verified bytes the daemon reports), the path, and the finished status."""
+        started = time.monotonic()
+        self.ctl(name, "download", shared["metainfo"], "--to", str(target), "--detach")
+        first_byte = None
+        deadline = started + timeout
+        while True:
+            status = self.ctl_json(name, "status", shared["info_hash"])
+            now = time.monotonic()
+            if first_byte is None and (status["downloaded"] > 0 or status["done"] > 0):
+                first_byte = now - started
+            if status["state"] == "seeding":
+                break
+            if now > deadline:
+                raise TimeoutError(f"{name}: not complete in {timeout}s: {status}\n"
+                                   f"{self.log(name)[-4000:]}")
+            if first_byte is None:
+                time.sleep(poll)
+            else:
+                time.sleep(0.3)
+        peers = self.ctl_json(name, "peers", shared["info_hash"])["peers"]
+        return {"status": status, "peers": peers, "first_byte": first_byte,
+                "seconds": time.monotonic() - started}
+
+
+def random_file(path: Path, size: int, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = hashlib.sha256(str(seed).encode()).digest()
+    with open(path, "wb") as f:
+        for counter in range(0, size, MiB):
+            head = hashlib.sha256(block + counter.to_bytes(8, "big")).digest()
+            f.write((head * (MiB // 32))[:min(MiB, size - counter)])
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def payload(tmp_path_factory):
+    return random_file(tmp_path_factory.mktemp("payload") / "payload.bin", 16 * MiB, seed=7)
+
+
+def expected_path(r1: str, r2: str) -> str:
+    return "relay" if r1 == r2 == "symmetric" else "quic"
+
+
+@pytest.mark.parametrize("r2", NAT_TYPES)
+@pytest.mark.parametrize("r1", NAT_TYPES)
+def test_download_across_nat_pair(make_lab, payload, tmp_path, r1, r2):
+    """a1 (behind r1) downloads 16 MiB from b1 (behind r2): intact, over punched QUIC, or
+    the relay when both NATs are symmetric."""
+    with make_lab(r1=r1, r2=r2) as lab:
+        peers = LabPeers(lab, tmp_path)
+        peers.start_tracker()
+        peers.start_daemon("seed", "b1")
+        peers.start_daemon("dl", "a1")
+        shared = peers.share("seed", payload)
+        result = peers.download("dl", shared, tmp_path / "out")
+        assert sha256_of(tmp_path / "out" / payload.name) == sha256_of(payload)
+        paths = [p["path"] for p in result["peers"]]
+        RESULTS[f"{r1} <-> {r2}"] = {
+            "path": paths, "first_byte": result["first_byte"],
+            "connect_seconds": [p["connect_seconds"] for p in result["peers"]],
+            "seconds": result["seconds"]}
+        print(f"\n{r1:>18} <-> {r2:<18} path {','.join(paths) or '-':6} "
+              f"first byte {result['first_byte']:.2f}s "
+              f"connect {[round(p['connect_seconds'], 2) for p in result['peers']]} "
+              f"total {result['seconds']:.1f}s")
+        (lab.workdir / "nat_matrix.json").write_text(json.dumps(RESULTS, indent=1))
+        assert paths == [expected_path(r1, r2)], (paths, peers.log("dl")[-4000:])
+        # The seeder's end of the link is the punched/relayed one too, not a TCP dial.
+        seed_peers = peers.ctl_json("seed", "peers", shared["info_hash"])["peers"]
+        assert [p["path"] for p in seed_peers] == paths
+        if paths == ["quic"]:
+            # A punched path runs between the routers' public addresses.
+            assert seed_peers[0]["address"].split(":")[0] == ROUTER_PUBLIC["r1"]
+
+
+def test_same_router_peers_use_lan_addresses(make_lab, payload, tmp_path):
+    """a1 and a2 behind one router (no hairpinning): they connect over their LAN addresses,
+    by TCP, and over punched QUIC when TCP dialing is off (the punch prefers LAN pairs)."""
+    with make_lab(r1="port-restricted", r2="port-restricted") as lab:
+        peers = LabPeers(lab, tmp_path)
+        peers.start_tracker()
+        peers.start_daemon("seed", "a2")
+        peers.start_daemon("dl", "a1")
+        peers.start_daemon("dlq", "a1", "--paths", "quic")
+        shared = peers.share("seed", payload)
+        lan_of_a2 = HOSTS["a2"][1]
+        for name in ("dl", "dlq"):
+            result = peers.download(name, shared, tmp_path / name)
+            assert sha256_of(tmp_path / name / payload.name) == sha256_of(payload)
+            [peer] = result["peers"]
+            assert peer["address"].split(":")[0] == lan_of_a2, peer
+            assert peer["path"] == ("tcp" if name == "dl" else "quic"), peer
+
+
+def test_download_completes_with_loss_on_both_routers(make_lab, payload, tmp_path):
+    """5% loss each way on both routers: the punch, the QUIC handshake and 16 MiB of
+    transfer all get through."""
+    with make_lab(r1="port-restricted", r2="port-restricted",
+                  loss={"r1": 50, "r2": 50}) as lab:
+        peers = LabPeers(lab, tmp_path)
+        peers.start_tracker()
+        peers.start_daemon("seed", "b1")
+        peers.start_daemon("dl", "a1")
+        shared = peers.share("seed", payload)
+        result = peers.download("dl", shared, tmp_path / "out", timeout=180)
+        assert sha256_of(tmp_path / "out" / payload.name) == sha256_of(payload)
+        assert [p["path"] for p in result["peers"]] in (["quic"], ["relay"])
+
+
+NETCHECK_EXPECTED = {  # type -> (mapping, filtering) with coturn's RFC 5780 help
+    "full-cone": ("endpoint-independent", "endpoint-independent"),
+    "address-restricted": ("endpoint-independent", "address-dependent"),
+    "port-restricted": ("endpoint-independent", "address-and-port-dependent"),
+    "symmetric": ("address-and-port-dependent", "address-and-port-dependent"),
+}
+
+
+@pytest.mark.parametrize("nat_type", NAT_TYPES)
+def test_netcheck_reports_the_routers_behaviour(make_lab, tmp_path, nat_type):
+    """``peerit-ctl netcheck`` behind each router type (tracker STUN + coturn)."""
+    with make_lab(r1=nat_type) as lab:
+        lab.start_coturn()
+        peers = LabPeers(lab, tmp_path)
+        peers.start_tracker()
+        peers.start_daemon("d", "a1", "--stun-server", "198.18.0.2:3478")
+        report = peers.ctl_json("d", "netcheck", timeout=60)
+        mapping, filtering = NETCHECK_EXPECTED[nat_type]
+        assert report["udp_works"] is True, report
+        assert report["public_address"].split(":")[0] == ROUTER_PUBLIC["r1"], report
+        assert report["mapping"] == mapping, report
+        assert report["filtering"] == filtering, report
+        text = peers.ctl("d", "netcheck").stdout
+        assert f"Mapping: {mapping} mapping" in text, text
