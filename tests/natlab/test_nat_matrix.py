@@ -58,13 +58,17 @@ class LabPeers:
         self.tracker = (data / "tracker.endpoint").read_text().strip()
         return self.tracker
 
-    def start_daemon(self, name: str, host: str, *extra: str, timeout: float = 30):
+    def start_daemon(self, name: str, host: str, *extra: str, timeout: float = 30,
+                     twistd_options: tuple = ()):
+        """``twistd_options`` go before the plugin name (e.g. twistd's ``--profile``)."""
         data = self.workdir / name
         control = f"unix:{data}/control.sock"
         argv = twistd_argv(
             "peerit-daemon", "--data-dir", str(data), "--control", control,
             "--tracker", self.tracker, "--udp", "udp:0",
             "--quic-datagram-size", QUIC_DATAGRAM, *extra)
+        plugin = argv.index("peerit-daemon")
+        argv[plugin:plugin] = list(twistd_options)
         process = self.lab.spawn(host, argv, self.workdir / f"{name}.log")
         self.daemons[name] = (control, process)
         process.wait_for_path(data / "control.sock", timeout)
