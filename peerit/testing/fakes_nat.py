@@ -192,6 +192,7 @@ class FakeTrackerClient:
     def send(self, message) -> bool:
         if not self.connected:
             return False
+        message = _over_the_wire(message)
         self.sent.append(message)
         self.fake.received(self, message)
         return True
@@ -203,7 +204,14 @@ class FakeTrackerClient:
 
     def deliver(self, message) -> None:
         if self.connected and self.push is not None:
-            self.push(message, self.tracker)
+            self.push(_over_the_wire(message), self.tracker)
+
+
+def _over_the_wire(message):
+    """The message as the other side would parse it, once the real wire format exists."""
+    if hasattr(wire, "build") and hasattr(wire, "Punch"):
+        return wire.parse(wire.build(message))
+    return message
 
 
 class FakeTracker:
