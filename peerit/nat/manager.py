@@ -235,7 +235,6 @@ class NatManager:
         self._checking: Deferred | None = None
         self._check_waiters: list[Deferred] = []
         self._first_check = None
-        self._reported: tuple | None = None
         self._extra: set[UdpSocket] = set()
         self._sweep: task.LoopingCall | None = None
         self._punch_waits: dict[tuple, Deferred] = {}
@@ -328,7 +327,7 @@ class NatManager:
 
     def _start_first_check(self) -> None:
         self._first_check = None
-        self.check().addErrback(lambda f: log.failure("netcheck failed", f))
+        self.check().addErrback(_check_failed)
 
     def check(self) -> Deferred:
         """Run netcheck now (or join the one running); fires with the NetcheckReport."""
@@ -492,7 +491,7 @@ class NatManager:
                 self._first_check.cancel()
                 self._start_first_check()
             elif old is not None and old != ports:
-                self.check().addErrback(lambda f: log.failure("netcheck failed", f))
+                self.check().addErrback(_check_failed)
 
     def _client_for(self, tracker):
         clients = list(self._trackers())
@@ -774,3 +773,8 @@ class NatManager:
     def _default_connect_tcp(self, host: str, port: int, factory) -> Deferred:
         from twisted.internet.endpoints import HostnameEndpoint
         return HostnameEndpoint(self.reactor, host, port, timeout=10).connect(factory)
+
+
+def _check_failed(failure) -> None:
+    if not failure.check(CancelledError):  # stopping cancels a check in progress
+        log.failure("netcheck failed", failure)
