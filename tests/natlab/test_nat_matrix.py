@@ -32,6 +32,9 @@ TRACKER_PORT, RELAY_PORT = 59000, 59001
 STUN_PORT, STUN_ALT_PORT = 3478, 3479
 QUIC_DATAGRAM = "1452"  # the lab's links have a 1500-byte MTU
 RESULTS: dict = {}
+# 16 MiB then take 2 s or more: long enough to see the links (they close once both sides
+# are complete) without slowing the suite much.
+SEED_LIMIT = ("--max-upload-rate", "8M")
 
 
 class LabPeers:
@@ -100,30 +103,29 @@ class LabPeers:
                              str(self.workdir / f"{path.name}.p2p"))
 
     def download(self, name: str, shared: dict, target: Path, timeout: float = 120,
-                 poll: float = 0.05) -> dict:
+                 poll: float = 0.05, seeder: str = "seed") -> dict:
         """Start a download and follow it: the time to first byte (from the command to the
-        first verified bytes the daemon reports), the path, and the finished status."""
+        first downloaded bytes the daemon reports), both sides' peer lists right then (links
+        close once both sides are complete), and the finished status."""
         started = time.monotonic()
         self.ctl(name, "download", shared["metainfo"], "--to", str(target), "--detach")
-        first_byte = None
+        first_byte = peers = seed_peers = None
         deadline = started + timeout
         while True:
             status = self.ctl_json(name, "status", shared["info_hash"])
             now = time.monotonic()
             if first_byte is None and (status["downloaded"] > 0 or status["done"] > 0):
                 first_byte = now - started
+                peers = self.ctl_json(name, "peers", shared["info_hash"])["peers"]
+                seed_peers = self.ctl_json(seeder, "peers", shared["info_hash"])["peers"]
             if status["state"] == "seeding":
                 break
             if now > deadline:
                 raise TimeoutError(f"{name}: not complete in {timeout}s: {status}\n"
                                    f"{self.log(name)[-4000:]}")
-            if first_byte is None:
-                time.sleep(poll)
-            else:
-                time.sleep(0.3)
-        peers = self.ctl_json(name, "peers", shared["info_hash"])["peers"]
-        return {"status": status, "peers": peers, "first_byte": first_byte,
-                "seconds": time.monotonic() - started}
+            time.sleep(poll if first_byte is None else 0.3)
+        return {"status": status, "peers": peers or [], "seed_peers": seed_peers or [],
+                "first_byte": first_byte, "seconds": time.monotonic() - started}
 
 
 def random_file(path: Path, size: int, seed: int = 0) -> Path:
@@ -161,7 +163,7 @@ def test_download_across_nat_pair(make_lab, payload, tmp_path, r1, r2):
     with make_lab(r1=r1, r2=r2) as lab:
         peers = LabPeers(lab, tmp_path)
         peers.start_tracker()
-        peers.start_daemon("seed", "b1")
+        peers.start_daemon("seed", "b1", *SEED_LIMIT)
         peers.start_daemon("dl", "a1")
         shared = peers.share("seed", payload)
         result = peers.download("dl", shared, tmp_path / "out")
@@ -178,7 +180,7 @@ def test_download_across_nat_pair(make_lab, payload, tmp_path, r1, r2):
         (lab.workdir / "nat_matrix.json").write_text(json.dumps(RESULTS, indent=1))
         assert paths == [expected_path(r1, r2)], (paths, peers.log("dl")[-4000:])
         # The seeder's end of the link is the punched/relayed one too, not a TCP dial.
-        seed_peers = peers.ctl_json("seed", "peers", shared["info_hash"])["peers"]
+        seed_peers = result["seed_peers"]
         assert [p["path"] for p in seed_peers] == paths
         if paths == ["quic"]:
             # A punched path runs between the routers' public addresses.
@@ -191,7 +193,7 @@ def test_same_router_peers_use_lan_addresses(make_lab, payload, tmp_path):
     with make_lab(r1="port-restricted", r2="port-restricted") as lab:
         peers = LabPeers(lab, tmp_path)
         peers.start_tracker()
-        peers.start_daemon("seed", "a2")
+        peers.start_daemon("seed", "a2", *SEED_LIMIT)
         peers.start_daemon("dl", "a1")
         peers.start_daemon("dlq", "a1", "--paths", "quic")
         shared = peers.share("seed", payload)
