@@ -97,7 +97,11 @@ class PeerLink(Protocol):
                     self.swarm.handle(self.state, message)
         except MalformedMessage as e:
             log.info("peer link {remote}: {error}", remote=self.remote, error=str(e))
-            self.close(f"malformed message: {e}")
+            if self.state is not None and not self._closed:
+                # An attached peer that sends garbage is banned like any protocol breaker.
+                self.swarm.ban(self.state, f"malformed message: {e}")
+            else:
+                self.close(f"malformed message: {e}")
 
     def _on_handshake(self, message) -> None:
         if self.peer_id is None:

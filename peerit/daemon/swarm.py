@@ -181,14 +181,12 @@ class Swarm:
 
     # -- messages -------------------------------------------------------------------------
     def handle(self, peer: PeerState, message) -> None:
-        """Act on one message; a protocol violation closes this link only."""
+        """Act on one message; a protocol violation bans the peer from this swarm (closing
+        the link alone let the transfer dial it again at once, to the same abuse)."""
         try:
             self._dispatch(peer, message)
         except ProtocolViolation as e:
-            log.warn("swarm {swarm}: dropping {peer}: {reason}",
-                     swarm=self.info_hash.hex()[:12], peer=peer.short_id, reason=str(e))
-            peer.link.close(str(e))
-            self.detach(peer)
+            self.ban(peer, f"protocol violation: {e}")
 
     def _dispatch(self, peer: PeerState, message) -> None:
         first = not peer.got_first_message

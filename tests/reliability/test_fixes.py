@@ -1,0 +1,80 @@
+"""Focused, synchronous tests for the product bugs the reliability suites found.
+
+Each one failed before its fix; the suite that found it is named in the docstring.
+"""
+
+import hashlib
+import os
+import random
+
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from peerit.bitfield import Bitfield
+from peerit.daemon.peerlink import PeerLink
+from peerit.daemon.swarm import Swarm, SwarmConfig
+from peerit.testing.swarms import FakeLink, MemoryNetwork, MemoryStore, make_metainfo, verifier
+from peerit.wire import framing
+from peerit.wire import peer as wire
+
+PIECE = 1 << 15
+BLOCK = 1 << 13
+
+
+def peer_id(n: int) -> bytes:
+    return hashlib.sha256(b"fix peer %d" % n).digest()
+
+
+def leecher(metainfo, clock) -> Swarm:
+    store = MemoryStore(metainfo)
+    swarm = Swarm(metainfo, store, Bitfield(metainfo.piece_count), clock, random.Random(1),
+                  peer_id(0), verify=verifier(store), config=SwarmConfig(block_size=BLOCK))
+    swarm.start()
+    return swarm
+
+
+class ProtocolBreakersAreBanned(SynchronousTestCase):
+    """Suite 3 (bad peers): a peer pushing unsolicited blocks was only disconnected, so the
+    daemon dialed it again every couple of seconds and took the same abuse (21 links and
+    14 MB of unsolicited data during one 8 MiB download)."""
+
+    def test_unsolicited_block_bans_the_sender(self):
+        metainfo = make_metainfo(os.urandom(4 * PIECE), PIECE)
+        swarm = leecher(metainfo, Clock())
+        link = FakeLink(MemoryNetwork(), peer_id(9), dialed_by_us=True)
+        link.swarm = swarm
+        state = swarm.attach(link)
+        swarm.handle(state, wire.Bitfield(Bitfield.full(metainfo.piece_count).to_bytes()))
+        swarm.handle(state, wire.Block(3, 0, b"x" * BLOCK))  # never requested
+        self.assertIsNotNone(link.closed)
+        self.assertIn(peer_id(9), swarm.banned)
+        self.assertIsNotNone(swarm.can_attach(peer_id(9)))
+
+    def test_malformed_frame_from_an_attached_peer_bans_it(self):
+        """Oversized or unparsable frames after the handshake ban the peer too."""
+        metainfo = make_metainfo(os.urandom(4 * PIECE), PIECE)
+        clock = Clock()
+        swarm = leecher(metainfo, clock)
+
+        class Router:
+            upload_limiter = None
+
+            def authorize(self, info_hash, pid):
+                return succeed(None)
+
+            def swarm_for(self, info_hash):
+                return swarm
+
+        link = PeerLink(Router(), clock, peer_id(0))
+        transport = StringTransport()
+        transport.peer_id = peer_id(7)  # as QUIC/relay transports prove it
+        link.makeConnection(transport)
+        hello = wire.Handshake(wire.PROTOCOL_VERSION, metainfo.info_hash, peer_id(7))
+        link.dataReceived(framing.frame(wire.build(hello)))
+        self.assertIn(peer_id(7), swarm.peers)
+        link.dataReceived(framing.frame(bytes([200]) + b"junk"))  # no such opcode
+        self.assertIn(peer_id(7), swarm.banned)
+        self.assertNotIn(peer_id(7), swarm.peers)
+        self.assertTrue(transport.disconnecting)
