@@ -1,10 +1,12 @@
-"""The tracker as a Twisted service: listen with our TLS, announce the address, sweep, stop."""
+"""The tracker as a Twisted service: listen with our TLS, announce the address, sweep, stop;
+and the NAT side's ports (STUN responder, relay) whose numbers every session is told."""
 
 import os
 import re
 
 from twisted.application import service
 from twisted.internet import task
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -12,7 +14,10 @@ from peerit.addresses import TrackerAddress
 from peerit.errors import UsageError
 from peerit.identity import Identity
 from peerit.tracker.protocol import tls_factory
+from peerit.tracker.relay import RelayBroker, RelayFactory
 from peerit.tracker.session import Tracker
+from peerit.tracker.stun_server import parse_udp_endpoint, stun_protocols
+from peerit.wire import tracker as wire
 
 log = Logger(namespace="peerit.tracker")
 
@@ -35,6 +40,17 @@ def tcp_description(description: str) -> str:
                          f"or ssl:PORT[:interface=ADDR]")
     kept = [p for p in parts[1:] if p.split("=", 1)[0].lower() not in _SSL_ONLY]
     return ":".join(["tcp", *kept])
+
+
+def _listen_now(reactor, description: str, factory):
+    """Listen on a stream endpoint and return the port, raising if that fails."""
+    results = []
+    serverFromString(reactor, description).listen(factory).addBoth(results.append)
+    if not results:
+        raise RuntimeError(f"listening on {description} did not complete at once")
+    if not hasattr(results[0], "getHost"):
+        results[0].raiseException()
+    return results[0]
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -79,14 +95,8 @@ class TrackerService(service.Service):
         self._listen()
 
     def _listen(self):
-        endpoint = serverFromString(self.reactor, self.description)
-        results = []
-        endpoint.listen(tls_factory(self.identity, self.tracker)).addBoth(results.append)
-        if not results:
-            raise RuntimeError(f"listening on {self.description} did not complete at once")
-        if not hasattr(results[0], "getHost"):
-            results[0].raiseException()
-        self.port = results[0]
+        self.port = _listen_now(self.reactor, self.description,
+                                tls_factory(self.identity, self.tracker))
 
     def startService(self):
         super().startService()
@@ -125,3 +135,76 @@ class TrackerService(service.Service):
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()
+
+
+class NatPortsService(service.Service):
+    """The STUN responder's UDP ports and the relay's TCP port.
+
+    Binds in ``privilegedStartService`` (3478 needs no privilege, but a failed bind must fail
+    the start like the tracker's own port), then sets ``tracker.stun_info`` with the bound
+    numbers, so port 0 works and every session's StunInfo says where things really are.
+    ``stun`` is ``udp:PORT[:interface=ADDR]`` or None; ``stun_alt_port`` a port, 0 for none,
+    or None for "any free port" (with ``udp:0``); ``relay`` a ``tcp:`` endpoint or None.
+    """
+
+    name = "peerit-tracker-nat"
+
+    def __init__(self, reactor, tracker: Tracker, stun: str | None,
+                 stun_alt_port: int | None, relay: str | None,
+                 broker: RelayBroker | None):
+        self.reactor = reactor
+        self.tracker = tracker
+        self.stun = stun
+        self.stun_alt_port = stun_alt_port
+        self.relay = relay
+        self.broker = broker
+        self.ports = []
+        self.stun_ports: tuple[int, int] = (0, 0)
+        self.relay_port = 0
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._bind()
+
+    def startService(self):
+        super().startService()
+        if not self.ports and (self.stun or self.relay):
+            self._bind()
+        self.tracker.stun_info = wire.StunInfo(*self.stun_ports, self.relay_port)
+        log.info("NAT traversal: STUN on udp ports {stun} and {alt}, relay on tcp port "
+                 "{relay} (0 = off)", stun=self.stun_ports[0], alt=self.stun_ports[1],
+                 relay=self.relay_port)
+
+    def _bind(self):
+        try:
+            if self.stun:
+                port, interface = parse_udp_endpoint(self.stun)
+                alternate = self.stun_alt_port != 0
+                protocols = stun_protocols(self.reactor, alternate)
+                primary = self.reactor.listenUDP(port, protocols[0], interface=interface)
+                self.ports.append(primary)
+                alt_port = 0
+                if alternate:
+                    second = self.reactor.listenUDP(self.stun_alt_port or 0, protocols[1],
+                                                    interface=interface)
+                    self.ports.append(second)
+                    alt_port = second.getHost().port
+                self.stun_ports = (primary.getHost().port, alt_port)
+            if self.relay:
+                listening = _listen_now(self.reactor, self.relay, RelayFactory(self.broker))
+                self.ports.append(listening)
+                self.relay_port = listening.getHost().port
+                log.info("peer-it relay listening on tcp {host}:{port}",
+                         host=listening.getHost().host, port=self.relay_port)
+        except BaseException:
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            raise
+
+    def stopService(self):
+        super().stopService()
+        if self.broker is not None:
+            self.broker.close_all()
+        ports, self.ports = self.ports, []
+        return gatherResults([maybeDeferred(p.stopListening) for p in ports])

@@ -14,8 +14,9 @@ entry it creates is keyed by that id: no message carries a peer id of its own, s
 can never announce, update or remove another peer's entries.
 
 Requests are dispatched by message type through :attr:`Tracker.handlers`; a new request type
-(punch requests, NAT reports, relay offers) is one :meth:`Tracker.register_handler` call.
-Any code holding the :class:`Tracker` can push to a connected peer with :meth:`Tracker.send_to`.
+is one :meth:`Tracker.register_handler` call (``peerit.tracker.nat`` adds NAT reports, punch
+and relay requests that way). Any code holding the :class:`Tracker` can push to a connected
+peer with :meth:`Tracker.send_to`.
 """
 
 import ipaddress
@@ -125,6 +126,9 @@ class Tracker:
         self.limits = limits
         self.rng = rng or random.Random()
         self.handlers: dict[type, Handler] = {}
+        # Where this tracker's STUN responder and relay listen; sent after every Welcome once
+        # set (the service sets it when its ports are bound).
+        self.stun_info: wire.StunInfo | None = None
         self._sessions: dict[bytes, "TrackerSession"] = {}  # ACTIVE sessions by peer id
         self._per_address: dict[str, int] = {}
         self._open = 0
@@ -135,7 +139,8 @@ class Tracker:
         self.register_handler(wire.Ping, _on_ping)
         self.register_handler(wire.Pong, _on_pong)
         self.register_handler(wire.Error, _on_error)
-        for server_only in (wire.Welcome, wire.PeerList, wire.PeerJoined):
+        for server_only in (wire.Welcome, wire.PeerList, wire.PeerJoined, wire.StunInfo,
+                            wire.Punch, wire.RelayOffer):
             self.register_handler(server_only, _tracker_only)
 
     def register_handler(self, message_type: type, handler: Handler) -> None:
@@ -232,6 +237,11 @@ class TrackerSession:
         self.state = HANDSHAKING
         self.peer_id: bytes | None = None
         self.hello: wire.Hello | None = None
+        self.contact: Contact | None = None         # once ACTIVE
+        # NAT traversal state (peerit.tracker.nat): the latest NatReport, and when the punch
+        # and relay attempts this peer is part of began.
+        self.nat_report: wire.NatReport | None = None
+        self.nat_attempts: list[float] = []
         limits = tracker.limits
         self._limits = limits
         self._clock = tracker.clock
@@ -407,12 +417,15 @@ class TrackerSession:
         self.hello = hello
         lan = tuple(a for a in hello.addresses if _usable_lan_address(a))
         contact = Contact(self.peer_id, hello.tcp_port, hello.udp_port, self.source_host, lan)
+        self.contact = contact
         self.state = ACTIVE
         self.tracker._activate(self, contact)
         self._timer.cancel()
         self._timer = self._clock.callLater(self._limits.idle_timeout, self._idle_check)
         self.send(wire.Welcome(wire.Endpoint(self.source_host, self.source_port),
                                int(self._limits.keepalive_interval * 1000), self.peer_id))
+        if self.tracker.stun_info is not None:
+            self.send(self.tracker.stun_info)
         log.info("tracker session {peer} from {source}:{port} open (tcp {tcp_port}, "
                  "udp {udp_port})", peer=self._who(), source=self.source_host,
                  port=self.source_port, tcp_port=hello.tcp_port, udp_port=hello.udp_port)

@@ -58,7 +58,7 @@ def parse_udp_endpoint(spec: str) -> tuple[int, str]:
     if kind != "udp" or not rest:
         raise UsageError(f"bad STUN endpoint {spec!r}: expected udp:PORT[:interface=ADDR]")
     port_text, interface = None, ""
-    for index, part in enumerate(_split_unescaped(rest)):
+    for index, part in enumerate(split_unescaped(rest)):
         key, sep, value = part.partition("=")
         if not sep and index == 0:
             port_text = key
@@ -73,7 +73,7 @@ def parse_udp_endpoint(spec: str) -> tuple[int, str]:
     return int(port_text), interface
 
 
-def _split_unescaped(text: str) -> list[str]:
+def split_unescaped(text: str) -> list[str]:
     # Twisted endpoint strings escape ':' in IPv6 addresses as '\:'.
     parts, current, escaped = [], [], False
     for char in text:

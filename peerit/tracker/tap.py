@@ -5,12 +5,20 @@ import os
 from twisted.application import service
 from twisted.python import usage
 
+from peerit.errors import UsageError
 from peerit.identity import Identity
-from peerit.tracker.service import TrackerService, tcp_description
+from peerit.tracker.nat import NatCoordinator, NatLimits
+from peerit.tracker.relay import RelayBroker, RelayLimits
+from peerit.tracker.service import NatPortsService, TrackerService, tcp_description
 from peerit.tracker.session import Limits, Tracker
+from peerit.tracker.stun_server import DEFAULT_STUN_PORT, split_unescaped, parse_udp_endpoint
 from peerit.tracker.store import MemorySwarmStore
 
 _DEFAULTS = Limits()
+_RELAY = RelayLimits()
+_NAT = NatLimits()
+DEFAULT_RELAY_PORT = 59001
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 
 
 def default_data_dir() -> str:
@@ -31,6 +39,62 @@ def _positive_float(text):
     if not value > 0:
         raise ValueError("must be positive")
     return value
+
+
+def parse_rate(text: str) -> float:
+    """Bytes per second: ``10M`` (10,000,000), ``512k``, ``8Mi`` (8 MiB), ``1e6``."""
+    t = text.strip().lower().removesuffix("b").removesuffix("/s")
+    number = t.rstrip("kmgi")
+    unit = t[len(number):]
+    if unit not in _UNITS:
+        raise ValueError(f"bad rate {text!r}: expected a number with k, M, G, Ki, Mi or Gi")
+    value = float(number) * _UNITS[unit]
+    if not value > 0:
+        raise ValueError("rate must be positive")
+    return value
+
+
+def _listen_parts(description: str) -> tuple[int, str]:
+    """Port and interface of a ``tcp:`` description (for the automatic NAT ports)."""
+    port, interface = 0, ""
+    for index, part in enumerate(split_unescaped(description)[1:]):
+        key, sep, value = part.partition("=")
+        if not sep and index == 0 or key == "port":
+            port = int(value if sep else key)
+        elif key == "interface":
+            interface = value
+    return port, interface
+
+
+def nat_endpoints(listen: str, stun: str, alt: str, relay: str):
+    """``(stun, stun_alt_port, relay)`` for :class:`NatPortsService` from the options.
+
+    ``auto`` (the default) means the standard port (3478, 3479, 59001) on the ``--listen``
+    interface, or any free port when ``--listen`` asks for one (``tcp:0``: tests, several
+    trackers on one host). ``none`` (``--stun-alt-port 0``) turns a service off.
+    """
+    port, interface = _listen_parts(tcp_description(listen))
+    escaped = interface.replace(":", "\\:")
+    suffix = f":interface={escaped}" if interface else ""
+    free = port == 0
+    stun_spec = None
+    if stun != "none":
+        stun_spec = stun if stun != "auto" else \
+            f"udp:{0 if free else DEFAULT_STUN_PORT}{suffix}"
+        stun_port, _ = parse_udp_endpoint(stun_spec)
+    if alt == "auto":
+        alt_port = None if stun_spec is None or stun_port == 0 else stun_port + 1
+    else:
+        if not alt.isdigit() or int(alt) > 65535:
+            raise UsageError(f"bad --stun-alt-port {alt!r}: a port, 0 for none, or auto")
+        alt_port = int(alt)
+        if stun_spec is not None and alt_port and alt_port == stun_port:
+            raise UsageError("--stun-alt-port must differ from the --stun port")
+    relay_spec = None
+    if relay != "none":
+        relay_spec = tcp_description(relay) if relay != "auto" else \
+            f"tcp:{0 if free else DEFAULT_RELAY_PORT}{suffix}"
+    return stun_spec, alt_port, relay_spec
 
 
 _positive_int.coerceDoc = "A whole number, at least 1."
@@ -71,6 +135,28 @@ class Options(usage.Options):
          "Most peers in one peer list (at most 200).", _positive_int],
         ["push-fanout", None, _DEFAULTS.push_fanout,
          "Most swarm members told about each newcomer.", _positive_int],
+        ["stun", None, "auto",
+         "UDP endpoint of the STUN responder (udp:PORT[:interface=ADDR]), or none. auto: "
+         f"port {DEFAULT_STUN_PORT} on the --listen interface (a free port with tcp:0)."],
+        ["stun-alt-port", None, "auto",
+         "Second STUN port on the same address (NAT behaviour tests), 0 for none. auto: the "
+         "STUN port + 1 (a free port with udp:0)."],
+        ["relay", None, "auto",
+         "TCP endpoint of the relay (tcp:PORT[:interface=ADDR]), or none. auto: port "
+         f"{DEFAULT_RELAY_PORT} on the --listen interface (a free port with tcp:0)."],
+        ["relay-rate", None, "10M",
+         "Bandwidth cap of each direction of each relayed session, bytes/s (k, M, G, Ki, "
+         "Mi, Gi)."],
+        ["relay-sessions", None, _RELAY.max_sessions,
+         "Relayed sessions at once (offered tokens included).", _positive_int],
+        ["relay-per-peer", None, _RELAY.per_peer,
+         "Relayed sessions one peer may be part of at once.", _positive_int],
+        ["relay-idle-timeout", None, _RELAY.idle_timeout,
+         "Seconds of silence both ways after which a relayed session is closed.",
+         _positive_float],
+        ["nat-attempts", None, _NAT.max_attempts,
+         f"Punches and relays a peer may be part of per {_NAT.attempt_window:g}s.",
+         _positive_int],
     ]
 
     def postOptions(self):
@@ -95,6 +181,15 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        try:
+            self.nat_endpoints = nat_endpoints(self["listen"], self["stun"],
+                                               self["stun-alt-port"], self["relay"])
+            self.relay_limits = RelayLimits(
+                rate=parse_rate(self["relay-rate"]), max_sessions=self["relay-sessions"],
+                per_peer=self["relay-per-peer"], idle_timeout=self["relay-idle-timeout"])
+            self.nat_limits = NatLimits(max_attempts=self["nat-attempts"])
+        except (ValueError, UsageError) as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(options, reactor=None) -> service.MultiService:
@@ -102,7 +197,14 @@ def makeService(options, reactor=None) -> service.MultiService:
         from twisted.internet import reactor
     identity = Identity.load_or_create(options["data-dir"], common_name="peer-it tracker")
     tracker = Tracker(reactor, MemorySwarmStore(), options.limits)
+    stun, stun_alt_port, relay = options.nat_endpoints
+    broker = RelayBroker(reactor, options.relay_limits) if relay else None
+    NatCoordinator(tracker, broker, options.nat_limits)
     top = service.MultiService()
+    # First: its ports are bound (and tracker.stun_info set) before the tracker says it is
+    # ready, so the first session already learns them.
+    NatPortsService(reactor, tracker, stun, stun_alt_port, relay,
+                    broker).setServiceParent(top)
     TrackerService(reactor, tracker, identity, options["listen"],
                    options["data-dir"]).setServiceParent(top)
     return top

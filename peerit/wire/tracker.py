@@ -249,6 +249,133 @@ class Error:
     info_hash: bytes = field(default=NO_INFO_HASH)
 
 
+# -- NAT traversal (docs/nat-protocol.md) ---------------------------------------------------
+
+ATTEMPT_ID_SIZE = 16
+PUNCH_NONCE_SIZE = 32
+RELAY_TOKEN_SIZE = 32
+# A peer's LAN addresses and a public one, with room for a second public (IPv4 and IPv6).
+MAX_PUNCH_CANDIDATES = MAX_LAN_ADDRESSES + 2
+
+MAPPINGS = ("unknown", "independent", "dependent")
+FILTERINGS = ("unknown", "independent", "address", "address-and-port")
+CANDIDATE_KINDS = ("lan", "public")
+
+
+def _closed_enum(names):
+    # A value this version does not know is malformed, as for Announce events.
+    return ExprValidator(Enum(Byte, **{name: i for i, name in enumerate(names)}),
+                         lambda obj, ctx: isinstance(obj, str))
+
+
+MAPPING = _closed_enum(MAPPINGS)
+FILTERING = _closed_enum(FILTERINGS)
+
+
+@messages.register(10, Struct(
+    "public" / ENDPOINT,
+    "mapping" / MAPPING,
+    "filtering" / FILTERING,
+))
+@dataclass(frozen=True)
+class NatReport:
+    """The daemon's STUN result: its public UDP endpoint and how its NAT maps and filters.
+
+    Sent after each result that changed (and again when a session starts); the tracker keeps
+    the latest per session and hands it to peers that punch towards this one.
+    """
+    public: Endpoint
+    mapping: str = "unknown"
+    filtering: str = "unknown"
+    __nested__ = {"public": Endpoint}
+
+
+@messages.register(11, Struct(
+    "stun_port" / Int16ub,
+    "stun_alt_port" / Int16ub,
+    "relay_port" / Int16ub,
+))
+@dataclass(frozen=True)
+class StunInfo:
+    """Sent by the tracker right after Welcome: where its UDP STUN responder (primary and
+    alternate port) and TCP relay listen, on the tracker's own host; 0 = not running."""
+    stun_port: int
+    stun_alt_port: int = 0
+    relay_port: int = 0
+
+
+@messages.register(12, Struct("info_hash" / INFO_HASH, "peer_id" / PEER_ID))
+@dataclass(frozen=True)
+class PunchRequest:
+    """"I want a direct UDP path to ``peer_id`` of swarm ``info_hash``": the tracker answers
+    with a Punch (to both), or an Error refusing it."""
+    info_hash: bytes
+    peer_id: bytes
+
+
+@dataclass(frozen=True)
+class PunchCandidate:
+    """An address to ping in a punch: ``kind`` is ``lan`` or ``public``."""
+    host: str
+    port: int
+    kind: str
+
+
+PUNCH_CANDIDATE = Struct("host" / IP_ADDRESS, "port" / Int16ub,
+                         "kind" / _closed_enum(CANDIDATE_KINDS))
+
+
+@messages.register(13, Struct(
+    "attempt_id" / _exact_bytes(ATTEMPT_ID_SIZE),
+    "nonce" / _exact_bytes(PUNCH_NONCE_SIZE),
+    "info_hash" / INFO_HASH,
+    "peer_id" / PEER_ID,
+    "controlling" / Flag,
+    "candidates" / ExprValidator(PrefixedArray(Byte, PUNCH_CANDIDATE),
+                                 lambda obj, ctx: len(obj) <= MAX_PUNCH_CANDIDATES),
+    "mapping" / MAPPING,
+))
+@dataclass(frozen=True)
+class Punch:
+    """Pushed to both sides of a punch at once: the other peer (``peer_id``), where to ping
+    it and its NAT mapping. The requester gets ``controlling=True``."""
+    attempt_id: bytes
+    nonce: bytes
+    info_hash: bytes
+    peer_id: bytes
+    controlling: bool
+    candidates: tuple[PunchCandidate, ...]
+    mapping: str = "unknown"
+    __nested__ = {"candidates": PunchCandidate}
+
+
+@messages.register(14, Struct("info_hash" / INFO_HASH, "peer_id" / PEER_ID))
+@dataclass(frozen=True)
+class RelayRequest:
+    """"Connect me to ``peer_id`` through your relay": answered by a RelayOffer (to both) or
+    an Error."""
+    info_hash: bytes
+    peer_id: bytes
+
+
+@messages.register(15, Struct(
+    "token" / _exact_bytes(RELAY_TOKEN_SIZE),
+    "info_hash" / INFO_HASH,
+    "peer_id" / PEER_ID,
+    "initiator" / Flag,
+    "port" / Int16ub,
+))
+@dataclass(frozen=True)
+class RelayOffer:
+    """Pushed to both sides: connect to the relay (``port`` on the tracker's host) and
+    present ``token``. The requester (``initiator=True``) is the TLS client inside."""
+    token: bytes
+    info_hash: bytes
+    peer_id: bytes
+    initiator: bool
+    port: int
+
+
 FATAL_ERRORS = frozenset({
     "malformed", "unknown_message", "protocol_violation", "unsupported_version",
     "too_many_sessions", "timed_out", "superseded", "shutting_down", "internal"})

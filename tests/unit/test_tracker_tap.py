@@ -62,7 +62,8 @@ class MakeServiceTests(SynchronousTestCase):
         data_dir = tempfile.mkdtemp(prefix="peerit-tap-test-")
         self.addCleanup(shutil.rmtree, data_dir, True)
         options = tap.Options()
-        options.parseOptions(["--data-dir", data_dir, "--listen", "tcp:0:interface=127.0.0.1"])
+        options.parseOptions(["--data-dir", data_dir, "--listen", "tcp:0:interface=127.0.0.1",
+                              "--stun", "none", "--relay", "none"])
         reactor = MemoryReactorClock()
         top = tap.makeService(options, reactor=reactor)
         self.assertIsInstance(top, MultiService)
