@@ -10,6 +10,9 @@ from peerit.wire.framing import FrameDecoder, frame
 H = bytes(range(32))               # an info-hash
 P = bytes(range(32, 64))           # a peer id
 PEER = wire.PeerInfo(P, True, 6881, 6882, "203.0.113.9", ("192.168.1.5", "fe80::1"))
+A = bytes(range(64, 80))           # a punch attempt id
+N = bytes(range(80, 112))          # a punch nonce
+T = bytes(range(112, 144))         # a relay token
 
 # Written out by hand from the layout documented in docs/tracker.md, not produced by the code.
 GOLDEN = [
@@ -31,6 +34,26 @@ GOLDEN = [
     (wire.Pong(7), "08" "0000000000000007"),
     (wire.Error("rate_limited", "slow down", 4, H),
      "09" "0006" "04" + H.hex() + "09" + b"slow down".hex()),
+    # NAT traversal (docs/nat-protocol.md)
+    (wire.NatReport(wire.Endpoint("203.0.113.9", 40000), "independent", "address-and-port"),
+     "0a" "04cb007109" "9c40" "01" "03"),
+    (wire.NatReport(wire.Endpoint("2001:db8::1", 1), "dependent", "address"),
+     "0a" "1020010db8000000000000000000000001" "0001" "02" "02"),
+    (wire.StunInfo(3478, 3479, 59001), "0b" "0d96" "0d97" "e679"),
+    (wire.StunInfo(3478), "0b" "0d96" "0000" "0000"),
+    (wire.PunchRequest(H, P), "0c" + H.hex() + P.hex()),
+    (wire.Punch(A, N, H, P, True,
+                (wire.PunchCandidate("192.168.1.5", 6882, "lan"),
+                 wire.PunchCandidate("203.0.113.9", 40000, "public")), "dependent"),
+     "0d" + A.hex() + N.hex() + H.hex() + P.hex() + "01" "02"
+     "04c0a80105" "1ae2" "00" "04cb007109" "9c40" "01" "02"),
+    (wire.Punch(A, N, H, P, False, (), "unknown"),
+     "0d" + A.hex() + N.hex() + H.hex() + P.hex() + "00" "00" "00"),
+    (wire.RelayRequest(H, P), "0e" + H.hex() + P.hex()),
+    (wire.RelayOffer(T, H, P, False, 59001), "0f" + T.hex() + H.hex() + P.hex() + "00" "e679"),
+    (wire.Error("peer_unavailable", "no", 12, H), "09" "000c" "0c" + H.hex() + "02" "6e6f"),
+    (wire.Error("too_many_attempts", "", 12, H), "09" "000d" "0c" + H.hex() + "00"),
+    (wire.Error("relay_unavailable", "", 14, H), "09" "000e" "0e" + H.hex() + "00"),
 ]
 
 ip_addresses = st.one_of(
@@ -40,6 +63,9 @@ hashes = st.binary(min_size=32, max_size=32)
 peer_infos = st.builds(
     wire.PeerInfo, hashes, st.booleans(), ports, ports, ip_addresses,
     st.lists(ip_addresses, max_size=wire.MAX_LAN_ADDRESSES).map(tuple))
+endpoints = st.builds(wire.Endpoint, ip_addresses, ports)
+candidates = st.builds(wire.PunchCandidate, ip_addresses, ports,
+                       st.sampled_from(wire.CANDIDATE_KINDS))
 all_messages = st.one_of(
     st.just(wire.KeepAlive()),
     st.builds(wire.Hello, ports, ports,
@@ -55,8 +81,19 @@ all_messages = st.one_of(
     st.builds(wire.PeerJoined, hashes, peer_infos),
     st.builds(wire.Ping, st.integers(0, 2**64 - 1)),
     st.builds(wire.Pong, st.integers(0, 2**64 - 1)),
-    st.builds(wire.Error, st.sampled_from(["malformed", "too_many_swarms", "internal"]),
+    st.builds(wire.Error, st.sampled_from(["malformed", "too_many_swarms", "internal",
+                                           "peer_unavailable", "relay_unavailable"]),
               st.text(max_size=40), st.integers(0, 255), hashes),
+    st.builds(wire.NatReport, endpoints, st.sampled_from(wire.MAPPINGS),
+              st.sampled_from(wire.FILTERINGS)),
+    st.builds(wire.StunInfo, ports, ports, ports),
+    st.builds(wire.PunchRequest, hashes, hashes),
+    st.builds(wire.Punch, st.binary(min_size=16, max_size=16), hashes, hashes, hashes,
+              st.booleans(),
+              st.lists(candidates, max_size=wire.MAX_PUNCH_CANDIDATES).map(tuple),
+              st.sampled_from(wire.MAPPINGS)),
+    st.builds(wire.RelayRequest, hashes, hashes),
+    st.builds(wire.RelayOffer, hashes, hashes, hashes, st.booleans(), ports),
 )
 
 
@@ -74,7 +111,9 @@ class GoldenVectorTests(SynchronousTestCase):
     def test_opcodes_are_the_documented_ones(self):
         expected = {wire.KeepAlive: 0, wire.Hello: 1, wire.Welcome: 2, wire.Announce: 3,
                     wire.PeerListRequest: 4, wire.PeerList: 5, wire.PeerJoined: 6,
-                    wire.Ping: 7, wire.Pong: 8, wire.Error: 9}
+                    wire.Ping: 7, wire.Pong: 8, wire.Error: 9, wire.NatReport: 10,
+                    wire.StunInfo: 11, wire.PunchRequest: 12, wire.Punch: 13,
+                    wire.RelayRequest: 14, wire.RelayOffer: 15}
         self.assertEqual({t: wire.messages.opcode_of(t) for t in expected}, expected)
 
 
@@ -140,6 +179,41 @@ class HostileInputTests(SynchronousTestCase):
                + bytes.fromhex("040a000001") * len(addresses))
         with self.assertRaises(MalformedMessage):
             wire.parse(raw)
+
+    def test_unknown_nat_values_are_malformed(self):
+        """A mapping, filtering or candidate kind this version does not know."""
+        report = bytes.fromhex("0a" "04cb007109" "9c40")
+        for bad in (report + b"\x03\x00", report + b"\x00\x04"):
+            with self.assertRaises(MalformedMessage):
+                wire.parse(bad)
+        punch = b"\x0d" + A + N + H + P + b"\x01\x01"
+        with self.assertRaises(MalformedMessage):
+            wire.parse(punch + bytes.fromhex("040a000001" "0001" "02") + b"\x00")
+        self.assertEqual(wire.parse(punch + bytes.fromhex("040a000001" "0001" "01") + b"\x00")
+                         .candidates, (wire.PunchCandidate("10.0.0.1", 1, "public"),))
+
+    def test_too_many_punch_candidates_are_malformed_both_ways(self):
+        many = (wire.PunchCandidate("10.0.0.1", 1, "lan"),) * (wire.MAX_PUNCH_CANDIDATES + 1)
+        with self.assertRaises(MalformedMessage):
+            wire.build(wire.Punch(A, N, H, P, True, many))
+        raw = (b"\x0d" + A + N + H + P + b"\x01" + bytes([len(many)])
+               + bytes.fromhex("040a000001" "0001" "00") * len(many) + b"\x00")
+        with self.assertRaises(MalformedMessage):
+            wire.parse(raw)
+
+    def test_short_tokens_and_ids_do_not_build(self):
+        with self.assertRaises(MalformedMessage):
+            wire.build(wire.RelayOffer(T[:31], H, P, True, 1))
+        with self.assertRaises(MalformedMessage):
+            wire.build(wire.Punch(A[:15], N, H, P, True, ()))
+
+    def test_a_full_punch_fits_the_tracker_frame_limit_and_requests_the_daemon_one(self):
+        full = (wire.PunchCandidate("2001:db8::1", 65535, "lan"),) * wire.MAX_PUNCH_CANDIDATES
+        self.assertLessEqual(len(wire.build(wire.Punch(A, N, H, P, True, full))),
+                             wire.MAX_TRACKER_FRAME_SIZE)
+        for request in (wire.PunchRequest(H, P), wire.RelayRequest(H, P),
+                        wire.NatReport(wire.Endpoint("2001:db8::1", 1))):
+            self.assertLessEqual(len(wire.build(request)), wire.MAX_DAEMON_FRAME_SIZE)
 
     def test_unknown_opcode_is_malformed(self):
         with self.assertRaises(MalformedMessage):
