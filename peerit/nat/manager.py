@@ -68,7 +68,8 @@ DEFAULT_STUN_ALT_PORT = 3479
 STUN_INFO_WAIT = 2.0  # how long the first netcheck waits for the tracker's StunInfo
 QUIC_START = 0.5  # seconds after the dial began (direct TCP has t = 0 and 0.25)
 RELAY_START = 3.0  # relay at the latest, unless a punch is still within its deadline
-ANSWER_TIMEOUT = 5.0  # tracker's Punch / RelayOffer after our request
+ANSWER_TIMEOUT = 5.0
+MAPPING_WAIT = 2.0  # a punch waits at most this long for our first mapping measurement  # tracker's Punch / RelayOffer after our request
 MAX_EXTRA_SOCKETS = 512  # birthday sockets open at once, over every attempt
 SWEEP_INTERVAL = 5.0
 PATHS = ("tcp", "quic", "relay")
@@ -234,6 +235,8 @@ class NatManager:
         self._stun_host: dict = {}  # tracker host -> resolved IP
         self._checking: Deferred | None = None
         self._check_waiters: list[Deferred] = []
+        self._mapping_waiters: list[Deferred] = []
+        self._probes: set[StunClient] = set()  # fresh-socket netchecks in progress
         self._first_check = None
         self._extra: set[UdpSocket] = set()
         self._sweep: task.LoopingCall | None = None
@@ -291,6 +294,10 @@ class NatManager:
             waits.clear()
         for d in list(self._accepting):
             d.cancel()
+        for d in list(self._mapping_waiters):
+            d.cancel()
+        for stun in list(self._probes):
+            stun.stop()
         if self.stun is not None:
             self.stun.stop()
         for sock in list(self._extra):
@@ -330,13 +337,62 @@ class NatManager:
         self.check().addErrback(_check_failed)
 
     def check(self) -> Deferred:
-        """Run netcheck now (or join the one running); fires with the NetcheckReport."""
+        """Measure the NAT now (or join the measurement running); fires with the report.
+
+        Two steps. First a quick one on the main socket: a Binding to the tracker's STUN
+        port and one to its second port give the public address and whether the mapping
+        depends on the destination, in two round trips; that is all a punch needs, so it is
+        reported at once. Then the full netcheck (filtering, and the external server) from
+        a fresh socket, whose flows cannot make the NAT look looser than it is; its result
+        keeps the main socket's public address."""
         waiter = Deferred()
         self._check_waiters.append(waiter)
         if self._checking is None:
-            self._checking = Deferred.fromCoroutine(self._check(self.stun, self.udp_port))
+            self._checking = Deferred.fromCoroutine(self._measure())
             self._checking.addBoth(self._check_done)
         return waiter
+
+    async def _measure(self) -> nc.NetcheckReport:
+        primary, alternate = await self._tracker_stun_addresses()
+        second = alternate or self._stun_server
+        if primary is not None and second is not None:
+            hosts = list(self._local_hosts()) if self._local_hosts is not None else None
+            # tracker_alternate=None: no filtering test (it needs a socket that has not
+            # talked to the second port), the second port as "external" tells the mapping.
+            quick = await nc.run_netcheck(self.stun, primary, None, second,
+                                          local_port=self.udp_port, local_hosts=hosts,
+                                          measured_at=self.clock.seconds())
+            if quick.udp_works and self._running:
+                self._learned(quick)
+        return await self._fresh_check()
+
+    async def _fresh_check(self) -> nc.NetcheckReport:
+        """The full netcheck from a new socket, with the main socket's public address."""
+        probe = self._open_socket(main=False)
+        stun = StunClient(self.clock, probe.mux.send, software="peer-it")
+        probe.mux.set_handler(DatagramKind.STUN, stun.datagram_received)
+        self._probes.add(stun)
+        try:
+            report = await self._check(stun, probe.local_port)
+        finally:
+            # (stop() ends a check cut short: it stops every probe's client.)
+            self._probes.discard(stun)
+            probe.shutdown()
+        current = self.report
+        if current is not None and current.udp_works:
+            return replace(report, public_host=current.public_host,
+                           public_port=current.public_port, local_port=self.udp_port)
+        if report.udp_works:
+            # No answer to the main socket yet: ask for its own public address.
+            primary, _ = await self._tracker_stun_addresses()
+            server = primary or self._stun_server
+            try:
+                mapped = await self.stun.binding(server)
+            except PeeritError:
+                return replace(report, local_port=self.udp_port)
+            return replace(report, public_host=mapped[0], public_port=mapped[1],
+                           local_port=self.udp_port)
+        return replace(report, local_port=self.udp_port)
 
     async def _check(self, stun: StunClient, local_port: int) -> nc.NetcheckReport:
         primary, alternate = await self._tracker_stun_addresses()
@@ -352,6 +408,16 @@ class NatManager:
         return await nc.run_netcheck(
             stun, primary, alternate, external, local_port=local_port,
             local_hosts=hosts, measured_at=self.clock.seconds())
+
+    def _mapping_known(self, timeout: float) -> Deferred:
+        """Fires (None) once our mapping is measured, at once if it is or no measurement is
+        under way, or after ``timeout`` regardless."""
+        if self.report is not None or (self._checking is None and self._first_check is None):
+            return defer.succeed(None)
+        d = Deferred(lambda d: self._mapping_waiters.remove(d)
+                     if d in self._mapping_waiters else None)
+        self._mapping_waiters.append(d)
+        return d.addTimeout(timeout, self.clock, onTimeoutCancel=lambda result, t: None)
 
     def _check_done(self, result):
         self._checking = None
@@ -369,6 +435,9 @@ class NatManager:
     def _learned(self, report: nc.NetcheckReport) -> None:
         old = self.report
         self.report = report
+        waiters, self._mapping_waiters = self._mapping_waiters, []
+        for d in waiters:
+            d.callback(None)
         if old is None or (old.public_host, old.public_port, old.mapping) != \
                 (report.public_host, report.public_port, report.mapping):
             log.info("NAT: public UDP address {host}:{port}, {nat} ({mapping} mapping, "
@@ -426,20 +495,8 @@ class NatManager:
         it is. The public address shown is the main socket's (kept fresh by the
         keep-alive). What was measured also updates what the punch goes by."""
         async def run():
-            probe = self._open_socket(main=False)
-            try:
-                stun = StunClient(self.clock, probe.mux.send, software="peer-it")
-                probe.mux.set_handler(DatagramKind.STUN, stun.datagram_received)
-                report = await self._check(stun, probe.local_port)
-            finally:
-                probe.shutdown()
-            current = self.report
-            if current is not None and current.udp_works:
-                report = replace(report, public_host=current.public_host,
-                                 public_port=current.public_port, local_port=self.udp_port)
-            elif report.udp_works:
-                report = replace(report, local_port=self.udp_port)
-            if report.udp_works:
+            report = await self._fresh_check()
+            if report.udp_works and self._running:
                 self._learned(report)
             rtt = None
             client = self._stun_tracker()
@@ -575,6 +632,9 @@ class NatManager:
         delay = dial.started_at + QUIC_START - self.clock.seconds()
         if delay > 0:
             await task.deferLater(self.clock, delay, lambda: None)
+        # Our own mapping decides the plan (birthday or not): a dial right after start may
+        # have to wait for the first measurement, a round trip or two.
+        await self._mapping_known(MAPPING_WAIT)
         key = (dial.info_hash, dial.peer_id)
         message = await self._ask(self._punch_waits, key,
                                   wire.PunchRequest(dial.info_hash, dial.peer_id), "punch")
@@ -676,12 +736,18 @@ class NatManager:
         if "quic" not in self.paths:
             return
         started = self.clock.seconds()
-        path_found = Deferred()
-        self._start_attempt(message, path_found)
-        path_found.addCallback(self._accept_quic, message.peer_id, started)
-        path_found.addErrback(lambda f: log.info(
-            "punch from {peer} (we accept): {why}", peer=message.peer_id.hex()[:12],
-            why=f.getErrorMessage()))
+
+        def start(_):
+            if not self._running:
+                return
+            path_found = Deferred()
+            self._start_attempt(message, path_found)
+            path_found.addCallback(self._accept_quic, message.peer_id, started)
+            path_found.addErrback(lambda f: log.info(
+                "punch from {peer} (we accept): {why}", peer=message.peer_id.hex()[:12],
+                why=f.getErrorMessage()))
+        # As on the dialing side, our plan depends on our mapping (bounded wait).
+        self._mapping_known(MAPPING_WAIT).addCallback(start)
 
     def _accept_quic(self, path: punch.Path, peer_id: bytes, started: float) -> None:
         sock = path.local_socket

@@ -80,9 +80,13 @@ class World:
         return self.network.run(seconds, stop=stop)
 
     def settle(self) -> None:
-        """Let both first netchecks finish (and their NatReports reach the tracker)."""
-        self.run(STUN_INFO_WAIT + 10, stop=lambda: self.a.manager.report is not None
-                 and self.b.manager.report is not None)
+        """Let both first measurements finish, the full netcheck too (and their NatReports
+        reach the tracker); returns how many UDP ports each side has opened so far."""
+        self.run(STUN_INFO_WAIT + 15, stop=lambda: all(
+            p.manager.report is not None and p.manager._checking is None
+            for p in (self.a, self.b)))
+        self.a.ports_before = len(self.a.udp.ports)
+        self.b.ports_before = len(self.b.udp.ports)
 
     def dial(self, frm, to):
         """``frm`` races its NAT candidates towards ``to``; returns (race, result list)."""
@@ -203,7 +207,7 @@ class StunAndReportTests(NatManagerTestCase):
         self.assertEqual(answers[0]["filtering"], "address-and-port-dependent")
         self.assertEqual(answers[0]["mapping"], "endpoint-independent")
         self.assertEqual(answers[0]["public_address"], f"{PUBLIC['a']}:40000")
-        self.assertEqual(len(world.a.udp.ports), 2)
+        self.assertEqual(len(world.a.udp.ports), world.a.ports_before + 1)
         self.assertEqual(world.a.udp.open_ports, [world.a.udp.ports[0]])
 
     def test_wire_names(self):
@@ -248,13 +252,35 @@ class PunchedQuicTests(NatManagerTestCase):
         world, link, start = self.connect("symmetric", "port-restricted", seed=3)
         self.assertIsInstance(link, ProbeLink, getattr(link, "value", link))
         self.assertEqual(link.path, "quic")
-        opened = len(world.a.udp.ports) - 1
+        opened = len(world.a.udp.ports) - world.a.ports_before
         self.assertGreater(opened, 10)
         self.assertEqual(len(world.a.udp.open_ports), 2)  # main + the winner
         link.transport.abortConnection()
         world.run(manager_module.SWEEP_INTERVAL * 3)
         self.assertEqual(world.a.udp.open_ports, [world.a.udp.ports[0]])
         self.assertEqual(world.a.manager._extra, set())
+
+    def test_dial_right_after_start_waits_for_the_quick_mapping_check(self):
+        """A dial at once after start (the tracker's StunInfo just arrived): the quick check
+        (two Bindings) tells our symmetric mapping within a few round trips, before the
+        punch plan is made, so the birthday technique is used and QUIC wins; the full
+        netcheck (seconds, for the filtering) is not waited for."""
+        world = World("symmetric", "port-restricted", seed=3)
+        for peer in (world.a, world.b):
+            peer.client.deliver(self.wire.StunInfo(3478, 3479, 59001))
+        race, d, results = world.dial(world.a, world.b)
+        world.run(30, stop=lambda: bool(results))
+        link = results[0]
+        self.assertIsInstance(link, ProbeLink, getattr(link, "value", link))
+        self.assertEqual(link.path, "quic")
+        world.run(10, stop=lambda: world.a.manager._checking is None)
+        reports = [m for m in world.a.client.sent if type(m).__name__ == "NatReport"]
+        self.assertEqual(reports[0].mapping, "dependent")
+        self.assertEqual(reports[0].filtering, "unknown")
+        self.assertEqual(reports[-1].filtering, "address-and-port")
+        first_request = next(i for i, m in enumerate(world.a.client.sent)
+                             if type(m).__name__ == "PunchRequest")
+        self.assertLess(world.a.client.sent.index(reports[0]), first_request)
 
     def test_punch_failure_falls_back_to_relay(self):
         """The other side never punches (it takes no QUIC): our punch fails at its deadline
@@ -279,8 +305,8 @@ class PunchedQuicTests(NatManagerTestCase):
         self.assertIsInstance(link, ProbeLink, getattr(link, "value", link))
         self.assertEqual(link.path, "relay")
         self.assertLess(link.connect_seconds, RELAY_START)
-        self.assertEqual(len(world.a.udp.ports), 1)
-        self.assertEqual(len(world.b.udp.ports), 1)
+        self.assertEqual(len(world.a.udp.ports), world.a.ports_before)
+        self.assertEqual(len(world.b.udp.ports), world.b.ports_before)
         requests = [type(m).__name__ for m in world.tracker.requests]
         self.assertEqual(requests, ["PunchRequest", "RelayRequest"])
 
