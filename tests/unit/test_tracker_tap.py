@@ -14,6 +14,7 @@ from peerit.identity import Identity
 from peerit.tracker import tap
 from peerit.tracker.service import ENDPOINT_FILE, advertised_host, tcp_description
 from peerit.tracker.session import Limits
+from peerit.wire import tracker as wire
 
 
 class ListenDescriptionTests(SynchronousTestCase):
@@ -81,3 +82,101 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertTrue(text.endswith("#" + identity.fingerprint), text)
         IService(top).stopService()
         self.assertFalse(os.path.exists(endpoint))
+
+
+class _FakeUDPPort:
+    def __init__(self, port, interface):
+        self.port, self.interface = port or 50000 + id(self) % 1000, interface
+        self.stopped = False
+
+    def getHost(self):
+        from twisted.internet.address import IPv4Address
+        return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
+
+    def stopListening(self):
+        self.stopped = True
+
+
+class _ReactorWithUDP(MemoryReactorClock):
+    def __init__(self):
+        super().__init__()
+        self.udp = []
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        bound = _FakeUDPPort(port, interface)
+        self.udp.append((bound, protocol))
+        return bound
+
+
+class NatOptionsTests(SynchronousTestCase):
+    def test_auto_means_standard_ports_on_the_listen_interface(self):
+        self.assertEqual(tap.nat_endpoints("tcp:59000", "auto", "auto", "auto"),
+                         ("udp:3478", 3479, "tcp:59001"))
+        self.assertEqual(tap.nat_endpoints("tcp:59000:interface=\\:\\:1", "auto", "0", "auto"),
+                         ("udp:3478:interface=\\:\\:1", 0, "tcp:59001:interface=\\:\\:1"))
+
+    def test_auto_means_free_ports_when_the_tracker_listens_on_a_free_port(self):
+        self.assertEqual(tap.nat_endpoints("tcp:0:interface=127.0.0.1", "auto", "auto", "auto"),
+                         ("udp:0:interface=127.0.0.1", None, "tcp:0:interface=127.0.0.1"))
+
+    def test_explicit_endpoints_and_none(self):
+        self.assertEqual(tap.nat_endpoints("tcp:59000", "udp:4000", "auto", "tcp:6000"),
+                         ("udp:4000", 4001, "tcp:6000"))
+        self.assertEqual(tap.nat_endpoints("tcp:59000", "none", "auto", "none"),
+                         (None, None, None))
+        with self.assertRaises(UsageError):
+            tap.nat_endpoints("tcp:59000", "udp:4000", "4000", "none")
+        with self.assertRaises(UsageError):
+            tap.nat_endpoints("tcp:59000", "tcp:4000", "auto", "none")
+
+    def test_relay_rates_take_units(self):
+        self.assertEqual([tap.parse_rate(t) for t in ("10M", "512k", "8Mi", "1e6", "100")],
+                         [10e6, 512e3, 8 * 2**20, 1e6, 100.0])
+        for bad in ("0", "-5M", "10X", "fast"):
+            with self.assertRaises(ValueError, msg=bad):
+                tap.parse_rate(bad)
+
+    def test_relay_options_make_the_relay_limits(self):
+        options = tap.Options()
+        options.parseOptions(["--data-dir", "d", "--relay-rate", "2M", "--relay-sessions", "9",
+                              "--relay-idle-timeout", "30", "--nat-attempts", "3"])
+        self.assertEqual((options.relay_limits.rate, options.relay_limits.max_sessions,
+                          options.relay_limits.idle_timeout, options.nat_limits.max_attempts),
+                         (2e6, 9, 30.0, 3))
+        with self.assertRaises(usage.UsageError):
+            tap.Options().parseOptions(["--data-dir", "d", "--relay-rate", "0"])
+
+    def test_the_service_binds_stun_and_relay_and_tells_sessions_where(self):
+        data_dir = tempfile.mkdtemp(prefix="peerit-tap-test-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        options = tap.Options()
+        options.parseOptions(["--data-dir", data_dir, "--listen", "tcp:59000",
+                              "--stun", "udp:3478:interface=127.0.0.1", "--stun-alt-port",
+                              "3499", "--relay", "tcp:59001"])
+        reactor = _ReactorWithUDP()
+        top = tap.makeService(options, reactor=reactor)
+        top.privilegedStartService()
+        top.startService()
+        self.assertEqual([(p.port, p.interface) for p, _ in reactor.udp],
+                         [(3478, "127.0.0.1"), (3499, "127.0.0.1")])
+        self.assertEqual(sorted(port for port, *_ in reactor.tcpServers), [59000, 59001])
+        [relay_factory] = [f for port, f, *_ in reactor.tcpServers if port == 59001]
+        self.assertEqual(type(relay_factory).__name__, "RelayFactory")
+        nat = top.getServiceNamed("peerit-tracker-nat")
+        self.assertEqual(nat.tracker.stun_info, wire.StunInfo(3478, 3499, 59001))
+        IService(top).stopService()
+        self.assertTrue(all(p.stopped for p, _ in reactor.udp))
+
+    def test_with_everything_off_sessions_are_told_so(self):
+        data_dir = tempfile.mkdtemp(prefix="peerit-tap-test-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        options = tap.Options()
+        options.parseOptions(["--data-dir", data_dir, "--stun", "none", "--relay", "none"])
+        reactor = _ReactorWithUDP()
+        top = tap.makeService(options, reactor=reactor)
+        top.privilegedStartService()
+        top.startService()
+        self.assertEqual(reactor.udp, [])
+        nat = top.getServiceNamed("peerit-tracker-nat")
+        self.assertEqual(nat.tracker.stun_info, wire.StunInfo(0, 0, 0))
+        IService(top).stopService()
