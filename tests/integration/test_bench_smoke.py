@@ -1,0 +1,78 @@
+"""The benchmark harness still runs (bench/suite.py --quick), without its references' venv.
+
+Only the pieces that need nothing beyond the project's own environment: peer-it 1->1 over
+loopback against the plain TCP sendfile copy, and .p2p creation against hashlib. No speed is
+asserted: speed is bench/'s business; this checks that every sample produced a figure, that
+the table was printed, and that the suite left no process or work directory behind.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def processes_marked(marker: str) -> list[str]:
+    """Processes whose environment carries ``marker``: everything the suite started
+    inherits it, whoever else is running benchmarks on this machine."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if marker.encode() in environ:
+            found.append(f"{entry}: {cmdline.decode(errors='replace')[:200]}")
+    return found
+
+
+def test_quick_suite_produces_every_figure_and_cleans_up(tmp_path):
+    """Each selected sample yields a figure, the ratios are computed, the work directory is
+    removed and no process started for the run outlives it."""
+    results = tmp_path / "results.json"
+    marker = f"peerit-bench-smoke-{uuid.uuid4().hex}"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "suite.py"), "--quick", "--budget", "90",
+         "--only", "transfer/peer-it,transfer/tcp-sendfile,create", "--json", str(results)],
+        capture_output=True, text=True, timeout=110, cwd=str(tmp_path),
+        env={**os.environ, "PEERIT_BENCH_SMOKE": marker})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    data = json.loads(results.read_text())
+    for key in ("transfer/peer-it", "transfer/tcp-sendfile", "create/peer-it",
+                "create/hashlib"):
+        samples = data["results"][key]
+        assert samples and all("error" not in s for s in samples), (key, samples)
+        assert all(s["seconds"] > 0 and s["bytes"] > 0 for s in samples), (key, samples)
+    peerit = data["results"]["transfer/peer-it"][0]
+    assert set(peerit["rss"]) == {"seed", "d0"} and all(peerit["rss"].values())
+
+    assert "ratio peer-it/ref" in run.stdout
+    assert re.search(r"tcp-sendfile\s+[\d.]+\s+[\d.]+-[\d.]+\s+1\s", run.stdout), run.stdout
+    assert re.search(r"hashlib .*>=0\.8 (PASS|FAIL)", run.stdout), run.stdout
+    assert "load average" in run.stdout
+
+    workdir = re.search(r"work directory (\S+)", run.stdout).group(1)
+    assert not Path(workdir).exists()
+    assert processes_marked(marker) == []
+
+
+def test_unknown_selector_is_refused():
+    """A mistyped --only names the known selectors instead of silently running nothing."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "suite.py"), "--only", "transfr"],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "transfer/peer-it" in run.stderr
