@@ -2,6 +2,7 @@
 
 import json
 
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
@@ -10,6 +11,13 @@ from peerit.control import commands
 from peerit.errors import PeeritError, UsageError
 
 MAX_CONTROL_SESSIONS = 32
+
+
+def _check_paths(*paths: str) -> None:
+    """A NUL cannot be in a path (the OS raises ValueError, not OSError, deep inside)."""
+    for path in paths:
+        if "\x00" in path:
+            raise UsageError(f"{path[:60]!r}: a path cannot contain a NUL character")
 
 
 class ControlProtocol(amp.AMP):
@@ -25,6 +33,23 @@ class ControlProtocol(amp.AMP):
         self.factory.sessions -= 1
         super().connectionLost(reason)
 
+    def locateResponder(self, name):
+        """AMP parses a command's arguments before our code runs and answers a value of the
+        wrong type (``offset=abc``) with an opaque UNHANDLED error and a logged traceback;
+        answer it as the contract's BAD_REQUEST instead."""
+        responder = super().locateResponder(name)
+        if responder is None:
+            return None
+
+        def checked(box):
+            try:
+                return responder(box)
+            except (KeyError, ValueError, TypeError, OverflowError) as e:
+                return defer.fail(amp.RemoteAmpError(
+                    commands.ERRORS[UsageError],
+                    f"malformed {name.decode(errors='replace')} request: {e}"))
+        return checked
+
     @commands.DaemonInfo.responder
     def info(self):
         d = self.daemon
@@ -39,11 +64,13 @@ class ControlProtocol(amp.AMP):
 
     @commands.Share.responder
     def share(self, data_path, metainfo_path, check):
+        _check_paths(data_path, metainfo_path)
         t = self.daemon.add_seed(data_path, metainfo_path, check)
         return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name, "state": t.state}
 
     @commands.Download.responder
     def download(self, metainfo_path, target_dir):
+        _check_paths(metainfo_path, target_dir)
         t = self.daemon.add_download(metainfo_path, target_dir)
         return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name, "path": t.path}
 

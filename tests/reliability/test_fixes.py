@@ -78,3 +78,52 @@ class ProtocolBreakersAreBanned(SynchronousTestCase):
         self.assertIn(peer_id(7), swarm.banned)
         self.assertNotIn(peer_id(7), swarm.peers)
         self.assertTrue(transport.disconnecting)
+
+
+class MalformedControlArgumentsAreBadRequests(SynchronousTestCase):
+    """Suite 4 (fuzzing, AMP arguments): a control command whose argument is not of its
+    type (``List`` with ``offset=/dev/zero``) got AMP's opaque UNHANDLED "Unknown Error" and a
+    traceback in the daemon's log; it is now the contract's BAD_REQUEST with a reason."""
+
+    def test_wrongly_typed_argument_gets_bad_request(self):
+        import io
+
+        from twisted.internet.error import ConnectionDone
+        from twisted.protocols import amp
+        from twisted.python.failure import Failure
+
+        from peerit.daemon.control import control_factory
+        from peerit.daemon.service import Daemon
+        daemon = Daemon(Clock(), self.mktemp(), "unix:/nonexistent/c.sock")
+        protocol = control_factory(daemon).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(amp.AmpBox(_command=b"List", _ask=b"1", offset=b"/dev/zero",
+                                         limit=b"5").serialize())
+        (answer,) = amp.parse(io.BytesIO(transport.value()))
+        self.assertEqual(answer[b"_error_code"], b"BAD_REQUEST")
+        self.assertIn(b"malformed List request", answer[b"_error_description"])
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_path_with_a_nul_gets_bad_request(self):
+        """Suite 4 again: ``Download`` with a NUL in its path raised ValueError from
+        ``os.open`` deep in ``Metainfo.read`` (UNHANDLED, traceback in the log)."""
+        import io
+
+        from twisted.internet.error import ConnectionDone
+        from twisted.protocols import amp
+        from twisted.python.failure import Failure
+
+        from peerit.daemon.control import control_factory
+        from peerit.daemon.service import Daemon
+        daemon = Daemon(Clock(), self.mktemp(), "unix:/nonexistent/c.sock")
+        protocol = control_factory(daemon).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(amp.AmpBox(_command=b"Download", _ask=b"1",
+                                         metainfo_path=b"/tmp/x\x00.p2p",
+                                         target_dir=b"").serialize())
+        (answer,) = amp.parse(io.BytesIO(transport.value()))
+        self.assertEqual(answer[b"_error_code"], b"BAD_REQUEST")
+        self.assertIn(b"NUL", answer[b"_error_description"])
+        protocol.connectionLost(Failure(ConnectionDone()))
