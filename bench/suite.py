@@ -124,8 +124,7 @@ def sample_argv(bench: Benchmark, tool: str, sizes: Sizes, files: dict, workdir:
                 "--links", sizes.idle_links, "--window", sizes.idle_window,
                 "--windows", sizes.runs, *common]
     if bench.name == "natlab":
-        return [py, BENCH / "bench_natlab.py", "--size", f"{sizes.natlab // MiB}M",
-                "--runs", sizes.runs, "--json", out]
+        return [py, me, "sample-natlab", "--size", sizes.natlab, *common]
     raise ValueError(f"no runner for {bench.name}/{tool}")
 
 
@@ -139,7 +138,7 @@ def sample_timeout(bench: Benchmark, sizes: Sizes) -> float:
         return 30 + sizes.create / (20 * 10**6)
     if bench.name == "idle":
         return 240 + sizes.idle_shares * 0.2 + sizes.idle_window * sizes.runs
-    return 120 + sizes.runs * (60 + sizes.natlab / (5 * 10**6))
+    return 120 + sizes.natlab / (5 * 10**6)
 
 
 def descendants(pid: int) -> list[tuple[int, str]]:
@@ -238,6 +237,25 @@ def sample_peerit(args) -> None:
         "cpu": dict(zip(names, cpu_used)) if len(cpu_used) == len(names) else {}})
 
 
+def sample_natlab(args) -> None:
+    """One bulk run of bench/bench_natlab.py (a fresh lab: port-restricted NATs on both
+    sides, punched QUIC). The figure is its own: MB/s from the first byte to completion."""
+    import bench_natlab
+    work = Path(tempfile.mkdtemp(prefix="peerit-bench-natlab-"))
+    try:
+        payload = bench_natlab.random_file(work / "bulk.bin", args.size, seed=2)
+        r = bench_natlab.run_pair("port-restricted", "port-restricted", payload,
+                                  work / "bulk", profile=False, timeout=args.timeout - 30)
+        if not r["ok"]:
+            raise RuntimeError("the downloaded file differs from the shared one")
+        write_result(args.json, {
+            "seconds": r["bulk_seconds"], "bytes": r["size"], "path": r["path"],
+            "first_byte": r["first_byte"], "total": r["total"],
+            "cpu": {"seed": r["cpu"][0], "dl": r["cpu"][1]}})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def inject_profiler(directory: Path) -> None:
     """Every daemon LocalSwarm starts runs under twistd's cProfile, one stats file per
     daemon (named after its data directory), written when it is stopped."""
@@ -265,13 +283,6 @@ def figure(bench: Benchmark, result: dict) -> float | None:
     if bench.unit == "s":
         return result["seconds"]
     return result["cpu_percent"]
-
-
-def natlab_results(result: dict) -> list[dict]:
-    """bench_natlab.py writes one result, or {"runs": [result, ...]}."""
-    if "error" in result:
-        return [result]
-    return result.get("runs", [result])
 
 
 def rss_text(samples: list[dict]) -> str:
@@ -396,6 +407,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", required=True)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--profile")
+    p = sub.add_parser("sample-natlab", help="(internal) one NAT-lab bulk sample")
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--json", required=True)
+    p.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, one run: checks that everything still runs")
     parser.add_argument("--only", help="comma-separated BENCHMARK or BENCHMARK/TOOL")
@@ -410,6 +425,9 @@ def main(argv=None) -> int:
     install_sigterm_exit()
     if args.command == "sample-peerit":
         sample_peerit(args)
+        return 0
+    if args.command == "sample-natlab":
+        sample_natlab(args)
         return 0
 
     sizes = QUICK if args.quick else Sizes()
@@ -456,8 +474,8 @@ def main(argv=None) -> int:
                 files["create"] = workdir / "create.bin"
                 make_create_file(str(files["create"]), sizes.create)
                 warm(str(files["create"]))
-            # idle and natlab take their runs inside one sample (a long set-up each).
-            rounds = 1 if bench.name in ("idle", "natlab") else sizes.runs
+            # idle takes its runs (windows) inside one sample: its set-up is long.
+            rounds = 1 if bench.name == "idle" else sizes.runs
             bound = sample_timeout(bench, sizes)
             for round_ in range(rounds):
                 for tool in tools:
@@ -476,8 +494,8 @@ def main(argv=None) -> int:
                           end="", flush=True)
                     result = run_sample(argv, f"{bench.name}-{tool}-{round_}", workdir, out,
                                         min(bound, left))
-                    found = natlab_results(result) if bench.name == "natlab" else \
-                        result.get("windows", [result]) if bench.name == "idle" else [result]
+                    found = result.get("windows", [result]) if bench.name == "idle" else \
+                        [result]
                     results.setdefault(key, []).extend(found)
                     value = figure(bench, found[0])
                     print(f" {value:.2f} {bench.unit}" if value is not None else

@@ -6,6 +6,7 @@ peak RSS (``ru_maxrss`` from ``wait4``, or VmHWM from /proc while it runs) belon
 run alone. Every child is started here, remembered by PID and ended by PID.
 """
 
+import atexit
 import json
 import os
 import signal
@@ -18,12 +19,20 @@ from pathlib import Path
 MiB = 1 << 20
 
 
+RSS_FILE_VARIABLE = "PEERIT_BENCH_RSS_FILE"
+
+
 def install_sigterm_exit() -> None:
     """Turn SIGTERM into SystemExit so ``finally`` blocks and context managers end our
-    children when the suite gives up on a sample."""
+    children when the suite gives up on a sample; and report this process's peak RSS at
+    exit if a :class:`Child` asked for it."""
     def handler(signum, frame):
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, handler)
+    # Our own children must not inherit the request and overwrite our figure.
+    rss_file = os.environ.pop(RSS_FILE_VARIABLE, None)
+    if rss_file:
+        atexit.register(lambda: Path(rss_file).write_text(str(proc_peak_rss_mib(os.getpid()))))
 
 
 def make_file(path, size: int) -> None:
@@ -89,8 +98,14 @@ def proc_peak_rss_mib(pid: int) -> float:
 
 
 class Child:
-    """A child process whose output goes to a log file, reaped with ``wait4`` so its peak
-    RSS and CPU time are known after it ends."""
+    """A child process whose output goes to a log file, reaped with ``wait4`` so its CPU
+    time is known after it ends.
+
+    Peak RSS: ``ru_maxrss`` counts the spawning process's memory too (the child runs in its
+    parent's address space until ``exec`` under vfork), so a child that calls
+    :func:`install_sigterm_exit` writes its own VmHWM to a file at exit and that is used;
+    ``ru_maxrss`` only for programs that are not ours (the wormhole servers).
+    """
 
     def __init__(self, name: str, argv: list, log_dir: Path, env: dict | None = None,
                  cwd: str | None = None):
@@ -99,6 +114,9 @@ class Child:
         self._log = open(self.log_path, "ab")
         full_env = dict(os.environ)
         full_env["PYTHONUNBUFFERED"] = "1"
+        self._rss_file = Path(log_dir) / f"{name}.rss"
+        self._rss_file.unlink(missing_ok=True)
+        full_env[RSS_FILE_VARIABLE] = str(self._rss_file)
         if env:
             full_env.update(env)
         self.popen = subprocess.Popen(
@@ -123,7 +141,11 @@ class Child:
             return False
         self.returncode = os.waitstatus_to_exitcode(status)
         self.popen.returncode = self.returncode  # keep Popen from waiting again
-        self.peak_rss_mib = usage.ru_maxrss / 1024
+        try:
+            self.peak_rss_mib = float(self._rss_file.read_text())
+            self._rss_file.unlink()
+        except (OSError, ValueError):
+            self.peak_rss_mib = usage.ru_maxrss / 1024
         self.cpu_seconds = usage.ru_utime + usage.ru_stime
         self._log.close()
         return True

@@ -8,6 +8,7 @@ hashing and Python overhead, not the disk. The functions are bench/bench_create.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from common import install_sigterm_exit, write_result  # noqa: E402
+from common import install_sigterm_exit, proc_peak_rss_mib, write_result  # noqa: E402
 
 
 def main() -> int:
@@ -27,17 +28,15 @@ def main() -> int:
     parser.add_argument("--piece-length", type=int, default=None)
     args = parser.parse_args()
     install_sigterm_exit()
-    import resource
-
     from bench_create import plain_sha256, timed
-    from peerit.metainfo import choose_piece_length, create_metainfo
     size = Path(args.file).stat().st_size
     if args.what == "hashlib":
         wall, cpu = timed(lambda: plain_sha256(args.file))
     else:
+        from peerit.metainfo import choose_piece_length, create_metainfo
         piece_length = args.piece_length or choose_piece_length(size)
         wall, cpu = timed(lambda: create_metainfo(args.file, piece_length=piece_length))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = proc_peak_rss_mib(os.getpid())  # VmHWM: this program's own, unlike ru_maxrss
     write_result(args.json, {"seconds": wall, "bytes": size,
                              "rss": {args.what: peak}, "cpu": {args.what: cpu}})
     return 0

@@ -104,21 +104,23 @@ def download(torrent: Path, save_path: Path, port_file: Path, go_file: Path,
 
 
 def run(src: Path, workdir: Path, downloaders: int, timeout: float) -> dict:
+    workdir = workdir / "libtorrent"  # this tool's files and logs apart from the others'
+    workdir.mkdir(exist_ok=True)
     me = Path(__file__).resolve()
     torrent = workdir / (src.name + ".torrent")
     if not torrent.exists():
         make_torrent(src, torrent)
-    names = [f"lt-d{i}" for i in range(downloaders)]
-    for name in ["lt-seed", *names]:
+    names = [f"d{i}" for i in range(downloaders)]
+    for name in ["seed", *names]:
         for suffix in (".port", ".result"):
             (workdir / (name + suffix)).unlink(missing_ok=True)
     go = workdir / "lt.go"
     go.unlink(missing_ok=True)
     with Children(workdir) as children:
-        seeder = children.start("lt-seed", [
+        seeder = children.start("seed", [
             sys.executable, me, "seed", "--torrent", torrent, "--save-path", src.parent,
-            "--port-file", workdir / "lt-seed.port"])
-        seed_port = int(wait_for_file(workdir / "lt-seed.port", 60, seeder))
+            "--port-file", workdir / "seed.port"])
+        seed_port = int(wait_for_file(workdir / "seed.port", 60, seeder))
         procs = {}
         for name in names:
             (workdir / name).mkdir(exist_ok=True)

@@ -59,6 +59,8 @@ def send(port: int, src: Path, times_file: Path) -> None:
 
 
 def run(src: Path, workdir: Path, timeout: float) -> dict:
+    workdir = workdir / "tcp"  # this tool's files and logs apart from the others'
+    workdir.mkdir(exist_ok=True)
     size = src.stat().st_size
     me = Path(__file__).resolve()
     for stale in ("tcp.port", "tcp.recv-time", "tcp.send-time"):

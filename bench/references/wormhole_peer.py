@@ -28,6 +28,7 @@ CODE = "7-peerit-bench"
 
 
 def cli(args: list[str]) -> None:
+    install_sigterm_exit()
     from wormhole import ipaddrs
     from wormhole.cli import cli as wormhole_cli
     ipaddrs.find_addresses = lambda: ["127.0.0.1"]  # loopback only: see the docstring
@@ -35,16 +36,18 @@ def cli(args: list[str]) -> None:
 
 
 def run(src: Path, workdir: Path, timeout: float) -> dict:
+    workdir = workdir / "wormhole"  # this tool's files and logs apart from the others'
+    workdir.mkdir(exist_ok=True)
     me = Path(__file__).resolve()
     twist = Path(sys.executable).parent / "twist"
     out = workdir / "wormhole.out"
     out.unlink(missing_ok=True)
     with Children(workdir) as children:
         mailbox_port, relay_port = free_port(), free_port()
-        mailbox = children.start("wormhole-mailbox", [
-            twist, "wormhole-mailbox", f"--port=tcp:{mailbox_port}:interface=127.0.0.1",
+        mailbox = children.start("mailbox", [
+            twist, "mailbox", f"--port=tcp:{mailbox_port}:interface=127.0.0.1",
             f"--channel-db={workdir / 'mailbox.sqlite'}"], cwd=str(workdir))
-        relay = children.start("wormhole-transit-relay", [
+        relay = children.start("relay", [
             twist, "transitrelay", f"--port=tcp:{relay_port}:interface=127.0.0.1"],
             cwd=str(workdir))
         wait_for_port(mailbox_port, 30, mailbox)
@@ -52,10 +55,10 @@ def run(src: Path, workdir: Path, timeout: float) -> dict:
         common = ["--relay-url", f"ws://127.0.0.1:{mailbox_port}/v1",
                   "--transit-helper", f"tcp:127.0.0.1:{relay_port}"]
         start = time.monotonic()
-        sender = children.start("wormhole-send", [
+        sender = children.start("send", [
             sys.executable, me, "cli", *common, "send", "--hide-progress", "--code", CODE,
             src], cwd=str(workdir))
-        receiver = children.start("wormhole-receive", [
+        receiver = children.start("receive", [
             sys.executable, me, "cli", *common, "receive", "--hide-progress",
             "--accept-file", "-o", out, CODE], cwd=str(workdir))
         for child in (receiver, sender):
