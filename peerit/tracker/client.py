@@ -309,7 +309,10 @@ class TrackerClient(service.Service):
         self._hello = hello
         self._announces = announces
         self._on_push = on_push
-        self._retry_policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=60.0)
+        # At most ~25 s between attempts: a tracker back after a long outage must see every
+        # daemon again within 30 s; the spread of the jitter keeps them from all coming at once.
+        self._retry_policy = retry_policy or backoffPolicy(
+            initialDelay=1.0, maxDelay=20.0, jitter=lambda: random.random() * 5)
         self._link: TrackerLink | None = None
         self._waiters: list[Deferred] = []
         self._failures = 0

@@ -127,3 +127,41 @@ class MalformedControlArgumentsAreBadRequests(SynchronousTestCase):
         self.assertEqual(answer[b"_error_code"], b"BAD_REQUEST")
         self.assertIn(b"NUL", answer[b"_error_description"])
         protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class TrackerClientRetriesOftenEnoughAfterLongOutages(SynchronousTestCase):
+    """Suite 2 (tracker loss): the client's reconnect backoff grew to 60 s (plus jitter), so
+    after an outage of a few minutes a daemon could stay out of the restarted tracker's
+    table for up to a minute; the issue asks for every daemon back within 30 s."""
+
+    def test_reconnect_attempt_within_30s_of_the_tracker_coming_back(self):
+        from twisted.internet.defer import Deferred, fail
+
+        from peerit.addresses import TrackerAddress
+        from peerit.identity import Identity
+        from peerit.tracker.client import TrackerClient
+        from peerit.wire import tracker as tracker_wire
+
+        clock = Clock()
+        back_at = 600.0  # a ten-minute outage
+        attempts = []
+
+        class Endpoint:
+            def connect(self, factory):
+                attempts.append(clock.seconds())
+                if clock.seconds() < back_at:
+                    return fail(ConnectionRefusedError("tracker down"))
+                return Deferred()
+
+        client = TrackerClient(
+            clock, Identity.generate(), TrackerAddress("127.0.0.1", 1, b"\x01" * 32),
+            hello=lambda: tracker_wire.Hello(tcp_port=1), announces=lambda: [],
+            on_push=lambda m: None, endpoint=Endpoint())
+        client.startService()
+        while clock.seconds() < back_at + 120 and not (attempts and attempts[-1] >= back_at):
+            clock.advance(0.5)
+        self.assertLessEqual(attempts[-1] - back_at, 30.0)
+        # Whenever the tracker comes back, the next attempt is at most one gap away.
+        gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+        self.assertLessEqual(max(gaps), 30.0)
+        client.stopService()
