@@ -2,7 +2,7 @@
 
 Transfers between peers that are already connected go on while it is away, and once it is
 back every daemon is in its table again within 30 s. The outages grow (the short form has
-one of 8 s; the long form 8 s, 30 s and 90 s) because a client's reconnect backoff grows
+one of 8 s; the long form 8 s, 30 s and 150 s) because a client's reconnect backoff grows
 with the length of the outage.
 """
 
@@ -49,11 +49,11 @@ def peers_in_table(client: BlockingTlsClient, tracker: TrackerAddress,
 
 
 def test_tracker_killed_and_restarted_mid_swarm(swarm, tmp_path, figures):
-    outages = pick([8], [8, 30, 90])
+    outages = pick([8], [8, 30, 150])
     size = pick(24, 96) * MiB
     src = random_file(tmp_path / "src" / "swarm.bin", size, seed=21)
     names = ["seed", "d1", "d2"]
-    swarm.start_daemon("seed", "--max-upload-rate", pick("3M", "2M"))
+    swarm.start_daemon("seed", "--max-upload-rate", pick("3M", "400K"))
     swarm.start_daemon("d1")
     swarm.start_daemon("d2")
     s = share(swarm, "seed", src)
