@@ -15,10 +15,13 @@ Every wait is bounded; each case builds its own lab (about a second) and tears i
 
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # when run as the follow helper
 
 from lab import HOSTS, NAT_TYPES, ROUTER_PUBLIC, TRACKER_IP
 from peerit.testing.processes import ctl_argv, environment, twistd_argv
@@ -103,29 +106,52 @@ class LabPeers:
                              str(self.workdir / f"{path.name}.p2p"))
 
     def download(self, name: str, shared: dict, target: Path, timeout: float = 120,
-                 poll: float = 0.05, seeder: str = "seed") -> dict:
-        """Start a download and follow it: the time to first byte (from the command to the
-        first downloaded bytes the daemon reports), both sides' peer lists right then (links
-        close once both sides are complete), and the finished status."""
+                 seeder: str = "seed") -> dict:
+        """Start a download and follow it from a helper process holding both control
+        connections (see :func:`follow`): time to first byte, both sides' peer lists as soon
+        as the link is up (links close once both sides are complete), final status."""
+        import subprocess
+        argv = [sys.executable, __file__, "follow", self.daemons[name][0],
+                self.daemons[seeder][0], shared["metainfo"], str(target), str(timeout)]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True,
+                                    timeout=timeout + 30, env=environment())
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{name}: no result in {timeout}s\n{self.log(name)[-4000:]}")
+        if result.returncode != 0:
+            raise RuntimeError(f"{name}: {result.stderr[-3000:]}\n{self.log(name)[-4000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def follow(dl_control: str, seed_control: str, metainfo: str, target: str,
+           timeout: float) -> dict:
+    """Download ``metainfo`` on one daemon and follow it over persistent control
+    connections: first byte (from the command, polled every 10 ms), the peer lists of
+    both daemons once the downloader has a peer, the final status."""
+    from peerit.client import BlockingClient
+    dl, seed = BlockingClient(dl_control), BlockingClient(seed_control)
+    try:
         started = time.monotonic()
-        self.ctl(name, "download", shared["metainfo"], "--to", str(target), "--detach")
+        info_hash = dl.download(metainfo, target)["info_hash"]
         first_byte = peers = seed_peers = None
-        deadline = started + timeout
         while True:
-            status = self.ctl_json(name, "status", shared["info_hash"])
+            status = dl.status(info_hash)
             now = time.monotonic()
-            if first_byte is None and (status["downloaded"] > 0 or status["done"] > 0):
+            if peers is None and status["peers"] > 0:
+                peers = dl.peers(info_hash)["peers"]
+                seed_peers = seed.peers(info_hash)["peers"]
+            if first_byte is None and status["downloaded"] > 0:
                 first_byte = now - started
-                peers = self.ctl_json(name, "peers", shared["info_hash"])["peers"]
-                seed_peers = self.ctl_json(seeder, "peers", shared["info_hash"])["peers"]
             if status["state"] == "seeding":
                 break
-            if now > deadline:
-                raise TimeoutError(f"{name}: not complete in {timeout}s: {status}\n"
-                                   f"{self.log(name)[-4000:]}")
-            time.sleep(poll if first_byte is None else 0.3)
+            if now - started > timeout:
+                raise TimeoutError(f"not complete in {timeout}s: {status}")
+            time.sleep(0.01 if first_byte is None else 0.1)
         return {"status": status, "peers": peers or [], "seed_peers": seed_peers or [],
                 "first_byte": first_byte, "seconds": time.monotonic() - started}
+    finally:
+        dl.close()
+        seed.close()
 
 
 def random_file(path: Path, size: int, seed: int = 0) -> Path:
@@ -204,6 +230,8 @@ def test_same_router_peers_use_lan_addresses(make_lab, payload, tmp_path):
             [peer] = result["peers"]
             assert peer["address"].split(":")[0] == lan_of_a2, peer
             assert peer["path"] == ("tcp" if name == "dl" else "quic"), peer
+            # Out of the swarm again, so the next downloader sees a2 alone.
+            peers.ctl(name, "remove", shared["info_hash"])
 
 
 def test_download_completes_with_loss_on_both_routers(make_lab, payload, tmp_path):
@@ -245,3 +273,11 @@ def test_netcheck_reports_the_routers_behaviour(make_lab, tmp_path, nat_type):
         assert report["filtering"] == filtering, report
         text = peers.ctl("d", "netcheck").stdout
         assert f"Mapping: {mapping} mapping" in text, text
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["follow"]:
+    dl_control, seed_control, metainfo, target, limit = sys.argv[2:7]
+    print(json.dumps(follow(dl_control, seed_control, metainfo, target, float(limit))))
+    sys.stdout.flush()
+    import os
+    os._exit(0)  # the client's reactor thread is a daemon thread: nothing to wait for
