@@ -21,6 +21,7 @@ log = Logger()
 HANDSHAKE_TIMEOUT = 15.0
 KEEPALIVE_INTERVAL = 30.0
 IDLE_TIMEOUT = 120.0
+CLOSE_GRACE = 5.0  # a peer that stops reading cannot hold a closing link open longer
 UPLOAD_BURST_BYTES = 4 << 20  # then yield to the reactor so other links get their turn
 
 
@@ -176,7 +177,13 @@ class PeerLink(Protocol):
         self.close_reason = reason
         if self.transport is not None:
             if self._handshaken:
+                # TLS sends close_notify (and closes) only once no producer is registered:
+                # without this the link stayed open, the other side never learnt of the
+                # close, and a banned or finished peer kept its connection.
+                self.transport.unregisterProducer()
                 self.transport.loseConnection()
+                self._timers["closing"] = self.clock.callLater(
+                    CLOSE_GRACE, self.transport.abortConnection)
             else:
                 self.transport.abortConnection()
 

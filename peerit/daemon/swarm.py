@@ -16,7 +16,7 @@ from peerit.bitfield import Bitfield
 from peerit.daemon.choker import Choker, PeerView
 from peerit.daemon.picker import Picker
 from peerit.daemon.rates import RateMeter
-from peerit.errors import MalformedMessage
+from peerit.errors import MalformedMessage, PeeritError
 from peerit.wire import peer as wire
 
 log = Logger()
@@ -65,7 +65,8 @@ class ProtocolViolation(Exception):
 
 class Swarm:
     def __init__(self, metainfo, store, have: Bitfield, clock, rng, my_peer_id: bytes,
-                 verify, on_verified=None, on_complete=None, config: SwarmConfig = None):
+                 verify, on_verified=None, on_complete=None, config: SwarmConfig = None,
+                 on_storage_error=None):
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.store = store
@@ -76,6 +77,7 @@ class Swarm:
         self.verify = verify  # piece -> Deferred[digest], off the reactor thread in the daemon
         self.on_verified = on_verified or (lambda piece: None)
         self.on_complete = on_complete or (lambda: None)
+        self.on_storage_error = on_storage_error  # PeeritError -> None; None: raise it
         self.config = config or SwarmConfig()
         self.picker = Picker(metainfo.piece_count, metainfo.piece_size,
                              self.config.block_size, have, rng)
@@ -321,7 +323,15 @@ class Swarm:
         accepted, others, piece_done = self.picker.block_received(
             peer, block.piece, block.offset, length)
         if accepted:
-            self.store.write_block(block.piece, block.offset, block.data)
+            try:
+                self.store.write_block(block.piece, block.offset, block.data)
+            except PeeritError as e:
+                # A full disk is not the peer's fault and no other peer can help: stop
+                # with one clear error instead of failing every link, then redialing.
+                if self.on_storage_error is None:
+                    raise
+                self.on_storage_error(e)
+                return
             for other in others:
                 if other.requested.pop(key, None) is not None:
                     other.cancelled.add(key)

@@ -139,6 +139,11 @@ class Transfer:
         d.addCallbacks(done, failed)
         return d
 
+    def _storage_failed(self, error: PeeritError) -> None:
+        """Writing failed (a full disk): stop in state error; ``resume`` tries again."""
+        self.stop(f"cannot write: {error}")
+        self._fail(f"{error}; free some space, then resume")
+
     def _fail(self, message: str) -> None:
         log.error("transfer {t}: {message}", t=self.short, message=message)
         self.state = "error"
@@ -148,7 +153,8 @@ class Transfer:
         self.swarm = Swarm(
             self.metainfo, self.store, self.have, self.clock, self.daemon.rng,
             self.daemon.peer_id, verify=self._verify_piece, on_verified=self._piece_verified,
-            on_complete=self._completed, config=SwarmConfig())
+            on_complete=self._completed, config=SwarmConfig(),
+            on_storage_error=self._storage_failed)
         self.swarm.start()
         self.state = "seeding" if self.have.complete else "downloading"
         self.error = ""

@@ -165,3 +165,104 @@ class TrackerClientRetriesOftenEnoughAfterLongOutages(SynchronousTestCase):
         gaps = [b - a for a, b in zip(attempts, attempts[1:])]
         self.assertLessEqual(max(gaps), 30.0)
         client.stopService()
+
+
+class FullDiskStopsTheDownloadWithOneError(SynchronousTestCase):
+    """Suite 6 (disk full): on a file system without preallocation, a write failing with
+    ENOSPC in the middle of a download escaped from the peer link's ``dataReceived``: the
+    link was dropped with an unhandled error, the peer redialed, the same write failed
+    again, and the download never said why it did not progress."""
+
+    def test_write_error_goes_to_the_handler_not_the_link(self):
+        from peerit.errors import NoSpace
+
+        metainfo = make_metainfo(os.urandom(4 * PIECE), PIECE)
+
+        class FullStore(MemoryStore):
+            def write_block(self, piece, offset, data):
+                raise NoSpace("no space left on device for /small/x")
+
+        errors = []
+        swarm = Swarm(metainfo, FullStore(metainfo), Bitfield(metainfo.piece_count), Clock(),
+                      random.Random(1), peer_id(0), verify=lambda p: succeed(b""),
+                      config=SwarmConfig(block_size=BLOCK), on_storage_error=errors.append)
+        swarm.start()
+        link = FakeLink(MemoryNetwork(), peer_id(5), dialed_by_us=True)
+        link.swarm = swarm
+        state = swarm.attach(link)
+        swarm.handle(state, wire.Bitfield(Bitfield.full(metainfo.piece_count).to_bytes()))
+        swarm.handle(state, wire.Unchoke())
+        piece, offset = next(iter(state.requested))
+        swarm.handle(state, wire.Block(piece, offset, b"x" * BLOCK))  # must not raise
+        self.assertEqual([type(e) for e in errors], [NoSpace])
+        self.assertNotIn(peer_id(5), swarm.banned)  # not the peer's fault
+
+
+class ClosingALinkReallyClosesIt(SynchronousTestCase):
+    """Suites 3 and 6 (bad peers, disk full): ``PeerLink.close`` on a handshaken TLS link
+    called ``loseConnection`` while the link was still the transport's registered producer;
+    TLS then waits for the producer forever, so the connection stayed open. A banned or
+    finished peer kept its socket, and after a pause/resume (or a full disk and resume) the
+    other side still held the old link and refused the new one as "already connected" for
+    the 120 s idle timeout."""
+
+    def test_close_of_a_handshaken_tls_link_reaches_the_other_side(self):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.interfaces import IHandshakeListener
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+        from twisted.test.iosim import FakeTransport, connect
+        from zope.interface import implementer
+
+        from peerit.identity import Identity
+        from peerit.tls import IdentityServerTLS, PinnedClientTLS
+
+        clock = Clock()
+        server_identity, client_identity = Identity.generate(), Identity.generate()
+        metainfo = make_metainfo(os.urandom(4 * PIECE), PIECE)
+        swarm = leecher(metainfo, clock)
+
+        class Router:
+            upload_limiter = None
+
+            def authorize(self, info_hash, pid):
+                return succeed(None)
+
+            def swarm_for(self, info_hash):
+                return swarm
+
+        links = []
+
+        def build():
+            link = PeerLink(Router(), clock, server_identity.peer_id)
+            links.append(link)
+            return link
+
+        @implementer(IHandshakeListener)
+        class Client(Protocol):
+            lost = None
+
+            def handshakeCompleted(self):
+                self.transport.write(framing.frame(wire.build(wire.Handshake(
+                    wire.PROTOCOL_VERSION, metainfo.info_hash, client_identity.peer_id))))
+
+            def connectionLost(self, reason):
+                self.lost = reason
+
+        server = TLSMemoryBIOFactory(IdentityServerTLS(server_identity), False,
+                                     Factory.forProtocol(build), clock=clock
+                                     ).buildProtocol(None)
+        client_protocol = Client()
+        client = TLSMemoryBIOFactory(PinnedClientTLS(client_identity, server_identity.peer_id),
+                                     True, Factory.forProtocol(lambda: client_protocol),
+                                     clock=clock).buildProtocol(None)
+        a, b = IPv4Address("TCP", "192.0.2.1", 1), IPv4Address("TCP", "192.0.2.2", 2)
+        pump = connect(server, FakeTransport(server, True, a, b), client,
+                       FakeTransport(client, False, b, a), clock=clock)
+        pump.flush()
+        self.assertIn(client_identity.peer_id, swarm.peers)
+        links[0].close("banned: test")
+        pump.flush()
+        clock.advance(0)
+        pump.flush()
+        self.assertIsNotNone(client_protocol.lost)
