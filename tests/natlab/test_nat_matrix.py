@@ -204,7 +204,15 @@ def test_download_across_nat_pair(make_lab, payload, tmp_path, r1, r2):
               f"connect {[round(p['connect_seconds'], 2) for p in result['peers']]} "
               f"total {result['seconds']:.1f}s")
         (lab.workdir / "nat_matrix.json").write_text(json.dumps(RESULTS, indent=1))
-        assert paths == [expected_path(r1, r2)], (paths, peers.log("dl")[-4000:])
+        expected = expected_path(r1, r2)
+        if paths == ["relay"] and expected == "quic" and "port-restricted" in (r1, r2) \
+                and "symmetric" in (r1, r2):
+            # The birthday technique misses about 1% of the time against a port-restricted
+            # NAT (docs/punch.md: no random probe hit any of the 256 mappings in 6 s); the
+            # relay then takes over by design. Accepted only with the proof in the log.
+            assert "failed: no direct path within 6s" in peers.log("dl"), peers.log("dl")
+        else:
+            assert paths == [expected], (paths, peers.log("dl")[-4000:])
         # The seeder's end of the link is the punched/relayed one too, not a TCP dial.
         seed_peers = result["seed_peers"]
         assert [p["path"] for p in seed_peers] == paths
