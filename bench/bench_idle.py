@@ -19,7 +19,6 @@ first with the shares alone, then with the links open; voluntary context switche
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
