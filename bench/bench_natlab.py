@@ -57,16 +57,19 @@ class ProfiledPeers(LabPeers):
 
 
 def follow(client, info_hash: str, started: float, timeout: float):
-    """(first byte seconds, completion seconds) from ``started``, polling every 10 ms."""
-    first = None
+    """(first byte seconds, completion seconds, final status, peers as soon as listed) from
+    ``started``, polling every 10 ms (links close once both sides are complete)."""
+    first = peers = None
     deadline = started + timeout
     while True:
         status = client.status(info_hash)
         now = time.monotonic()
+        if peers is None and status["peers"] > 0:
+            peers = client.peers(info_hash)["peers"]
         if first is None and status["downloaded"] > 0:
             first = now - started
         if status["state"] == "seeding":
-            return first, now - started, status
+            return first, now - started, status, peers or []
         if now > deadline:
             raise TimeoutError(f"not complete within {timeout}s: {status}")
         time.sleep(0.01 if first is None else 0.05)
@@ -88,8 +91,8 @@ def run_pair(r1: str, r2: str, payload: Path, workdir: Path, profile=False,
         try:
             started = time.monotonic()
             client.download(shared["metainfo"], str(workdir / "out"))
-            first, total, status = follow(client, shared["info_hash"], started, timeout)
-            listed = client.peers(shared["info_hash"])["peers"]
+            first, total, status, listed = follow(client, shared["info_hash"], started,
+                                                  timeout)
         finally:
             client.close()
         cpu_after = (cpu_seconds(seed_pid), cpu_seconds(dl_pid))
