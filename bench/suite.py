@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -300,6 +301,13 @@ def cpu_text(samples: list[dict]) -> str:
     return f"{statistics.median(totals):.1f}" if totals else "-"
 
 
+def error_summary(text: str) -> str:
+    """The line that says what went wrong: the last exception line, else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Exit)\b", line)]
+    return (raised or lines or ["?"])[-1][:200]
+
+
 def compare(op: str, value: float, bound: float) -> bool:
     return value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
 
@@ -325,7 +333,7 @@ def table(benches: list[Benchmark], results: dict, loads: dict, only) -> tuple[s
             good = [v for v in values if v is not None]
             errors = [s["error"] for s in samples if "error" in s]
             if not good:
-                lines.append(f"{label:<34}failed: ...{errors[0][-400:]!r}")
+                lines.append(f"{label:<34}failed: {error_summary(errors[0])}")
                 if tool == "peer-it" or bench.name in ("natlab", "idle"):
                     verdicts.append((bench.name, tool, "FAILED"))
                 continue
@@ -499,7 +507,7 @@ def main(argv=None) -> int:
                     results.setdefault(key, []).extend(found)
                     value = figure(bench, found[0])
                     print(f" {value:.2f} {bench.unit}" if value is not None else
-                          f" failed: ...{found[0]['error'][-300:]!r}", flush=True)
+                          f" failed: {error_summary(found[0]['error'])}", flush=True)
             for key in list(skipped):
                 if key in results:
                     del skipped[key]

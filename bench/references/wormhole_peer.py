@@ -47,10 +47,12 @@ def run(src: Path, workdir: Path, timeout: float) -> dict:
         mailbox = children.start("mailbox", [
             twist, "mailbox", f"--port=tcp:{mailbox_port}:interface=127.0.0.1",
             f"--channel-db={workdir / 'mailbox.sqlite'}"], cwd=str(workdir))
+        # One after the other: two twist processes starting together can race on
+        # rewriting Twisted's plugin cache (dropin.cache), and one then misses its plugin.
+        wait_for_port(mailbox_port, 30, mailbox)
         relay = children.start("relay", [
             twist, "transitrelay", f"--port=tcp:{relay_port}:interface=127.0.0.1"],
             cwd=str(workdir))
-        wait_for_port(mailbox_port, 30, mailbox)
         wait_for_port(relay_port, 30, relay)
         common = ["--relay-url", f"ws://127.0.0.1:{mailbox_port}/v1",
                   "--transit-helper", f"tcp:127.0.0.1:{relay_port}"]
