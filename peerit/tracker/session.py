@@ -397,7 +397,9 @@ class TrackerSession:
             self.fail(e.code, e.reason)
 
     def _take_token(self) -> bool:
-        now = self._clock.seconds()
+        # The instant these frames were received (set by data_received): one clock read per
+        # read, not one per frame.
+        now = self._last_heard
         limits = self._limits
         tokens = min(float(limits.request_burst),
                      self._tokens + (now - self._tokens_at) * limits.request_rate)

@@ -382,7 +382,10 @@ FATAL_ERRORS = frozenset({
 
 _PEER_LIST_HEADER = bytes([messages.opcode_of(PeerList)])
 _PEER_JOINED_HEADER = bytes([messages.opcode_of(PeerJoined)])
-_build_count = Int16ub.build
+# The PeerList count is the Int16ub of the message definition; int.to_bytes builds the same
+# two bytes without construct's per-call cost (~4 us, a tenth of a peer list's CPU). The unit
+# test comparing peer_list_body with build(PeerList) holds the two together.
+_COUNT_SIZE = Int16ub.sizeof()
 
 
 def build(message) -> bytes:
@@ -465,8 +468,8 @@ def peer_list_body(info_hash: bytes, encoded_peers: list[bytes]) -> bytes:
     """
     if len(info_hash) != INFO_HASH_SIZE or len(encoded_peers) > MAX_PEERS_PER_LIST:
         raise ValueError("bad peer list")
-    return b"".join((_PEER_LIST_HEADER, info_hash, _build_count(len(encoded_peers)),
-                     *encoded_peers))
+    return b"".join((_PEER_LIST_HEADER, info_hash,
+                     len(encoded_peers).to_bytes(_COUNT_SIZE, "big"), *encoded_peers))
 
 
 def peer_joined_body(info_hash: bytes, encoded_peer: bytes) -> bytes:
