@@ -45,10 +45,9 @@ def run(src: Path, workdir: Path, timeout: float) -> dict:
     with Children(workdir) as children:
         mailbox_port, relay_port = free_port(), free_port()
         mailbox = children.start("mailbox", [
-            twist, "mailbox", f"--port=tcp:{mailbox_port}:interface=127.0.0.1",
+            twist, "wormhole-mailbox", f"--port=tcp:{mailbox_port}:interface=127.0.0.1",
             f"--channel-db={workdir / 'mailbox.sqlite'}"], cwd=str(workdir))
-        # One after the other: two twist processes starting together can race on
-        # rewriting Twisted's plugin cache (dropin.cache), and one then misses its plugin.
+        # One after the other, so that a server that fails to start is the one named.
         wait_for_port(mailbox_port, 30, mailbox)
         relay = children.start("relay", [
             twist, "transitrelay", f"--port=tcp:{relay_port}:interface=127.0.0.1"],
