@@ -372,6 +372,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", required=True, help="where its identity lives")
     parser.add_argument("--tracker", help="HOST:PORT#FINGERPRINT to register with")
     parser.add_argument("--listen-host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="listen port (0: any)")
     parser.add_argument("--report", help="JSON report path")
     parser.add_argument("--rate", type=float, default=0, help="upload cap, bytes/s (honest)")
     parser.add_argument("--check-uploads", action="store_true",
@@ -395,8 +396,9 @@ def main(argv=None) -> None:
     report["peer_id"] = identity.peer_id.hex()
     peer = HostilePeer(metainfo, options.data, identity, options.behaviour, report,
                        options.rate, options.check_uploads, options.seed)
-    port = reactor.listenTCP(0, peer.factory(), interface=options.listen_host)
+    port = reactor.listenTCP(options.port, peer.factory(), interface=options.listen_host)
     report["port"] = port.getHost().port
+    report.write()
 
     if options.tracker:
         client = TrackerClient(
