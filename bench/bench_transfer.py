@@ -31,6 +31,13 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_file(path: Path, size: int) -> None:
     with open(path, "wb") as f:
         chunk = os.urandom(1 << 20)
@@ -51,6 +58,8 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
         make_file(src, size)
         shared = swarm.ctl_json("seed", "share", str(src), "-o", str(Path(work) / "p.p2p"))
         clients = {n: BlockingClient(swarm.daemons[n].control) for n in names}
+        pids = {n: swarm.daemons[n].process.pid for n in ["seed", *names]}
+        cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
         started = time.monotonic()
         for name in names:
             clients[name].download(shared["metainfo"], str(Path(work) / name))
@@ -63,10 +72,11 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
             if time.monotonic() - started > deadline:
                 raise TimeoutError(f"not done within {deadline}s")
             time.sleep(0.02)
-        rss = {n: peak_rss_mib(swarm.daemons[n].process.pid) for n in ["seed", *names]}
+        cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items()}
+        rss = {n: peak_rss_mib(pid) for n, pid in pids.items()}
         for c in clients.values():
             c.close()
-        return {"seconds": max(finish.values()), "rss": rss}
+        return {"seconds": max(finish.values()), "rss": rss, "cpu": cpu}
 
 
 def main() -> int:
@@ -90,6 +100,14 @@ def main() -> int:
         print(f"  throughput: median {statistics.median(rates):.0f} MB/s "
               f"(range {min(rates):.0f}-{max(rates):.0f})")
     print(f"  peak RSS: seeder {seed_rss:.0f} MiB, downloader(s) max {dl_rss:.0f} MiB")
+    seed_cpu = statistics.median(r["cpu"]["seed"] for r in results)
+    dl_cpu = statistics.median(max(v for k, v in r["cpu"].items() if k != "seed")
+                               for r in results)
+    print(f"  CPU seconds (median): seeder {seed_cpu:.2f}, busiest downloader {dl_cpu:.2f}")
+    if args.downloaders == 1:
+        # Robust to a loaded machine: what the busier side could do with a core to itself.
+        print(f"  CPU-bound ceiling: {size / max(seed_cpu, dl_cpu) / 1e6:.0f} MB/s")
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -22,7 +22,8 @@ HANDSHAKE_TIMEOUT = 15.0
 KEEPALIVE_INTERVAL = 30.0
 IDLE_TIMEOUT = 120.0
 CLOSE_GRACE = 5.0  # a peer that stops reading cannot hold a closing link open longer
-UPLOAD_BURST_BYTES = 4 << 20  # then yield to the reactor so other links get their turn
+UPLOAD_BURST_BYTES = 4 << 20
+TCP_BUFFER = 256 * 1024  # then yield to the reactor so other links get their turn
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -67,6 +68,11 @@ class PeerLink(Protocol):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        # Bulk data: read (and buffer before pausing us) in 256 KiB steps instead of 64 KiB,
+        # a quarter of the reads and reactor turns per megabyte.
+        tcp = getattr(self.transport, "transport", None)
+        if tcp is not None and hasattr(tcp, "bufferSize"):
+            tcp.bufferSize = TCP_BUFFER
         if getattr(self.transport, "peer_id", None) is not None:
             self._secured(self.transport.peer_id)  # QUIC/relay: proven before we start
 

@@ -62,7 +62,9 @@ def control_path_of(spec: str) -> str:
 class Daemon(service.MultiService):
     def __init__(self, reactor, data_dir: str, control: str, listen: str = "tcp:0",
                  trackers: list[TrackerAddress] = (), advertise: list[str] = (),
-                 rng=None, tracker_client_factory=None, max_upload_rate: float = 0):
+                 rng=None, tracker_client_factory=None, max_upload_rate: float = 0,
+                 udp: str | None = "udp:0", stun_server=None,
+                 paths=("tcp", "quic", "relay"), quic_datagram_size: int = 1200):
         super().__init__()
         self.reactor = reactor
         self.clock = reactor
@@ -71,7 +73,14 @@ class Daemon(service.MultiService):
         self.listen_spec = listen
         self.tracker_addresses = list(trackers)
         self.advertise = list(advertise)
-        self.rng = rng or random.SystemRandom()
+        self.udp_spec = udp  # None: no UDP socket, so no STUN, punching, QUIC or relay
+        self.stun_server = stun_server
+        self.paths = frozenset(paths)
+        self.quic_datagram_size = quic_datagram_size
+        self.nat = None
+        # Piece order and probe ports need spread, not secrecy: a fast seeded PRNG (the
+        # system one cost a getrandom syscall per pick, visible in the profile).
+        self.rng = rng or random.Random(os.urandom(16))
         self._tracker_client_factory = tracker_client_factory
         self.upload_limiter = None
         if max_upload_rate:
@@ -111,6 +120,8 @@ class Daemon(service.MultiService):
         port = await endpoint.listen(tls.server_factory(self.identity, factory))
         self._ports.append(port)
         self.listen_port = port.getHost().port
+        if self.udp_spec:
+            self._start_nat()  # before the trackers: their Hello carries the UDP port
         for address in self.tracker_addresses:
             self._tracker(address)
         self._restore()
@@ -119,6 +130,28 @@ class Daemon(service.MultiService):
         log.info("peer-it daemon {peer} listening for peers on port {port}, control at "
                  "{control}", peer=self.identity.fingerprint[:16], port=self.listen_port,
                  control=self.control_path)
+
+    def _start_nat(self):
+        from peerit.nat.manager import NatManager
+        from peerit.nat.quic import QuicSettings
+        self.nat = NatManager(
+            self.reactor, self.identity,
+            trackers=lambda: list(self.trackers.values()),
+            swarm_trackers=lambda info_hash: (
+                self.transfers[info_hash].trackers if info_hash in self.transfers else []),
+            inbound_link=lambda path: PeerLink(self, self.clock, self.peer_id, path=path),
+            udp=self.udp_spec, stun_server=self.stun_server,
+            local_hosts=lambda: self.advertise or local_addresses(),
+            quic_settings=QuicSettings(max_datagram_size=self.quic_datagram_size),
+            paths=self.paths, rng=self.rng)
+        self.nat.start()
+
+    def netcheck(self) -> defer.Deferred:
+        """``peerit-ctl netcheck``: the NAT as STUN sees it (a dict, see NatManager)."""
+        if self.nat is None:
+            return defer.fail(PeeritError(
+                "this daemon has no UDP socket to check (start it with --udp)"))
+        return self.nat.netcheck()
 
     @staticmethod
     def _tcp_spec(spec: str) -> str:
@@ -148,6 +181,8 @@ class Daemon(service.MultiService):
                 await transfer.sync()
             except Exception:
                 log.failure("final sync failed")
+        if self.nat is not None:
+            self.nat.stop()
         for port in self._ports:
             await port.stopListening()
 
@@ -194,7 +229,8 @@ class Daemon(service.MultiService):
         return [self._tracker(a) for a in addresses]
 
     def hello_fields(self) -> dict:
-        return {"tcp_port": self.listen_port, "udp_port": 0,
+        return {"tcp_port": self.listen_port,
+                "udp_port": self.nat.udp_port if self.nat is not None else 0,
                 "addresses": tuple(self.advertise or local_addresses())}
 
     def announcements(self, address: TrackerAddress) -> list[tuple[bytes, str, int]]:
@@ -206,7 +242,9 @@ class Daemon(service.MultiService):
                 out.append((transfer.info_hash, "started", transfer.bytes_left))
         return out
 
-    def tracker_push(self, message) -> None:
+    def tracker_push(self, message, tracker=None) -> None:
+        if self.nat is not None and self.nat.handle_push(message, tracker):
+            return
         info_hash = getattr(message, "info_hash", None)
         peer = getattr(message, "peer", None)
         transfer = self.transfers.get(info_hash)
@@ -225,10 +263,11 @@ class Daemon(service.MultiService):
         return transfer.authorize(peer_id)
 
     def connect_peer(self, info_hash: bytes, info) -> defer.Deferred:
-        """Race the peer's direct TCP addresses (LAN first, then public)."""
+        """Race the peer's paths: direct TCP (LAN first, then public), then punched QUIC
+        and the relay (their start times are the NAT manager's; docs/nat-protocol.md)."""
         seen, candidates = set(), []
-        for host, kind in [(h, "lan") for h in info.lan_addresses] + \
-                          [(info.public_address, "public")]:
+        tcp = [(h, "lan") for h in info.lan_addresses] + [(info.public_address, "public")]
+        for host, kind in tcp if "tcp" in self.paths else []:
             if not host or (host, info.tcp_port) in seen or not info.tcp_port:
                 continue
             seen.add((host, info.tcp_port))
@@ -236,6 +275,12 @@ class Daemon(service.MultiService):
                 f"tcp {format_host_port(host, info.tcp_port)} ({kind})",
                 lambda host=host: self._tcp_attempt(info_hash, info.peer_id, host,
                                                     info.tcp_port)))
+        if self.nat is not None:
+            def make_link(path, on_ready, on_failed):
+                return PeerLink(self, self.clock, self.peer_id, info_hash=info_hash,
+                                expected_peer_id=info.peer_id, path=path, on_ready=on_ready,
+                                on_failed=on_failed)
+            candidates += self.nat.candidates(info_hash, info, make_link)
         return Race(self.clock, candidates).run()
 
     def _tcp_attempt(self, info_hash: bytes, peer_id: bytes, host: str, port: int):
@@ -252,7 +297,12 @@ class Daemon(service.MultiService):
     # -- transfers ------------------------------------------------------------------------
     def _restore(self) -> None:
         clean = self.state.clean_shutdown
-        for record in self.state.records():
+        def piece_count(metainfo_bytes):
+            try:
+                return Metainfo.from_bytes(metainfo_bytes).piece_count
+            except PeeritError:
+                return None
+        for record in self.state.records(piece_count):
             try:
                 metainfo = Metainfo.from_bytes(record.metainfo)
             except PeeritError as e:

@@ -5,10 +5,17 @@ two bitfields. ``verified`` pieces passed their SHA-256 check after being writte
 WAL mode survives the process being killed at any moment. ``synced`` pieces are also known to
 be on stable storage (their files were fdatasync'd before the mark), so after a power loss only
 verified-but-not-synced pieces are checked again before they are trusted.
+
+Between syncs, each newly verified piece is appended to a small journal file per swarm (its
+index as a 4-byte big-endian integer) instead of committed to SQLite: a ``write`` that survives
+SIGKILL at a few microseconds, where a commit per piece cost 400 us in the download profile.
+The journal is merged when records are read and emptied whenever ``verified`` is written.
 """
 
 import os
 import sqlite3
+
+JOURNAL_ENTRY = 4  # bytes per journaled piece index
 from dataclasses import dataclass
 
 SCHEMA = """
@@ -54,6 +61,43 @@ class StateDB:
         self._db.executescript(SCHEMA)
         self.clean_shutdown = self._get_meta("running") != "1"
         self._set_meta("running", "1")
+        self.journal_dir = os.path.join(os.path.dirname(path) or ".", "journal")
+        os.makedirs(self.journal_dir, mode=0o700, exist_ok=True)
+        self._journals: dict[bytes, int] = {}
+
+    def _journal_path(self, info_hash: bytes) -> str:
+        return os.path.join(self.journal_dir, info_hash.hex() + ".log")
+
+    def journal_verified(self, info_hash: bytes, piece: int) -> None:
+        """Remember one more verified piece, durably against a crash of this process."""
+        fd = self._journals.get(info_hash)
+        if fd is None:
+            fd = os.open(self._journal_path(info_hash),
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._journals[info_hash] = fd
+        os.write(fd, piece.to_bytes(JOURNAL_ENTRY, "big"))
+
+    def _journal_reset(self, info_hash: bytes) -> None:
+        fd = self._journals.pop(info_hash, None)
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(self._journal_path(info_hash))
+        except FileNotFoundError:
+            pass
+
+    def _merge_journal(self, info_hash: bytes, verified: bytes | None, pieces: int):
+        try:
+            with open(self._journal_path(info_hash), "rb") as f:
+                data = f.read(JOURNAL_ENTRY * (pieces + 1) * 4)  # bounded by the swarm size
+        except FileNotFoundError:
+            return verified
+        bits = bytearray(verified or bytes((pieces + 7) // 8))
+        for start in range(0, len(data) - JOURNAL_ENTRY + 1, JOURNAL_ENTRY):
+            index = int.from_bytes(data[start:start + JOURNAL_ENTRY], "big")
+            if index < pieces and len(bits) == (pieces + 7) // 8:  # a torn tail is ignored
+                bits[index >> 3] |= 0x80 >> (index & 7)
+        return bytes(bits)
 
     def _get_meta(self, key: str):
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -62,12 +106,22 @@ class StateDB:
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
-    def records(self) -> list[SwarmRecord]:
+    def records(self, piece_count=None) -> list[SwarmRecord]:
+        """Every saved swarm. ``piece_count(metainfo_bytes)`` lets journaled pieces be merged
+        into ``verified`` (without it, journals are left for a later call)."""
         rows = self._db.execute(
             "SELECT info_hash, metainfo, root, role, paused, verified, synced, file_stamps,"
             " added, completed FROM swarms ORDER BY added").fetchall()
-        return [SwarmRecord(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9])
-                for r in rows]
+        records = []
+        for r in rows:
+            verified = r[5]
+            if piece_count is not None:
+                count = piece_count(r[1])
+                if count is not None:
+                    verified = self._merge_journal(r[0], verified, count)
+            records.append(SwarmRecord(r[0], r[1], r[2], r[3], bool(r[4]), verified, r[6],
+                                       r[7], r[8], r[9]))
+        return records
 
     def add(self, record: SwarmRecord) -> None:
         self._db.execute(
@@ -78,7 +132,9 @@ class StateDB:
              record.completed))
 
     def set_verified(self, info_hash: bytes, verified: bytes) -> None:
+        """The whole verified set; it supersedes (and empties) the journal."""
         self._db.execute("UPDATE swarms SET verified=? WHERE info_hash=?", (verified, info_hash))
+        self._journal_reset(info_hash)
 
     def set_synced(self, info_hash: bytes, synced: bytes) -> None:
         self._db.execute("UPDATE swarms SET synced=? WHERE info_hash=?", (synced, info_hash))
@@ -95,7 +151,11 @@ class StateDB:
 
     def remove(self, info_hash: bytes) -> None:
         self._db.execute("DELETE FROM swarms WHERE info_hash=?", (info_hash,))
+        self._journal_reset(info_hash)
 
     def close(self) -> None:
+        for fd in self._journals.values():
+            os.close(fd)
+        self._journals.clear()
         self._set_meta("running", "0")
         self._db.close()

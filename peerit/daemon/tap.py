@@ -25,6 +25,18 @@ class Options(usage.Options):
         ["listen", "l", "tcp:0",
          "Endpoint for peer links (TLS is always on), e.g. tcp:6881 or "
          "tcp:0:interface=127.0.0.1 [default: any free TCP port]"],
+        ["udp", None, "udp:0",
+         "UDP socket for STUN, hole punching and QUIC, as udp:PORT[:interface=ADDR] "
+         "[default: any free port]"],
+        ["stun-server", None, None,
+         "Extra STUN server HOST:PORT for netcheck, besides the tracker's STUN ports"],
+        ["paths", None, "tcp,quic,relay",
+         "Paths this daemon dials peers over, a comma list of tcp, quic (hole-punched) and "
+         "relay (through the tracker); inbound links of any kind are always accepted "
+         "[default: tcp,quic,relay]"],
+        ["quic-datagram-size", None, "1200",
+         "Largest QUIC datagram (1200 fits every path; 1452 suits 1500-byte MTU paths) "
+         "[default: 1200]"],
         ["max-upload-rate", None, "0",
          "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
          "[default: 0]"],
@@ -59,6 +71,21 @@ class Options(usage.Options):
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
             raise usage.UsageError(f"--max-upload-rate: {e}")
+        from peerit.addresses import parse_host_port
+        from peerit.nat.manager import parse_paths, parse_udp_spec
+        try:
+            parse_udp_spec(self["udp"])
+            self["paths"] = parse_paths(self["paths"])
+            if self["stun-server"]:
+                self["stun-server"] = parse_host_port(self["stun-server"], 3478)
+        except PeeritError as e:
+            raise usage.UsageError(str(e))
+        try:
+            self["quic-datagram-size"] = int(self["quic-datagram-size"])
+            if not 1200 <= self["quic-datagram-size"] <= 65527:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError("--quic-datagram-size must be 1200..65527")
         self["data-dir"] = os.path.abspath(os.path.expanduser(
             self["data-dir"] or default_data_dir()))
         if not self["control"]:
@@ -71,4 +98,6 @@ def makeService(options):
     from peerit.daemon.service import Daemon
     return Daemon(reactor, options["data-dir"], options["control"], options["listen"],
                   options["trackers"], options["advertise"],
-                  max_upload_rate=options["max-upload-rate"])
+                  max_upload_rate=options["max-upload-rate"], udp=options["udp"],
+                  stun_server=options["stun-server"], paths=options["paths"],
+                  quic_datagram_size=options["quic-datagram-size"])

@@ -9,4 +9,4 @@ def make_tracker_client(daemon, address) -> TrackerClient:
         daemon.reactor, daemon.identity, address,
         hello=lambda: wire.Hello(**daemon.hello_fields()),
         announces=lambda: [wire.Announce(*a) for a in daemon.announcements(address)],
-        on_push=daemon.tracker_push)
+        on_push=lambda message: daemon.tracker_push(message, address))

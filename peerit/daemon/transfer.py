@@ -176,8 +176,8 @@ class Transfer:
         return self.daemon.in_thread(self.store.piece_digest, piece)
 
     def _piece_verified(self, piece: int) -> None:
-        # Committed at once: a SIGKILL a moment later must not cost this piece again.
-        self.daemon.state.set_verified(self.info_hash, self.have.to_bytes())
+        # Journaled at once: a SIGKILL a moment later must not cost this piece again.
+        self.daemon.state.journal_verified(self.info_hash, piece)
         self._unsynced += 1
 
     def sync(self) -> defer.Deferred:
@@ -190,6 +190,9 @@ class Transfer:
         def mark(_):
             for piece in snapshot:
                 self.synced.add(piece)
+            # Everything verified so far (also since the snapshot) goes to the database in
+            # one commit, in this reactor turn, and the journal starts empty again.
+            self.daemon.state.set_verified(self.info_hash, self.have.to_bytes())
             self.daemon.state.set_synced(self.info_hash, self.synced.to_bytes())
         return self.daemon.in_thread(self.store.sync).addCallback(mark)
 

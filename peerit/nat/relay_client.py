@@ -23,18 +23,12 @@ from peerit.daemon.connector import link_attempt
 from peerit.identity import Identity
 from peerit.tls import IdentityServerTLS, PinnedClientTLS
 
-RELAY_PREAMBLE = b"PEERIT-RELAY\x01"
-TOKEN_SIZE = 32
+# One definition of the relay hello, the tracker's.
+from peerit.tracker.relay import (  # noqa: E402
+    RELAY_HELLO_MAGIC as RELAY_PREAMBLE, RELAY_TOKEN_SIZE as TOKEN_SIZE, relay_hello)
 
 # connect_tcp(host, port, factory) -> Deferred[protocol]; cancelling it aborts the connect.
 ConnectTCP = Callable[[str, int, Factory], Deferred]
-
-
-def relay_hello(token: bytes) -> bytes:
-    """The bytes a peer sends first on a relay connection."""
-    if len(token) != TOKEN_SIZE:
-        raise ValueError(f"relay token must be {TOKEN_SIZE} bytes")
-    return RELAY_PREAMBLE + token
 
 
 class _RelayPreamble(Protocol):

@@ -241,7 +241,7 @@ class FakeTracker:
         self.requests.append(message)
         other = self.sessions.get(getattr(message, "peer_id", None))
         if kind in self.refuse or other is None or not other.connected:
-            refusal = wire.Error("protocol_violation", "peer not connected",
+            refusal = wire.Error("peer_unavailable", "peer not connected",
                                  wire.messages.opcode_of(type(message)), message.info_hash)
             self.clock.callLater(self.delay, client.deliver, refusal)
             return

@@ -55,8 +55,10 @@ class LocalSwarm:
         port = self.tracker_endpoint.split("#")[0].rsplit(":", 1)[1]
         host = self.tracker_endpoint.split("#")[0].rsplit(":", 1)[0]
         self.tracker_process.stop()
-        return self.start_tracker(*args, listen=f"tcp:{port}:interface={host}",
-                                  timeout=timeout)
+        # A fixed listen port makes "auto" pick the fixed STUN/relay ports: ask for free ones.
+        return self.start_tracker("--stun", f"udp:0:interface={host}",
+                                  "--relay", f"tcp:0:interface={host}", *args,
+                                  listen=f"tcp:{port}:interface={host}", timeout=timeout)
 
     # -- daemons --------------------------------------------------------------------------
     def start_daemon(self, name: str, *args: str, timeout: float = 30,

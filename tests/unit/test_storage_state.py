@@ -134,3 +134,33 @@ class EmptyShareTests(SynchronousTestCase):
                             is_directory=True, files=(), piece_hashes=b"")
         FileStore(metainfo, root).open(create=True)
         self.assertTrue(os.path.isdir(os.path.join(root, "nothing")))
+
+
+class JournalTests(SynchronousTestCase):
+    def test_journaled_pieces_survive_a_kill_and_a_torn_tail_is_ignored(self):
+        path = os.path.join(tempfile.mkdtemp(), "state.sqlite3")
+        db = StateDB(path)
+        h = b"j" * 32
+        db.add(SwarmRecord(h, b"meta", "/r", "download", False, b"\x80\x00", None, None,
+                           1.0, None))
+        db.journal_verified(h, 3)
+        db.journal_verified(h, 9)
+        with open(os.path.join(db.journal_dir, h.hex() + ".log"), "ab") as f:
+            f.write(b"\x00\x00")  # a write cut short by the crash
+        again = StateDB(path)  # no close(): the process was killed
+        (record,) = again.records(lambda meta: 12)
+        self.assertEqual(record.verified, bytes([0b10010000, 0b01000000]))
+        # Writing the full set empties the journal, so a later check's verdict wins.
+        again.set_verified(h, b"\x00\x00")
+        (record,) = again.records(lambda meta: 12)
+        self.assertEqual(record.verified, b"\x00\x00")
+
+    def test_out_of_range_journal_entries_are_ignored(self):
+        path = os.path.join(tempfile.mkdtemp(), "state.sqlite3")
+        db = StateDB(path)
+        h = b"k" * 32
+        db.add(SwarmRecord(h, b"meta", "/r", "download", False, None, None, None, 1.0, None))
+        db.journal_verified(h, 10_000)
+        db.journal_verified(h, 1)
+        (record,) = StateDB(path).records(lambda meta: 8)
+        self.assertEqual(record.verified, b"\x40")
