@@ -217,8 +217,20 @@ def sample_peerit(args) -> None:
         return original_rss(pid)
     bench_transfer.peak_rss_mib = peak_rss_and_cpu
 
+    # Also when each downloader first reports "seeding": the spread shows a straggler.
+    started: list[float] = []
+    finished: dict[int, float] = {}
+
     class CpuNotingClient(bench_transfer.BlockingClient):
+        def status(self, *a, **kw):
+            status = self.__getattr__("status")(*a, **kw)
+            if status.get("state") == "seeding" and id(self) not in finished:
+                finished[id(self)] = time.monotonic() - started[0]
+            return status
+
         def download(self, *a, **kw):
+            if not started:
+                started.append(time.monotonic())
             if not cpu_at_start:
                 for pid, _ in descendants(os.getpid()):
                     try:
@@ -234,7 +246,7 @@ def sample_peerit(args) -> None:
     names = list(result["rss"])
     write_result(args.json, {
         "seconds": result["seconds"], "bytes": args.size,
-        "rss": result["rss"],
+        "rss": result["rss"], "finished": sorted(finished.values()),
         "cpu": dict(zip(names, cpu_used)) if len(cpu_used) == len(names) else {}})
 
 
@@ -362,6 +374,13 @@ def table(benches: list[Benchmark], results: dict, loads: dict, only) -> tuple[s
                 target = f"<2 {'PASS' if ok else 'FAIL'}"
                 verdicts.append((bench.name, tool, "PASS" if ok else "FAIL"))
             note = f"  [{len(errors)} failed]" if errors else ""
+            wakeups = [s["wakeups_per_s"] for s in samples if "wakeups_per_s" in s]
+            if wakeups:
+                note += f"  wake-ups {statistics.median(wakeups):.0f}/s"
+            finishes = [s["finished"] for s in samples if len(s.get("finished", [])) > 1]
+            if finishes:
+                note += "  first/last done " + ", ".join(
+                    f"{f[0]:.1f}/{f[-1]:.1f}" for f in finishes)
             paths = {s.get("path") for s in samples if s.get("path")}
             if paths:
                 note += f"  path {', '.join(sorted(paths))}"
