@@ -147,7 +147,7 @@ def test_every_parser_raises_only_its_own_errors_on_mutated_input(figures):
     })
 
 
-@settings(max_examples=pick(300, 5000), deadline=None,
+@settings(max_examples=pick(150, 5000), deadline=None,
           suppress_health_check=list(HealthCheck))
 @given(name=st.sampled_from(sorted(TARGETS)), data=st.binary(max_size=2048))
 def test_arbitrary_bytes_raise_only_malformed_message(name, data):
@@ -158,7 +158,7 @@ def test_arbitrary_bytes_raise_only_malformed_message(name, data):
         pass
 
 
-@settings(max_examples=pick(300, 5000), deadline=None,
+@settings(max_examples=pick(150, 5000), deadline=None,
           suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_structured_messages_with_hostile_field_values(data):

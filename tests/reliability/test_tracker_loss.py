@@ -50,7 +50,7 @@ def peers_in_table(client: BlockingTlsClient, tracker: TrackerAddress,
 
 def test_tracker_killed_and_restarted_mid_swarm(swarm, tmp_path, figures):
     outages = pick([8], [8, 30, 150])
-    size = pick(24, 96) * MiB
+    size = pick(16, 96) * MiB
     src = random_file(tmp_path / "src" / "swarm.bin", size, seed=21)
     names = ["seed", "d1", "d2"]
     swarm.start_daemon("seed", "--max-upload-rate", pick("3M", "400K"))
