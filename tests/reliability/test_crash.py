@@ -21,11 +21,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 from reliability_kit import (MiB, differing_bytes, pick, random_file, share, start_badpeer,
                              wait_until)
 
 from peerit.bitfield import Bitfield
+from peerit.daemon.state import StateDB
 from peerit.metainfo import Metainfo
 from peerit.testing.processes import ctl_argv, environment
 
@@ -39,9 +41,17 @@ def persisted_verified(data_dir, info_hash: bytes, piece_count: int) -> Bitfield
                          (info_hash,)).fetchone()
     finally:
         db.close()
-    if row is None or row[0] is None:
+    verified = row[0] if row is not None else None
+    # Pieces verified since the last full write are in the daemon's journal; merge them
+    # with the daemon's own reader (read-only here: the daemon is dead).
+    if hasattr(StateDB, "_merge_journal"):
+        journal = data_dir / "journal" / f"{info_hash.hex()}.log"
+        verified = StateDB._merge_journal(
+            SimpleNamespace(_journal_path=lambda _: str(journal)), info_hash, verified,
+            piece_count)
+    if verified is None:
         return Bitfield(piece_count)
-    return Bitfield(piece_count, row[0])
+    return Bitfield(piece_count, verified)
 
 
 def bad_pieces_on_disk(path, metainfo: Metainfo, pieces) -> list[int]:
