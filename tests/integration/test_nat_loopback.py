@@ -59,7 +59,7 @@ def test_sixteen_mib_over_a_nat_path(nat_swarm, tmp_path, path):
     udp = "udp:0:interface=127.0.0.1"
     # Rate-limited so that the link is still up when we look (links close once both sides
     # are complete).
-    nat_swarm.start_daemon("seed", "--udp", udp, "--max-upload-rate", "4M")
+    nat_swarm.start_daemon("seed", "--udp", udp, "--max-upload-rate", "2M")
     nat_swarm.start_daemon("dl", "--udp", udp, "--paths", path)
     shared = share(nat_swarm, "seed", src)
     nat_swarm.ctl("dl", "download", shared["metainfo"], "--to", str(tmp_path / "out"),
