@@ -220,3 +220,63 @@ def test_p2p_paths_never_write_outside_the_target(swarm, tmp_path, figures):
     assert list(outside.iterdir()) == []
     assert swarm.ctl_json("dl", "list") == []
     figures.update({"refused": len(refused), "files_written_outside": 0})
+
+
+def test_relay_connections_without_a_valid_token_are_closed_unheard(swarm, figures):
+    """Connections to the tracker's relay with made-up tokens (or no hello at all) get no
+    byte back and are closed; none is ever spliced to another."""
+    from peerit.tracker.relay import relay_hello
+    from peerit.wire.tracker import RELAY_TOKEN_SIZE
+    from test_fuzz import _relay_port
+
+    port = _relay_port(swarm)
+    if port is None:
+        pytest.skip("this tracker runs no relay")
+    count = pick(200, 2000)
+    rng = random.Random(8)
+    replies = still_open = 0
+    held = []
+    for i in range(count):
+        sock = socket_connect(port)
+        if i % 4 == 3:
+            sock.sendall(rng.randbytes(rng.randrange(1, 80)))  # not a hello at all
+        else:
+            sock.sendall(relay_hello(rng.randbytes(RELAY_TOKEN_SIZE)) + b"payload")
+        held.append(sock)
+        if len(held) >= 50:
+            r, o = _settle(held)
+            replies, still_open = replies + r, still_open + o
+            held = []
+    r, o = _settle(held)
+    replies, still_open = replies + r, still_open + o
+    assert replies == 0 and still_open == 0, (replies, still_open)
+    assert swarm.tracker_process.alive()
+    figures.update({"forged_relay_hellos": count, "bytes_relayed_or_answered": 0,
+                    "left_open": 0})
+
+
+def socket_connect(port: int):
+    import socket
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def _settle(sockets) -> tuple[int, int]:
+    """(bytes received, sockets still open after 5 s) for a batch of forged connections."""
+    import socket
+    got = still_open = 0
+    deadline = time.monotonic() + 5
+    for sock in sockets:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            while True:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                got += len(data)
+        except socket.timeout:
+            still_open += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return got, still_open

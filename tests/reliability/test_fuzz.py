@@ -329,15 +329,19 @@ def test_running_tracker_stun_and_daemon_keep_serving_under_fuzzed_traffic(
             session.close()
 
     stun_port = _stun_port(swarm)
-    if stun_port:
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        inputs = Mutator(SEEDS["stun"]() + SEEDS["probe"](), 73, max_size=1400)
+    daemon_udp = _daemon_udp_port(swarm, "seed")
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inputs = Mutator(SEEDS["stun"]() + SEEDS["probe"](), 73, max_size=1400)
+    for target, key in ((stun_port, "udp"), (daemon_udp, "daemon_udp")):
+        if not target:
+            continue
+        sent[key] = 0
         for i in range(n_udp):
-            udp.sendto(next(inputs), ("127.0.0.1", stun_port))
-            sent["udp"] += 1
+            udp.sendto(next(inputs), ("127.0.0.1", target))
+            sent[key] += 1
             if i % 200 == 0:
                 time.sleep(0.01)  # stay under the socket buffer: we test parsing, not loss
-        udp.close()
+    udp.close()
 
     # Everybody still serves: the tracker lists the seeder, the STUN port answers a real
     # Binding request, and a new daemon downloads the share byte for byte.
@@ -351,6 +355,7 @@ def test_running_tracker_stun_and_daemon_keep_serving_under_fuzzed_traffic(
     for log in (swarm.tracker_process.log(), swarm.daemons["seed"].process.log()):
         assert "Unhandled Error" not in log and "Traceback" not in log, log[-3000:]
     figures.update({"sent": sent, "stun_port_tested": bool(stun_port),
+                    "daemon_udp_tested": bool(daemon_udp),
                     "tracker_alive": True, "daemon_alive": True, "crashes": 0})
 
 
@@ -358,6 +363,23 @@ def _daemon_port(swarm, name: str) -> int:
     log = swarm.daemons[name].process.log()
     marker = "listening for peers on port "
     return int(log[log.index(marker) + len(marker):].split()[0].rstrip(","))
+
+
+def _daemon_udp_port(swarm, name: str) -> int | None:
+    """The daemon's UDP socket (STUN client, punching, QUIC), or None if it has none."""
+    log = swarm.daemons[name].process.log()
+    marker = "UDP socket for STUN, punching and QUIC on port "
+    if marker not in log:
+        return None
+    return int(log[log.index(marker) + len(marker):].split()[0].rstrip(","))
+
+
+def _relay_port(swarm) -> int | None:
+    log = swarm.tracker_process.log()
+    marker = "peer-it relay listening on tcp "
+    if marker not in log:
+        return None
+    return int(log[log.index(marker) + len(marker):].split()[0].rsplit(":", 1)[1])
 
 
 def _stun_port(swarm) -> int | None:
