@@ -32,6 +32,7 @@ class SwarmConfig:
     max_peers: int = 50
     rechoke_interval: float = 10.0
     request_timeout: float = 30.0  # a peer that delivers nothing this long is dropped
+    stall_cooloff: float = 300.0  # ...and not taken back for this long
     strikes_to_ban: int = 2
     upload_slots: int = 4
 
@@ -84,6 +85,7 @@ class Swarm:
         self.choker = Choker(rng, self.config.upload_slots)
         self.peers: dict[bytes, PeerState] = {}
         self.banned: set[bytes] = set()
+        self.stalled: dict[bytes, float] = {}  # peer id -> when it may attach again
         self.download = RateMeter(clock)
         self.upload = RateMeter(clock)
         self.downloading = not have.complete
@@ -136,6 +138,8 @@ class Swarm:
             return "that is ourselves"
         if peer_id in self.banned:
             return "banned in this swarm"
+        if self.stalled.get(peer_id, 0) > self.clock.seconds():
+            return "stalled recently"
         if len(self.peers) >= self.config.max_peers:
             return "too many peers"
         return None
@@ -455,6 +459,9 @@ class Swarm:
             if peer.requested and now - peer.last_block_at > self.config.request_timeout:
                 log.info("swarm {swarm}: dropping stalled peer {peer}",
                          swarm=self.info_hash.hex()[:12], peer=peer.short_id)
+                # Taken back at once, it grabbed new requests (an exclusive retry too)
+                # and held the download up for another whole timeout.
+                self.stalled[peer.peer_id] = now + self.config.stall_cooloff
                 peer.link.close("stalled: no data for requested blocks")
                 self.detach(peer)
 

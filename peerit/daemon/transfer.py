@@ -243,7 +243,7 @@ class Transfer:
                      WANT_PEERS - len(swarm.peers) - len(self.dialing))
         candidates = [info for peer_id, info in self.known.items()
                       if peer_id not in swarm.peers and peer_id not in self.dialing
-                      and peer_id not in swarm.banned
+                      and swarm.can_attach(peer_id) is None  # banned, stalled, full
                       and self.backoff.get(peer_id, (0, 0))[0] <= now]
         # Seeders first: they have everything.
         candidates.sort(key=lambda info: not info.seeder)

@@ -93,7 +93,10 @@ def test_stalled_and_silent_peers_are_dropped_by_timeout_then_honest_peer_finish
     swarm.restart_daemon("honest")
     done = swarm.wait_complete("dl", s["info_hash"], timeout=120)
     assert differing_bytes(tmp_path / "out" / "slow.bin", src) == 0
+    stall_links = json.loads(bad["stall"][1].read_text())["links"]
+    assert stall_links == 1, stall_links  # not dialed again after its drop
     figures.update({"silent_dropped_after_s": round(silent_seconds, 1),
+                    "stalled_peer_links": stall_links,
                     "stalled_dropped_after_s": round(stall_seconds, 1),
                     "completed_after_s": round(time.monotonic() - started, 1),
                     "hash_failures": done["hash_failures"]})

@@ -266,3 +266,25 @@ class ClosingALinkReallyClosesIt(SynchronousTestCase):
         clock.advance(0)
         pump.flush()
         self.assertIsNotNone(client_protocol.lost)
+
+
+class StalledPeersAreNotTakenBackAtOnce(SynchronousTestCase):
+    """Suite 3 (bad peers): a peer dropped for sitting on requests was dialed again two
+    seconds later, took new requests (among them a piece that only it could retry after a
+    failed hash check) and held the download up for another whole request timeout."""
+
+    def test_a_stalled_peer_is_refused_for_the_cooloff_then_allowed(self):
+        metainfo = make_metainfo(os.urandom(4 * PIECE), PIECE)
+        clock = Clock()
+        swarm = leecher(metainfo, clock)
+        link = FakeLink(MemoryNetwork(), peer_id(6), dialed_by_us=True)
+        link.swarm = swarm
+        state = swarm.attach(link)
+        swarm.handle(state, wire.Bitfield(Bitfield.full(metainfo.piece_count).to_bytes()))
+        swarm.handle(state, wire.Unchoke())
+        self.assertTrue(state.requested)
+        clock.advance(swarm.config.request_timeout + swarm.config.request_timeout / 3 + 1)
+        self.assertNotIn(peer_id(6), swarm.peers)
+        self.assertEqual(swarm.can_attach(peer_id(6)), "stalled recently")
+        clock.advance(swarm.config.stall_cooloff)
+        self.assertIsNone(swarm.can_attach(peer_id(6)))
