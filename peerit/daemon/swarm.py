@@ -22,6 +22,9 @@ from peerit.wire import peer as wire
 log = Logger()
 
 
+SIMULTANEOUS_DIAL = 10.0  # two links to one peer within this long: both ends dialed at once
+
+
 @dataclass
 class SwarmConfig:
     block_size: int = wire.DEFAULT_BLOCK_SIZE
@@ -54,6 +57,7 @@ class PeerState:
     upload_queue: list = field(default_factory=list)  # (piece, offset, length)
     last_block_at: float = 0.0
     strikes: int = 0
+    attached_at: float = 0.0
 
     @property
     def short_id(self) -> str:
@@ -153,10 +157,15 @@ class Swarm:
     def attach(self, link) -> PeerState | None:
         existing = self.peers.get(link.peer_id)
         if existing is not None:
-            if not self._preferred(link) or self._preferred(existing.link):
+            # Two links at once are a simultaneous dial: keep the preferred one. A new link
+            # next to an older one means the peer lost the old one (a restart, a resume, a
+            # close it never saw through): the old one is dead, keeping it would lock the
+            # peer out until the idle timeout.
+            simultaneous = self.clock.seconds() - existing.attached_at < SIMULTANEOUS_DIAL
+            if simultaneous and (not self._preferred(link) or self._preferred(existing.link)):
                 link.close("already connected")
                 return None
-            existing.link.close("replaced by a simultaneous connection")
+            existing.link.close("replaced by a newer connection")
             self.detach(existing)
         reason = self.can_attach(link.peer_id)
         if reason is not None:
@@ -164,7 +173,7 @@ class Swarm:
             return None
         peer = PeerState(link, link.peer_id, Bitfield(self.metainfo.piece_count),
                          RateMeter(self.clock), RateMeter(self.clock),
-                         last_block_at=self.clock.seconds())
+                         last_block_at=self.clock.seconds(), attached_at=self.clock.seconds())
         self.peers[link.peer_id] = peer
         if len(self.have):
             link.send(wire.Bitfield(self.have.to_bytes()))

@@ -288,3 +288,49 @@ class StalledPeersAreNotTakenBackAtOnce(SynchronousTestCase):
         self.assertEqual(swarm.can_attach(peer_id(6)), "stalled recently")
         clock.advance(swarm.config.stall_cooloff)
         self.assertIsNone(swarm.can_attach(peer_id(6)))
+
+
+class ANewLinkReplacesAnOldDeadOne(SynchronousTestCase):
+    """Suite 6 (disk full, resume): the seeder still held the link the downloader had
+    closed (the close never reached it) and refused the downloader's new link as "already
+    connected" until its 120 s idle timeout. A second link from a peer that is not a
+    simultaneous dial now replaces the first."""
+
+    def _ids(self):
+        me = peer_id(0)
+        other = next(peer_id(n) for n in range(1, 100) if peer_id(n) < me)
+        return me, other
+
+    def _swarm(self, clock, me):
+        metainfo = make_metainfo(os.urandom(4 * PIECE), PIECE)
+        store = MemoryStore(metainfo, bytes(4 * PIECE))
+        swarm = Swarm(metainfo, store, Bitfield.full(metainfo.piece_count), clock,
+                      random.Random(1), me, verify=verifier(store),
+                      config=SwarmConfig(block_size=BLOCK))
+        swarm.start()
+        return swarm
+
+    def test_later_link_replaces_the_old_one(self):
+        clock = Clock()
+        me, other = self._ids()
+        swarm = self._swarm(clock, me)
+        old = FakeLink(MemoryNetwork(), other, dialed_by_us=False)
+        swarm.attach(old)
+        clock.advance(60)
+        new = FakeLink(MemoryNetwork(), other, dialed_by_us=False)
+        self.assertIsNotNone(swarm.attach(new))
+        self.assertIsNone(new.closed)
+        self.assertIsNotNone(old.closed)
+        self.assertIs(swarm.peers[other].link, new)
+
+    def test_simultaneous_dials_still_keep_one_link(self):
+        clock = Clock()
+        me, other = self._ids()
+        swarm = self._swarm(clock, me)
+        theirs = FakeLink(MemoryNetwork(), other, dialed_by_us=False)  # they dialed (lower id)
+        swarm.attach(theirs)
+        clock.advance(0.2)
+        ours = FakeLink(MemoryNetwork(), other, dialed_by_us=True)
+        self.assertIsNone(swarm.attach(ours))
+        self.assertEqual(ours.closed, "already connected")
+        self.assertIs(swarm.peers[other].link, theirs)
