@@ -14,6 +14,7 @@ import time
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -110,7 +111,13 @@ class Daemon(service.MultiService):
         return d
 
     def _start_failed(self, failure):
-        log.failure("peer-it daemon failed to start", failure)
+        if failure.check(PeeritError, OSError, CannotListenError):
+            # Expected trouble (a port or socket in use, permissions): one line, no trace.
+            log.error("peer-it daemon cannot start: {error}", error=failure.getErrorMessage())
+        else:
+            log.failure("peer-it daemon failed to start", failure)
+        # Exit non-zero so a supervisor (systemd Restart=on-failure) sees the failure.
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.callLater(0, self.reactor.stop)
 
     async def _start(self):
@@ -167,8 +174,13 @@ class Daemon(service.MultiService):
                                                 wantPID=True)
         try:
             port = await endpoint.listen(control_factory(self))
-        except Exception as e:
-            raise PeeritError(f"cannot listen on {self.control_path}: {e}") from None
+        except CannotListenError as e:
+            if "lock" in str(e):
+                raise PeeritError(f"another peer-it daemon already uses the control socket "
+                                  f"{self.control_path} (give this one its own --control)") \
+                    from None
+            raise PeeritError(f"cannot listen on {self.control_path}: {e.socketError}") \
+                from None
         self._ports.append(port)
 
     async def _stop(self):

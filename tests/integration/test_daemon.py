@@ -261,3 +261,20 @@ def test_download_into_a_full_filesystem_is_one_clear_error(swarm, tmp_path):
     finally:
         swarm.close()  # the daemons hold files on the small filesystem
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_second_daemon_on_the_same_control_socket_exits_with_one_clear_line(swarm, tmp_path):
+    """Two daemons cannot share a control socket: the second says so and exits non-zero."""
+    first = swarm.start_daemon("first")
+    from peerit.testing.processes import Process, twistd_argv
+    second = Process(twistd_argv("peerit-daemon", "--data-dir", str(tmp_path / "second"),
+                                 "--control", first.control),
+                     tmp_path / "second.log")
+    try:
+        assert second.popen.wait(30) == 1
+        log = second.log()
+        assert "another peer-it daemon already uses the control socket" in log
+        assert "Traceback" not in log
+        assert swarm.ctl("first", "status", check=False).returncode == 0  # first unharmed
+    finally:
+        second.stop()
