@@ -37,8 +37,7 @@ sys.path.insert(0, str(REFERENCES))
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO))
 
-from common import (Child, MiB, install_sigterm_exit, make_file,  # noqa: E402
-                    proc_cpu_seconds, write_result)
+from common import Child, MiB, install_sigterm_exit, make_file, write_result  # noqa: E402
 
 
 # -- what to run ----------------------------------------------------------------------------
@@ -209,22 +208,11 @@ def run_sample(argv: list, name: str, workdir: Path, out: Path, timeout: float) 
 def sample_peerit(args) -> None:
     import bench_transfer
 
-    # bench_transfer reads each daemon's peak RSS by PID when the last downloader finished;
-    # read its CPU time at the same moment, and at the download command, for CPU per run.
-    cpu_at_start: dict[int, float] = {}
-    cpu_used: list[float] = []
-    original_rss = bench_transfer.peak_rss_mib
-
-    def peak_rss_and_cpu(pid: int) -> float:
-        cpu_used.append(proc_cpu_seconds(pid) - cpu_at_start.get(pid, 0.0))
-        return original_rss(pid)
-    bench_transfer.peak_rss_mib = peak_rss_and_cpu
-
-    # Also when each downloader first reports "seeding": the spread shows a straggler.
+    # When each downloader first reports "seeding": the spread shows a straggler.
     started: list[float] = []
     finished: dict[int, float] = {}
 
-    class CpuNotingClient(bench_transfer.BlockingClient):
+    class FinishNotingClient(bench_transfer.BlockingClient):
         def status(self, *a, **kw):
             status = self.__getattr__("status")(*a, **kw)
             if status.get("state") == "seeding" and id(self) not in finished:
@@ -234,23 +222,16 @@ def sample_peerit(args) -> None:
         def download(self, *a, **kw):
             if not started:
                 started.append(time.monotonic())
-            if not cpu_at_start:
-                for pid, _ in descendants(os.getpid()):
-                    try:
-                        cpu_at_start[pid] = proc_cpu_seconds(pid)
-                    except OSError:
-                        pass
             return self.__getattr__("download")(*a, **kw)
-    bench_transfer.BlockingClient = CpuNotingClient
+    bench_transfer.BlockingClient = FinishNotingClient
 
     if args.profile:
         inject_profiler(Path(args.profile))
     result = bench_transfer.one_run(args.size, args.downloaders, args.timeout)
-    names = list(result["rss"])
     write_result(args.json, {
-        "seconds": result["seconds"], "bytes": args.size,
-        "rss": result["rss"], "finished": sorted(finished.values()),
-        "cpu": dict(zip(names, cpu_used)) if len(cpu_used) == len(names) else {}})
+        "seconds": result["seconds"], "bytes": args.size, "rss": result["rss"],
+        "cpu": result.get("cpu", {}),  # each daemon's, from the download command to the end
+        "finished": sorted(finished.values())})
 
 
 def sample_natlab(args) -> None:
