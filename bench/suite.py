@@ -308,7 +308,7 @@ def compare(op: str, value: float, bound: float) -> bool:
     return value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
 
 
-def table(benches: list[Benchmark], results: dict, loads: dict, only) -> tuple[str, list]:
+def table(benches: list[Benchmark], results: dict, skipped: dict, only) -> tuple[str, list]:
     lines, verdicts = [], []
     header = (f"{'benchmark / tool':<34}{'median':>9} {'range':>15}{'n':>3}  "
               f"{'CPU s':>6}  {'ratio peer-it/ref (range)':<27}{'target':<14} peak RSS MiB")
@@ -323,7 +323,7 @@ def table(benches: list[Benchmark], results: dict, loads: dict, only) -> tuple[s
         for tool, samples in rows:
             label = f"  {tool}"
             if samples is None:
-                lines.append(f"{label:<34}not run ({loads.get((bench.name, tool), '')})")
+                lines.append(f"{label:<34}not run ({skipped.get((bench.name, tool), '')})")
                 continue
             values = [figure(bench, s) for s in samples]
             good = [v for v in values if v is not None]
