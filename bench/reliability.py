@@ -43,9 +43,10 @@ def main() -> int:
     form = "short" if options.short else "long"
     print(f"peer-it reliability suites, {form} form, {elapsed / 60:.1f} min\n")
     for entry in entries:
-        print(f"== {entry.pop('suite')} :: {entry.pop('test')}")
-        entry.pop("form", None)
+        print(f"== {entry['suite']} :: {entry['test']}")
         for key, value in sorted(entry.items()):
+            if key in ("suite", "test", "form"):
+                continue
             print(f"   {key}: {json.dumps(value) if not isinstance(value, str) else value}")
     summary = [line for line in result.stdout.splitlines() if " passed" in line
                or " failed" in line or " error" in line]
