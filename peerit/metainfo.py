@@ -35,7 +35,7 @@ from peerit.wire import metainfo as wire
 
 # Piece length for a new share: about TARGET_PIECE_COUNT pieces, within these bounds, so a
 # 100 GiB share needs 6400 pieces (200 KiB of hashes) and a small one still gets 256 KiB pieces.
-TARGET_PIECE_COUNT = 2048
+TARGET_PIECE_COUNT = 512  # fewer, larger pieces: less per-piece work at speed
 DEFAULT_MIN_PIECE_LENGTH = 256 * 1024
 DEFAULT_MAX_PIECE_LENGTH = 16 * 1024 * 1024
 

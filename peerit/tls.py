@@ -22,9 +22,7 @@ def _context(identity: Identity, expected_peer_id: bytes | None) -> SSL.Context:
     ctx.use_certificate(identity.certificate)
     ctx.use_privatekey(identity.key)
     ctx.check_privatekey()
-    # Big records mean fewer Python calls per megabyte on the bulk path.
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET)
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
 
     def verify(conn, cert, errno, depth, ok):
         if depth != 0:

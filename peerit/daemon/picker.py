@@ -23,10 +23,15 @@ class PieceInProgress:
     block_size: int
     received: set = field(default_factory=set)  # block offsets stored
     requested: dict = field(default_factory=dict)  # offset -> set of peer keys
+    free: list = field(default=None)  # offsets neither received nor requested, next last
     # After a failed hash check with several contributors, the next try comes from one peer
     # only (the first to take it), so a second failure names the culprit.
     exclusive: bool = False
     owner: object = None
+
+    def __post_init__(self):
+        if self.free is None:
+            self.free = list(reversed(self.offsets))
 
     @property
     def offsets(self) -> range:
@@ -43,9 +48,7 @@ class PieceInProgress:
         return not self.exclusive or self.owner in (None, peer)
 
     def unrequested(self):
-        for offset in self.offsets:
-            if offset not in self.received and not self.requested.get(offset):
-                yield offset
+        return reversed(self.free)
 
 
 class Picker:
@@ -58,6 +61,8 @@ class Picker:
         self.availability = [0] * piece_count
         self.in_progress: dict[int, PieceInProgress] = {}
         self.verifying: set[int] = set()  # complete, hash check running
+        # Pieces nobody works on yet: new pieces are chosen from here, not from all pieces.
+        self.untouched: set[int] = {i for i in range(piece_count) if i not in have}
 
     # -- availability ---------------------------------------------------------------------
     def add_peer_pieces(self, pieces: Bitfield) -> None:
@@ -88,10 +93,9 @@ class Picker:
     @property
     def endgame(self) -> bool:
         """Every missing block is requested or received: duplicates now pay off."""
-        if len(self.have) + len(self.verifying) + len(self.in_progress) < self.piece_count:
+        if self.untouched:
             return False
-        return not any(next(p.unrequested(), None) is not None
-                       for p in self.in_progress.values())
+        return not any(p.free for p in self.in_progress.values())
 
     # -- choosing -------------------------------------------------------------------------
     def next_requests(self, peer, pieces: Bitfield, count: int) -> list[tuple[int, int, int]]:
@@ -110,6 +114,7 @@ class Picker:
                 break
             progress = PieceInProgress(index, self.piece_size(index), self.block_size)
             self.in_progress[index] = progress
+            self.untouched.discard(index)
             self._take(progress, peer, count, out)
         if len(out) < count and self.endgame:
             self._take_duplicates(peer, pieces, count, out)
@@ -118,11 +123,11 @@ class Picker:
     def _take(self, progress: PieceInProgress, peer, count: int, out: list) -> None:
         if progress.exclusive:
             progress.owner = peer
-        for offset in progress.unrequested():
+        free = progress.free
+        while free and len(out) < count:
+            offset = free.pop()
             progress.requested[offset] = {peer}
             out.append((progress.index, offset, progress.block_length(offset)))
-            if len(out) >= count:
-                return
 
     def _take_duplicates(self, peer, pieces: Bitfield, count: int, out: list) -> None:
         for progress in self.in_progress.values():
@@ -140,27 +145,14 @@ class Picker:
                     return
 
     def _new_piece(self, pieces: Bitfield) -> int | None:
-        n = self.piece_count
-        if n == 0:
+        candidates = [i for i in self.untouched if i in pieces]
+        if not candidates:
             return None
-        start = self.rng.randrange(n)
-        random_phase = len(self.have) < RANDOM_FIRST_PIECES
-        best, best_availability = None, None
-        availability, have, in_progress, verifying = (
-            self.availability, self.have, self.in_progress, self.verifying)
-        for step in range(n):
-            index = (start + step) % n
-            if (index in have or index in in_progress or index in verifying
-                    or index not in pieces):
-                continue
-            if random_phase:
-                return index
-            a = availability[index]
-            if best is None or a < best_availability:
-                best, best_availability = index, a
-                if a <= 1:
-                    break
-        return best
+        if len(self.have) < RANDOM_FIRST_PIECES:
+            return self.rng.choice(candidates)
+        availability = self.availability
+        rarest = min(availability[i] for i in candidates)
+        return self.rng.choice([i for i in candidates if availability[i] == rarest])
 
     # -- outcomes -------------------------------------------------------------------------
     def block_received(self, peer, piece: int, offset: int, length: int):
@@ -206,6 +198,8 @@ class Picker:
             progress = PieceInProgress(piece, self.piece_size(piece), self.block_size)
             progress.exclusive = True
             self.in_progress[piece] = progress
+        else:
+            self.untouched.add(piece)
 
     def release(self, peer, blocks=None) -> None:
         """``peer`` will not deliver ``blocks`` (all of its requests when None)."""
@@ -218,7 +212,9 @@ class Picker:
                 askers.discard(peer)
                 if not askers:
                     del progress.requested[offset]
+                    progress.free.append(offset)
             if progress.owner == peer:
                 progress.owner = None
             if not progress.received and not progress.requested and not progress.exclusive:
                 del self.in_progress[progress.index]
+                self.untouched.add(progress.index)

@@ -28,9 +28,11 @@ SIMULTANEOUS_DIAL = 10.0  # two links to one peer within this long: both ends di
 @dataclass
 class SwarmConfig:
     block_size: int = wire.DEFAULT_BLOCK_SIZE
-    min_pipeline: int = 16  # outstanding block requests per peer, at least
-    max_pipeline: int = 64
-    pipeline_seconds: float = 0.5  # keep this much of a peer's rate in flight
+    # Bytes requested and not yet received, per peer: a peer's recent rate times
+    # pipeline_seconds, within these bounds (and at least two blocks).
+    min_in_flight: int = 4 << 20
+    max_in_flight: int = 32 << 20
+    pipeline_seconds: float = 0.5
     max_upload_queue: int = 512  # requests a peer may have queued with us
     max_peers: int = 50
     rechoke_interval: float = 10.0
@@ -101,15 +103,25 @@ class Swarm:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         self.running = True
-        self._schedule(self.config.rechoke_interval, self._rechoke_round)
-        self._schedule(self.config.request_timeout / 3, self._check_stalls)
+
+    def _start_timers(self) -> None:
+        """Rechoke and stall checks run only while there are peers: a thousand idle shares
+        must not wake the daemon up (issue 6's idle target)."""
+        if not self._timers and self.running:
+            self._schedule(self.config.rechoke_interval, self._rechoke_round)
+            self._schedule(self.config.request_timeout / 3, self._check_stalls)
 
     def _schedule(self, delay, function):
         def fire():
             self._timers.remove(call)
-            if self.running:
+            if self.running and self.peers:
                 function()
                 self._schedule(delay, function)
+            else:
+                for other in self._timers:
+                    if other.active():
+                        other.cancel()
+                self._timers.clear()
         call = self.clock.callLater(delay, fire)
         self._timers.append(call)
 
@@ -126,12 +138,6 @@ class Swarm:
     @property
     def complete(self) -> bool:
         return self.have.complete
-
-    @property
-    def bytes_left(self) -> int:
-        done = sum(self.metainfo.piece_size(i) for i in self.have) \
-            if not self.have.complete else self.metainfo.total_size
-        return self.metainfo.total_size - done
 
     # -- links ----------------------------------------------------------------------------
     def can_attach(self, peer_id: bytes) -> str | None:
@@ -175,6 +181,7 @@ class Swarm:
                          RateMeter(self.clock), RateMeter(self.clock),
                          last_block_at=self.clock.seconds(), attached_at=self.clock.seconds())
         self.peers[link.peer_id] = peer
+        self._start_timers()
         if len(self.have):
             link.send(wire.Bitfield(self.have.to_bytes()))
         # Upload at once while a slot is free instead of waiting for the next round.
@@ -278,8 +285,9 @@ class Swarm:
     # -- downloading ----------------------------------------------------------------------
     def _pipeline_depth(self, peer: PeerState) -> int:
         c = self.config
-        depth = int(peer.download.rate * c.pipeline_seconds / c.block_size)
-        return max(c.min_pipeline, min(c.max_pipeline, depth))
+        in_flight = max(c.min_in_flight, min(c.max_in_flight,
+                                             peer.download.rate * c.pipeline_seconds))
+        return max(2, int(in_flight // c.block_size))
 
     def _request_more(self, peer: PeerState) -> None:
         if not self.downloading or peer.peer_choking or not peer.am_interested:

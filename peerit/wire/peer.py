@@ -16,7 +16,7 @@ from peerit.wire.messages import MessageSet
 PROTOCOL_VERSION = 1
 HANDSHAKE_MAGIC = b"PEERIT"
 MAX_BLOCK_SIZE = 1 << 20  # largest request a peer may make or serve
-DEFAULT_BLOCK_SIZE = 1 << 18  # fewer Python calls per MB; pieces smaller than this are one block
+DEFAULT_BLOCK_SIZE = 1 << 18  # fewer Python calls per MB than 16-128 KiB; 1 MiB measured no better
 MAX_FRAME_SIZE = MAX_BLOCK_SIZE + 64  # a block plus its header; bitfields stay below this
 
 messages = MessageSet("peer")
@@ -124,6 +124,9 @@ _build_header = _compiled_header.build
 
 
 _build_range = _RANGE.compile().build
+_parse_range = _RANGE.compile().parse
+_REQUEST_PREFIX = bytes([messages.opcode_of(Request)])
+_REQUEST_SIZE = 1 + _RANGE.sizeof()
 _build_piece = Struct("piece" / Int32ub).compile().build
 # Messages of integers only, sent per block: compiled builders (struct range-checks every
 # field, so nothing out of range is mangled). Measured: 13 us -> 2 us per Request.
@@ -158,6 +161,10 @@ def parse(data: bytes):
         view = memoryview(data)
         header = _parse_header(view[1:_HEADER_SIZE])
         return Block(header.piece, header.offset, view[_HEADER_SIZE:])
+    if data[:1] == _REQUEST_PREFIX and len(data) == _REQUEST_SIZE:
+        # The uploader's hot message: fixed size, so the compiled range parser alone.
+        fields = _parse_range(data[1:])
+        return Request(fields.piece, fields.offset, fields.length)
     return messages.parse(data)
 
 

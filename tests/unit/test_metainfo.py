@@ -48,13 +48,14 @@ class PieceLengthTests(SynchronousTestCase):
     def test_small_shares_get_the_minimum(self):
         self.assertEqual(choose_piece_length(0), 256 * KiB)
         self.assertEqual(choose_piece_length(10 * MiB), 256 * KiB)
-        self.assertEqual(choose_piece_length(512 * MiB), 256 * KiB)
+        self.assertEqual(choose_piece_length(128 * MiB), 256 * KiB)
 
-    def test_about_2048_pieces(self):
-        """The smallest power of two giving at most 2048 pieces."""
-        self.assertEqual(choose_piece_length(512 * MiB + 1), 512 * KiB)
-        self.assertEqual(choose_piece_length(1 * GiB), 512 * KiB)
-        self.assertEqual(choose_piece_length(3 * GiB), 2 * MiB)
+    def test_about_512_pieces(self):
+        """The smallest power of two giving at most 512 pieces."""
+        self.assertEqual(choose_piece_length(128 * MiB + 1), 512 * KiB)
+        self.assertEqual(choose_piece_length(512 * MiB), 1 * MiB)
+        self.assertEqual(choose_piece_length(1 * GiB), 2 * MiB)
+        self.assertEqual(choose_piece_length(3 * GiB), 8 * MiB)
 
     def test_100_gib_share_stays_small(self):
         """A 100 GiB share: 16 MiB pieces, 6400 of them, a .p2p of about 200 KiB."""

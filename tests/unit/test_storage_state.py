@@ -164,3 +164,21 @@ class JournalTests(SynchronousTestCase):
         db.journal_verified(h, 1)
         (record,) = StateDB(path).records(lambda meta: 8)
         self.assertEqual(record.verified, b"\x40")
+
+
+class BytesLeftTests(SynchronousTestCase):
+    def test_constant_time_count_matches_a_sum(self):
+        from peerit.bitfield import Bitfield
+        from peerit.daemon.transfer import bytes_left
+        import random
+        rng = random.Random(1)
+        for total in (0, 1, 1024, 1025, 5000, 4096 * 7 - 3):
+            metainfo = Metainfo(name="x", piece_length=1024, total_size=total,
+                                is_directory=False, files=(FileEntry("x", total),),
+                                piece_hashes=bytes(32 * (-(-total // 1024))))
+            have = Bitfield(metainfo.piece_count)
+            for i in range(metainfo.piece_count):
+                if rng.random() < 0.5:
+                    have.add(i)
+            expected = total - sum(metainfo.piece_size(i) for i in have)
+            self.assertEqual(bytes_left(metainfo, have), expected)
