@@ -49,9 +49,9 @@ class Limits:
     max_frame_size: int = wire.MAX_DAEMON_FRAME_SIZE
     handshake_timeout: float = 10.0     # TCP accept -> Hello received
     idle_timeout: float = 90.0          # silence after which a session is dropped
-    max_swarms_per_session: int = 256
+    max_swarms_per_session: int = 4096  # a daemon seeding thousands of files is normal
     request_rate: float = 20.0          # sustained requests per second per session
-    request_burst: int = 300            # enough to replay every swarm after a reconnect
+    request_burst: int = 4200           # enough to replay every swarm after a reconnect
     max_sessions_per_address: int = 64
     max_sessions: int = 20000
     max_peers_per_list: int = wire.MAX_PEERS_PER_LIST
