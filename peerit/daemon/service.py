@@ -30,10 +30,13 @@ from peerit.errors import PeeritError, UnknownSwarm, UsageError
 from peerit.identity import Identity
 from peerit.metainfo import Metainfo
 from peerit import tls
+from peerit.wire import tracker as tracker_wire
 
 log = Logger()
 
 SYNC_INTERVAL = 5.0
+ANNOUNCE_RETRY = 10.0  # seconds (plus jitter) before re-announcing after a load refusal
+ANNOUNCE_OPCODE = tracker_wire.messages.opcode_of(tracker_wire.Announce)
 
 
 def default_data_dir() -> str:
@@ -254,12 +257,26 @@ class Daemon(service.MultiService):
                 out.append((transfer.info_hash, "started", transfer.bytes_left))
         return out
 
+    def _reannounce(self, info_hash: bytes) -> None:
+        transfer = self.transfers.get(info_hash)
+        if transfer is not None and transfer.swarm is not None and transfer.swarm.running:
+            transfer.announce("started")
+
     def tracker_push(self, message, tracker=None) -> None:
         if self.nat is not None and self.nat.handle_push(message, tracker):
             return
         info_hash = getattr(message, "info_hash", None)
         peer = getattr(message, "peer", None)
         transfer = self.transfers.get(info_hash)
+        if (isinstance(message, tracker_wire.Error) and transfer is not None
+                and message.refused_opcode == ANNOUNCE_OPCODE
+                and message.code in ("rate_limited", "too_many_swarms")):
+            # Refused for load, not for cause: say it again later (the session stays up).
+            log.info("tracker refused announcing {t} ({code}); retrying in {s:.0f}s",
+                     t=transfer.short, code=message.code, s=ANNOUNCE_RETRY)
+            self.clock.callLater(ANNOUNCE_RETRY + self.rng.random() * ANNOUNCE_RETRY,
+                                 self._reannounce, info_hash)
+            return
         if transfer is not None and peer is not None:
             transfer.peers_found([peer])
 

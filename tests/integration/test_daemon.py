@@ -278,3 +278,22 @@ def test_second_daemon_on_the_same_control_socket_exits_with_one_clear_line(swar
         assert swarm.ctl("first", "status", check=False).returncode == 0  # first unharmed
     finally:
         second.stop()
+
+
+def test_announces_refused_for_load_are_retried(tmp_path):
+    """A tracker that rate-limits hard refuses some announces; the daemon announces them
+    again later, so every share becomes findable."""
+    with LocalSwarm(tmp_path / "swarm") as local:
+        local.start_tracker("--request-burst", "3", "--request-rate", "0.5")
+        local.start_daemon("seed")
+        local.start_daemon("dl")
+        shares = []
+        for n in range(5):
+            src = random_file(tmp_path / "src" / f"f{n}.bin", 64 * 1024, seed=20 + n)
+            shares.append(share(local, "seed", src))
+        log = local.daemons["seed"].process.wait_for_log("retrying in", timeout=30)
+        assert "rate_limited" in log
+        last = shares[-1]
+        local.ctl("dl", "download", last["metainfo"], "--to", str(tmp_path / "out"),
+                  "--detach")
+        local.wait_complete("dl", last["info_hash"], timeout=90)
