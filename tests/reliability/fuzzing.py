@@ -13,7 +13,6 @@ import struct
 
 from peerit.addresses import TrackerAddress
 from peerit.metainfo import FileEntry, Metainfo
-from peerit.wire import metainfo as metainfo_wire
 from peerit.wire import peer, probe, stun
 from peerit.wire import tracker
 
@@ -62,14 +61,14 @@ def tracker_seeds() -> list[bytes]:
         tracker.PeerList(ih, (info, info)),
         tracker.PeerJoined(ih, info),
         tracker.Ping(7), tracker.Pong(7),
-        tracker.Error(ih, "rate_limited", "slow down"),
+        tracker.Error("rate_limited", "slow down", 4, ih),
     ]
-    seeds = []
-    for message in messages:
-        try:
-            seeds.append(tracker.build(message))
-        except Exception:  # a message whose fields moved on (another helper is adding some)
-            continue
+    seeds = [tracker.build(m) for m in messages]
+    # Every other registered opcode (the NAT messages and any added later) as a header with
+    # a zeroed body of plausible length: mutation grows it into the real fields.
+    built = {seed[0] for seed in seeds}
+    for opcode in sorted(set(tracker.messages._by_opcode) - built):
+        seeds.append(bytes([opcode]) + bytes(72))
     return seeds
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from reliability_kit import MiB, differing_bytes, random_file, share, wait_until
+from reliability_kit import MiB, differing_bytes, random_file, share
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tmpfs")
 

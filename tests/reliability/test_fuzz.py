@@ -27,7 +27,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from fuzzing import SEEDS, Mutator
-from reliability_kit import MiB, pick, random_file, share, wait_until
+from reliability_kit import MiB, pick, random_file, share
 
 from peerit.addresses import TrackerAddress
 from peerit.control import commands
