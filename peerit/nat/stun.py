@@ -6,15 +6,14 @@ doubling on each retry) but within a short bound, since netcheck and the keep-al
 rather report "no answer" after 3 s than wait the RFC's 39.5 s.
 
 :class:`StunResponder` answers Binding requests for the tracker. STUN over UDP is an
-amplification risk: a 20-byte request spoofed with a victim's address gets a 52-byte answer
-(IPv4; 64 bytes for IPv6) sent to the victim, a factor of at most 2.6 (3.2 for IPv6). An
-error reply (420 for an unknown attribute) is at most 68 bytes and needs a request of at
-least 24, a factor under 2.9. So the responder answers only well-formed Binding requests,
-keeps its answers to the three attributes a client needs (XOR-MAPPED-ADDRESS, SOFTWARE,
-FINGERPRINT), limits replies per source address (a burst of 20, then 10/s) and in total
-(5000/s), and never reflects anything the request carried except the transaction id (and up
-to four unknown attribute types in a 420). At the total cap a spoofing attacker gets at most
-5000 x 68 bytes = 340 kB/s of answers aimed at others.
+amplification risk (a spoofed 20-byte request would get a 52-byte answer sent to the victim),
+so the responder never sends a reply larger than the request that caused it: unpadded short
+requests get nothing, and our :class:`StunClient` pads every request to ``REQUEST_SIZE``
+bytes with an RFC 5780 PADDING attribute (as QUIC pads its Initial packets). It also answers
+only well-formed Binding requests, keeps its answers to the attributes a client needs
+(XOR-MAPPED-ADDRESS, SOFTWARE, FINGERPRINT), limits replies per source address (a burst of
+20, then 10/s) and in total (5000/s), and reflects nothing the request carried except the
+transaction id (and up to four unknown attribute types in a 420).
 """
 
 import os
@@ -57,6 +56,11 @@ class BindingResult:
     response_origin: Address | None = None  # RFC 5780 RESPONSE-ORIGIN
 
 
+# Requests from our client are padded to this many bytes, more than any answer of ours
+# (IPv6 XOR-MAPPED-ADDRESS + SOFTWARE + FINGERPRINT, or an error with its reason).
+REQUEST_SIZE = 100
+
+
 class _Transaction:
     def __init__(self, transaction_id: bytes, server: Address, request: bytes, started: float):
         self.transaction_id = transaction_id
@@ -77,8 +81,9 @@ class StunClient:
     def __init__(self, clock: IReactorTime, send: Callable[[bytes, Address], object],
                  initial_rto: float = INITIAL_RTO, timeout: float = TRANSACTION_TIMEOUT,
                  random_bytes: Callable[[int], bytes] = os.urandom,
-                 software: str | None = None):
+                 software: str | None = None, pad_to: int = REQUEST_SIZE):
         self._clock = clock
+        self._pad_to = pad_to
         self._send = send
         self._initial_rto = initial_rto
         self._timeout = timeout
@@ -113,6 +118,11 @@ class StunClient:
             attributes.append(stun.change_request(change_ip, change_port))
         request = stun.build(stun.StunMessage(
             stun.BINDING_REQUEST, transaction_id, tuple(attributes)))
+        if len(request) < self._pad_to:
+            # As long as any answer: a responder that never amplifies (ours) then replies.
+            attributes.append(stun.padding(-(-(self._pad_to - len(request) - 4) // 4) * 4))
+            request = stun.build(stun.StunMessage(
+                stun.BINDING_REQUEST, transaction_id, tuple(attributes)))
         transaction = _Transaction(transaction_id, server, request, self._clock.seconds())
         transaction.deferred = defer.Deferred(lambda d: self._finish(transaction))
         self._pending[transaction_id] = transaction
@@ -262,6 +272,7 @@ class StunResponder:
         self.answered = 0
         self.refused = 0  # well-formed requests over the rate limit
         self.ignored = 0  # anything that is not a well-formed Binding request
+        self.too_short = 0  # requests shorter than their answer (unpadded): not answered
 
     def respond(self, datagram: bytes, source: Address) -> Reply | None:
         try:
@@ -279,19 +290,29 @@ class StunResponder:
         self.answered += 1
         unknown = request.unknown_required(KNOWN_REQUEST_ATTRIBUTES)
         if unknown:
-            return Reply(self._error(request, 420, "Unknown Attribute", unknown))
+            return self._bounded(self._error(request, 420, "Unknown Attribute", unknown),
+                                 datagram)
         try:
             change_ip, change_port = stun.read_change_request(request)
         except MalformedMessage:
-            return Reply(self._error(request, 400, "Bad Request"))
+            return self._bounded(self._error(request, 400, "Bad Request"), datagram)
         if change_ip or (change_port and not self._alternate_port):
-            return Reply(self._error(request, 420, "Unknown Attribute", (stun.CHANGE_REQUEST,)))
+            return self._bounded(self._error(request, 420, "Unknown Attribute",
+                                             (stun.CHANGE_REQUEST,)), datagram)
         attributes = [stun.xor_mapped_address(source, request.transaction_id)]
         if self._software:
             attributes.append(self._software)
         response = stun.StunMessage(stun.BINDING_SUCCESS, request.transaction_id,
                                     tuple(attributes))
-        return Reply(stun.build(response), from_alternate_port=change_port)
+        return self._bounded(stun.build(response), datagram, change_port)
+
+    def _bounded(self, reply: bytes, request: bytes, from_alternate_port: bool = False):
+        """No reply larger than its request: a spoofed source gains nothing by using us as
+        an amplifier. Our clients pad their requests (RFC 5780 PADDING) to REQUEST_SIZE."""
+        if len(reply) > len(request):
+            self.too_short += 1
+            return None
+        return Reply(reply, from_alternate_port=from_alternate_port)
 
     def _error(self, request: stun.StunMessage, code: int, reason: str,
                unknown: tuple[int, ...] = ()) -> bytes:

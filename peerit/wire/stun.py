@@ -275,6 +275,11 @@ def read_address(message: StunMessage, attribute_type: int) -> tuple[str, int] |
     return None if value is None else decode_address(value)
 
 
+def padding(length: int) -> Attribute:
+    """RFC 5780 PADDING: zero bytes that make a request as long as the answer it asks for."""
+    return Attribute(PADDING, bytes(max(0, length)))
+
+
 def software(text: str) -> Attribute:
     value = text.encode("utf-8")
     if len(value) > MAX_SOFTWARE_BYTES or len(text) >= 128:

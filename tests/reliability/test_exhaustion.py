@@ -228,3 +228,4 @@ def test_udp_flood_gets_no_amplification_and_real_requests_still_answered(
         "still_serving": True,
     })
     assert received_bytes <= sent_bytes, "the flood got more bytes back than it sent"
+    assert larger == 0, f"{larger} replies were larger than their request (amplification)"

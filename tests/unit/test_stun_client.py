@@ -152,7 +152,8 @@ class ResponderTests(SynchronousTestCase):
         self.responder = StunResponder(self.clock, alternate_port=True)
 
     def request(self, *attributes, tid=b"t" * 12, message_type=stun.BINDING_REQUEST):
-        return stun.build(stun.StunMessage(message_type, tid, attributes))
+        # Padded as our client pads: the responder never answers with more than it got.
+        return stun.build(stun.StunMessage(message_type, tid, attributes + (stun.padding(64),)))
 
     def test_answers_with_the_source_address_software_and_fingerprint(self):
         reply = self.responder.respond(self.request(), CLIENT)
@@ -164,12 +165,21 @@ class ResponderTests(SynchronousTestCase):
                          [stun.XOR_MAPPED_ADDRESS, stun.SOFTWARE, stun.FINGERPRINT])
         self.assertFalse(reply.from_alternate_port)
 
-    def test_amplification_factor_is_bounded(self):
-        """The smallest request (20 bytes) gets 52 bytes back over IPv4 and 64 over IPv6."""
+    def test_no_reply_is_larger_than_its_request(self):
+        """A bare 20-byte request would get 52 bytes (64 over IPv6): it gets nothing. Padded
+        to our client's REQUEST_SIZE, it is answered, and never with more bytes."""
         bare = stun.build(stun.StunMessage(stun.BINDING_REQUEST, b"t" * 12), fingerprint=False)
         self.assertEqual(len(bare), 20)
-        self.assertEqual(len(self.responder.respond(bare, CLIENT).datagram), 52)
-        self.assertEqual(len(self.responder.respond(bare, ("2001:db8::1", 9)).datagram), 64)
+        self.assertIsNone(self.responder.respond(bare, CLIENT))
+        self.assertIsNone(self.responder.respond(bare, ("2001:db8::1", 9)))
+        self.assertEqual(self.responder.too_short, 2)
+        from peerit.nat.stun import REQUEST_SIZE, StunClient
+        sent = []
+        StunClient(task.Clock(), lambda data, addr: sent.append(data)).binding(SERVER)
+        self.assertGreaterEqual(len(sent[0]), REQUEST_SIZE)
+        for source in (CLIENT, ("2001:db8::1", 9)):
+            reply = self.responder.respond(sent[0], source)
+            self.assertLessEqual(len(reply.datagram), len(sent[0]))
 
     def test_change_port_is_answered_from_the_alternate_port(self):
         reply = self.responder.respond(self.request(stun.change_request(change_port=True)),
@@ -243,11 +253,12 @@ class HostileResponderInputTests(SynchronousTestCase):
         responder = StunResponder(task.Clock(), alternate_port=True, per_source_burst=1e9)
         message = stun.StunMessage(stun.BINDING_REQUEST, b"q" * 12, tuple(
             stun.Attribute(t, v) for t, v in attributes if t != stun.FINGERPRINT))
-        reply = responder.respond(stun.build(message), CLIENT)
+        request = stun.build(message)
+        reply = responder.respond(request, CLIENT)
         if reply is not None:
             response = stun.parse(reply.datagram)
             self.assertIn(response.type, (stun.BINDING_SUCCESS, stun.BINDING_ERROR))
-            self.assertLessEqual(len(reply.datagram), 68)
+            self.assertLessEqual(len(reply.datagram), len(request))
 
     @settings(max_examples=500, deadline=None)
     @given(st.binary(max_size=120))
