@@ -10,7 +10,9 @@ accepts any key and reads the proven peer id from the session afterwards
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator)
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from collections import OrderedDict
+
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from peerit.identity import Identity, peer_id_of_certificate
@@ -63,10 +65,82 @@ class IdentityServerTLS:
         return conn
 
 
-def server_factory(identity: Identity, wrapped_factory, clock=None) -> TLSMemoryBIOFactory:
-    """``clock``: Twisted's TLS layer batches writes with callLater(0); tests pass theirs."""
-    return TLSMemoryBIOFactory(IdentityServerTLS(identity), False, wrapped_factory,
-                               clock=clock)
+class HandshakeGate:
+    """Bounds the TLS handshakes a listener has in progress, in all and per source address.
+
+    A handshake costs ~40 KiB before anything is proven, so thousands of connections that
+    never finish one would grow memory until their timeouts. At a cap the *oldest* pending
+    handshake from that source (or anywhere) is dropped rather than the newcomer refused:
+    an honest client finishes in milliseconds, so an attacker holding slots cannot lock it out.
+    """
+
+    def __init__(self, total: int = 512, per_source: int = 16):
+        self.total = total
+        self.per_source = per_source
+        self._pending: OrderedDict = OrderedDict()  # protocol -> source, oldest first
+        self._by_source: dict[str, int] = {}
+        self.evicted = 0
+
+    def admit(self, protocol, source: str) -> None:
+        if self._by_source.get(source, 0) >= self.per_source:
+            self._evict(next(p for p, s in self._pending.items() if s == source))
+        if len(self._pending) >= self.total:
+            self._evict(next(iter(self._pending)))
+        self._pending[protocol] = source
+        self._by_source[source] = self._by_source.get(source, 0) + 1
+
+    def release(self, protocol) -> None:
+        source = self._pending.pop(protocol, None)
+        if source is not None:
+            left = self._by_source[source] - 1
+            if left:
+                self._by_source[source] = left
+            else:
+                del self._by_source[source]
+
+    def _evict(self, protocol) -> None:
+        self.release(protocol)
+        self.evicted += 1
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+class _GatedTLSProtocol(BufferingTLSTransport):
+    def makeConnection(self, transport):
+        host = getattr(transport.getPeer(), "host", "?")
+        self.factory.gate.admit(self, host)
+        super().makeConnection(transport)
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        # Twisted's own flag (stable since TLSMemoryBIOProtocol exists): the handshake is
+        # over, this connection no longer counts against the gate.
+        if self._handshakeDone:
+            self.factory.gate.release(self)
+
+    def connectionLost(self, reason):
+        self.factory.gate.release(self)
+        super().connectionLost(reason)
+
+
+class GatedTLSFactory(TLSMemoryBIOFactory):
+    protocol = _GatedTLSProtocol
+
+    def __init__(self, *args, gate: HandshakeGate | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = gate or HandshakeGate()
+
+
+def server_factory(identity: Identity, wrapped_factory, clock=None,
+                   gate: HandshakeGate | None = None) -> TLSMemoryBIOFactory:
+    """``clock``: Twisted's TLS layer batches writes with callLater(0); tests pass theirs.
+    Handshakes in progress are bounded by ``gate`` (a default one if not given)."""
+    return GatedTLSFactory(IdentityServerTLS(identity), False, wrapped_factory,
+                           clock=clock, gate=gate)
 
 
 def client_factory(identity: Identity, expected_peer_id: bytes,

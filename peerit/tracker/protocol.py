@@ -10,9 +10,7 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from peerit.identity import Identity
-from twisted.protocols.tls import TLSMemoryBIOFactory
-
-from peerit.tls import IdentityServerTLS, peer_id_of_transport
+from peerit.tls import GatedTLSFactory, IdentityServerTLS, peer_id_of_transport
 from peerit.tracker.session import Tracker
 
 # A peer that stops reading cannot hold a closing connection open for longer than this.
@@ -101,5 +99,5 @@ def tls_factory(identity: Identity, tracker: Tracker):
     Same as ``peerit.tls.server_factory`` but on the tracker's clock: the TLS layer batches
     small writes with ``callLater(0)``, which must run on the injected clock in tests.
     """
-    return TLSMemoryBIOFactory(IdentityServerTLS(identity), False, TrackerFactory(tracker),
-                               clock=tracker.clock)
+    return GatedTLSFactory(IdentityServerTLS(identity), False, TrackerFactory(tracker),
+                           clock=tracker.clock)

@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.application.service import IService, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -72,7 +73,7 @@ class MakeServiceTests(SynchronousTestCase):
         top.startService()
         [(port, factory, _, interface)] = reactor.tcpServers
         self.assertEqual(interface, "127.0.0.1")
-        self.assertEqual(type(factory).__name__, "TLSMemoryBIOFactory")
+        self.assertIsInstance(factory, TLSMemoryBIOFactory)
         endpoint = os.path.join(data_dir, ENDPOINT_FILE)
         self.assertFalse(os.path.exists(endpoint), "not before the reactor runs")
         reactor.run()  # MemoryReactor: fires the startup triggers only
