@@ -60,6 +60,7 @@ class PeerState:
     last_block_at: float = 0.0
     strikes: int = 0
     attached_at: float = 0.0
+    snubbed_since: float | None = None  # sat on requests: they went to others meanwhile
 
     @property
     def short_id(self) -> str:
@@ -290,7 +291,8 @@ class Swarm:
         return max(2, int(in_flight // c.block_size))
 
     def _request_more(self, peer: PeerState) -> None:
-        if not self.downloading or peer.peer_choking or not peer.am_interested:
+        if (not self.downloading or peer.peer_choking or not peer.am_interested
+                or peer.snubbed_since is not None):
             return
         room = self._pipeline_depth(peer) - len(peer.requested)
         if room <= 0:
@@ -332,6 +334,10 @@ class Swarm:
         if expected is None:
             if key in peer.cancelled:
                 peer.cancelled.discard(key)
+                if peer.snubbed_since is not None:  # slow, not dead: ask it again
+                    peer.snubbed_since = None
+                    peer.last_block_at = self.clock.seconds()
+                    self._request_more(peer)
                 return  # we cancelled it; a late copy is not the peer's fault
             raise ProtocolViolation(f"unsolicited block {block.piece}:{block.offset}")
         if expected[0] != length:
@@ -472,8 +478,17 @@ class Swarm:
     def _check_stalls(self) -> None:
         """Drop peers that sit on our requests without delivering."""
         now = self.clock.seconds()
+        snub_after = self.config.request_timeout / 3
         for peer in list(self.peers.values()):
-            if peer.requested and now - peer.last_block_at > self.config.request_timeout:
+            if (peer.snubbed_since is None and peer.requested
+                    and now - peer.last_block_at > snub_after):
+                # Its blocks (and an exclusive retry it owns) go to others at once; the peer
+                # stays, asked nothing more, until it delivers or the full timeout passes.
+                peer.snubbed_since = now
+                self._forget_requests(peer)
+                continue
+            if (peer.snubbed_since is not None
+                    and now - peer.snubbed_since > self.config.request_timeout):
                 log.info("swarm {swarm}: dropping stalled peer {peer}",
                          swarm=self.info_hash.hex()[:12], peer=peer.short_id)
                 # Taken back at once, it grabbed new requests (an exclusive retry too)

@@ -155,7 +155,13 @@ class TransferTests(SynchronousTestCase):
                 link.swarm.handle(link.state, wire.parse(data))
             acceptor_end.wants_upload = False
         self.assertTrue(dialer_end.state.requested)
-        h.clock.advance(45)
+        h.clock.advance(25)
+        # First its requests are taken back (for others), the link kept...
+        self.assertIsNone(dialer_end.closed)
+        self.assertEqual(dialer_end.state.requested, {})
+        self.assertEqual(leecher.picker.in_progress, {})
+        # ...then, still silent after the full timeout, it is dropped.
+        h.clock.advance(40)
         self.assertIn("stalled", dialer_end.closed)
 
     def test_endgame_requests_duplicates_and_cancels(self):
