@@ -6,7 +6,6 @@ bars), prints the verified SHA-256 of every copy, then stops everything and clea
 """
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -16,14 +15,9 @@ from pathlib import Path
 
 from peerit.ctl.offline import format_size, parse_size
 from peerit.testing.localswarm import LocalSwarm
+from peerit.testing.files import sha256_of
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main(argv=None) -> int:

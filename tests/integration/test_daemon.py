@@ -1,6 +1,5 @@
 """End to end with real processes on loopback: twistd tracker and daemons, peerit-ctl."""
 
-import hashlib
 import json
 import os
 import pwd
@@ -14,39 +13,17 @@ import pytest
 
 from peerit.testing.localswarm import LocalSwarm
 from peerit.testing.processes import ctl_argv, environment
+from peerit.testing.files import random_file, sha256_of, tree_digest  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
 
 
-def random_file(path: Path, size: int, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    block = hashlib.sha256(str(seed).encode()).digest() * (MiB // 32)
-    with open(path, "wb") as f:
-        written = 0
-        counter = 0
-        while written < size:
-            chunk = hashlib.sha256(block[:64] + counter.to_bytes(8, "big")).digest() + \
-                block[32:]
-            chunk = chunk[:min(len(chunk), size - written)]
-            f.write(chunk)
-            written += len(chunk)
-            counter += 1
-    return path
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
-def tree_digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): sha256_of(p) for p in sorted(root.rglob("*"))
-            if p.is_file()}
 
 
 @pytest.fixture

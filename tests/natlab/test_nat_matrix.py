@@ -13,7 +13,6 @@ public namespace, daemons behind the routers, real downloads.
 Every wait is bounded; each case builds its own lab (about a second) and tears it down.
 """
 
-import hashlib
 import json
 import sys
 import time
@@ -28,6 +27,7 @@ from peerit.testing.processes import ctl_argv, environment, twistd_argv
 from peerit.wire import tracker as tracker_wire
 
 from peerit.daemon.tap import Options as _DaemonOptions  # noqa: E402
+from peerit.testing.files import random_file, sha256_of  # noqa: F401
 
 _DAEMON_WIRED = any(option[0] == "paths" for option in _DaemonOptions.optParameters)
 pytestmark = [
@@ -161,22 +161,8 @@ def follow(dl_control: str, seed_control: str, metainfo: str, target: str,
         seed.close()
 
 
-def random_file(path: Path, size: int, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    block = hashlib.sha256(str(seed).encode()).digest()
-    with open(path, "wb") as f:
-        for counter in range(0, size, MiB):
-            head = hashlib.sha256(block + counter.to_bytes(8, "big")).digest()
-            f.write((head * (MiB // 32))[:min(MiB, size - counter)])
-    return path
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

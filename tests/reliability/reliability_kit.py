@@ -1,6 +1,5 @@
 """Helpers shared by the reliability suites (data files, hashes, processes, waiting)."""
 
-import hashlib
 import json
 import os
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 from peerit.testing.localswarm import LocalSwarm
 from peerit.testing.processes import Process
+from peerit.testing.files import random_file, sha256_of  # noqa: F401
 
 LONG = os.environ.get("PEERIT_LONG", "") not in ("", "0")
 MiB = 1 << 20
@@ -21,28 +21,8 @@ def pick(short, long):
 
 # -- data and processes ---------------------------------------------------------------------
 
-def random_file(path: Path, size: int, seed: int = 0) -> Path:
-    """``size`` pseudo-random bytes (fast: SHA-256 chained blocks), reproducible by seed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    block = hashlib.sha256(str(seed).encode()).digest() * (MiB // 32)
-    with open(path, "wb") as f:
-        written = counter = 0
-        while written < size:
-            chunk = hashlib.sha256(block[:64] + counter.to_bytes(8, "big")).digest() + \
-                block[32:]
-            chunk = chunk[:size - written]
-            f.write(chunk)
-            written += len(chunk)
-            counter += 1
-    return path
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def differing_bytes(a: Path, b: Path) -> int:
