@@ -35,6 +35,16 @@ def install_sigterm_exit() -> None:
         atexit.register(lambda: Path(rss_file).write_text(str(proc_peak_rss_mib(os.getpid()))))
 
 
+def add_run_parser(sub):
+    """The ``run`` subcommand every reference has: what the suite calls it with."""
+    p = sub.add_parser("run")
+    p.add_argument("--file", type=Path, required=True)
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--json", required=True)
+    p.add_argument("--timeout", type=float, default=120)
+    return p
+
+
 def make_file(path, size: int) -> None:
     """``size`` bytes that no tool can compress or deduplicate (fresh random 1 MiB blocks
     rotated by a byte each time), left in the page cache like a file just written."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (Children, install_sigterm_exit, wait_for_file,  # noqa: E402
+from common import (add_run_parser, Children, install_sigterm_exit, wait_for_file,  # noqa: E402
                     write_result)
 
 POLL = 0.005  # seconds between status checks while downloading
@@ -153,12 +153,7 @@ def run(src: Path, workdir: Path, downloaders: int, timeout: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
-    p = sub.add_parser("run")
-    p.add_argument("--file", type=Path, required=True)
-    p.add_argument("--workdir", type=Path, required=True)
-    p.add_argument("--downloaders", type=int, default=1)
-    p.add_argument("--json", required=True)
-    p.add_argument("--timeout", type=float, default=120)
+    add_run_parser(sub).add_argument("--downloaders", type=int, default=1)
     p = sub.add_parser("seed")
     p.add_argument("--torrent", type=Path, required=True)
     p.add_argument("--save-path", type=Path, required=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Children, install_sigterm_exit, wait_for_file, write_result  # noqa: E402
+from common import add_run_parser, Children, install_sigterm_exit, wait_for_file, write_result  # noqa: E402
 
 RECV_BUFFER = 1 << 20
 
@@ -88,11 +88,7 @@ def run(src: Path, workdir: Path, timeout: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
-    p = sub.add_parser("run")
-    p.add_argument("--file", type=Path, required=True)
-    p.add_argument("--workdir", type=Path, required=True)
-    p.add_argument("--json", required=True)
-    p.add_argument("--timeout", type=float, default=120)
+    add_run_parser(sub)
     p = sub.add_parser("receive")
     p.add_argument("--port-file", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (Children, free_port, install_sigterm_exit, wait_for_port,  # noqa: E402
+from common import (add_run_parser, Children, free_port, install_sigterm_exit, wait_for_port,  # noqa: E402
                     write_result)
 
 CODE = "7-peerit-bench"
@@ -85,11 +85,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
-    p = sub.add_parser("run")
-    p.add_argument("--file", type=Path, required=True)
-    p.add_argument("--workdir", type=Path, required=True)
-    p.add_argument("--json", required=True)
-    p.add_argument("--timeout", type=float, default=120)
+    add_run_parser(sub)
     args = parser.parse_args()
     install_sigterm_exit()
     write_result(args.json, run(args.file, args.workdir, args.timeout))
