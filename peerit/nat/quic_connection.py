@@ -26,11 +26,12 @@ would see no certificate and refuse the connection.
 from cryptography import x509
 from aioquic import tls
 from aioquic.quic.connection import (
-    CONNECTION_LIMIT_FRAME_CAPACITY, MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection)
+    CONNECTION_LIMIT_FRAME_CAPACITY, MAX_STREAM_DATA_FRAME_CAPACITY)
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.recovery import QuicPacketPacer
 
 from peerit.identity import format_fingerprint, peer_id_of_certificate
+from peerit.nat.quic_fastpath import BulkStreamFastPath
 
 
 #: How late a reactor timer may fire: epoll sleeps in whole milliseconds, rounded up.
@@ -53,7 +54,7 @@ class CoarsePacer(QuicPacketPacer):
             self.bucket_max = TIMER_GRANULARITY
 
 
-class PinnedQuicConnection(QuicConnection):
+class PinnedQuicConnection(BulkStreamFastPath):
     """A QUIC connection that accepts only peers proving one of ``allowed_peer_ids``.
 
     ``receive_window`` bounds what the peer may send beyond what the application consumed
@@ -139,6 +140,24 @@ class PinnedQuicConnection(QuicConnection):
                     handler=self._on_connection_limit_delivery, handler_args=(limit,))
                 buf.push_uint_var(limit.value)
                 limit.sent = limit.value
+
+    def _credit_pending(self) -> bool:
+        """Whether ``_write_connection_limits``/``_write_stream_limits`` would write a frame
+        now (the same tests, without their effects)."""
+        max_data = self._local_max_data
+        if self._raised(max_data.value, self._consumed_total) != max_data.sent:
+            return True
+        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
+            if (limit.sent - limit.used < limit.value - limit.sent
+                    and limit.value != limit.sent):
+                return True
+        for stream in self._streams.values():
+            if stream.max_stream_data_local and self._raised(
+                    stream.max_stream_data_local,
+                    self._consumed_by_stream.get(stream.stream_id, 0)
+            ) != stream.max_stream_data_local_sent:
+                return True
+        return False
 
     def _write_stream_limits(self, builder, space, stream) -> None:
         if not stream.max_stream_data_local:

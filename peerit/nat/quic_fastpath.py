@@ -1,0 +1,396 @@
+"""A bulk fast path through aioquic for 1-RTT packets that carry one stream's data.
+
+aioquic builds and parses every packet with about 85 Python calls (packet builder, frame
+dispatch, stream bookkeeping), which caps a core near 30 MB/s with 1452-byte datagrams. On a
+peer link nearly every packet is the same: a short-header packet with one STREAM frame of our
+byte stream (sending), or one STREAM frame and maybe an ACK (receiving). This module builds
+and parses exactly those packets with a few calls each, and hands everything else to aioquic.
+
+Sending (:meth:`BulkStreamFastPath._write_application`): when nothing but one stream's data is
+waiting (no ACK due, no control frame, no retransmission of the FIN, no key update), full-size
+packets are built directly: a precomputed header, one STREAM frame laid out as aioquic lays
+it out, one AES-GCM call and header protection. Each packet still becomes a
+``QuicSentPacket`` with the stream's delivery handler and goes through the builder, so
+aioquic's ``_flush_builder`` registers it with loss recovery and congestion control exactly as
+its own packets; pacing is applied per packet as aioquic does; flow control limits are the
+same. Whatever is left (an ACK, a short packet at the end of the window, the FIN, control
+frames) is then written by aioquic's own ``_write_application`` in the same call.
+
+Receiving (:meth:`BulkStreamFastPath.receive_datagram`): a short-header packet on the active
+path and connection id, in the current key phase, whose frames are only PADDING, at most one
+ACK and at most one STREAM frame (no FIN, on an existing stream, within flow control) is
+decrypted and applied here. Anything else, and any packet that fails a check, goes to
+aioquic's ``receive_datagram`` untouched: the checks come before any state changes, so the
+packet is processed once, by one of the two.
+
+The aioquic internals used are listed in ``peerit/nat/quic_connection.py``'s docstring (and in
+docs/quic.md); they were checked against aioquic 1.7.2.
+"""
+
+from aioquic import tls
+from aioquic.buffer import Buffer
+from aioquic.quic import events
+from aioquic.quic.connection import END_STATES, QuicConnection, QuicConnectionState
+from aioquic.quic.packet import (
+    QuicFrameType, QuicPacketType, QuicStreamFrame, decode_packet_number, pull_ack_frame)
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.recovery import MAX_ACK_RANGES
+from cryptography.exceptions import InvalidTag
+
+ONE_RTT = tls.Epoch.ONE_RTT
+ZERO_RTT = tls.Epoch.ZERO_RTT
+ONE_RTT_PACKET = QuicPacketType.ONE_RTT
+CONNECTED = QuicConnectionState.CONNECTED
+AEAD_TAG_SIZE = 16
+SAMPLE_SIZE = 16
+PACKET_NUMBER_SEND_SIZE = 2  # aioquic's: every packet it sends has a 2-byte packet number
+STREAM_FRAME = 0x08  # | 0x04 offset present | 0x02 length present | 0x01 FIN
+
+
+def _uint_var(value: int) -> bytes:
+    if value <= 0x3F:
+        return value.to_bytes(1, "big")
+    if value <= 0x3FFF:
+        return (value | 0x4000).to_bytes(2, "big")
+    if value <= 0x3FFFFFFF:
+        return (value | 0x80000000).to_bytes(4, "big")
+    return (value | 0xC000000000000000).to_bytes(8, "big")
+
+
+def _pull_uint_var(data: bytes, pos: int) -> tuple[int, int]:
+    """A QUIC variable-length integer at ``pos``; IndexError/ValueError when truncated."""
+    first = data[pos]
+    size = 1 << (first >> 6)
+    if size == 1:
+        return first, pos + 1
+    end = pos + size
+    if end > len(data):
+        raise ValueError("truncated variable-length integer")
+    return int.from_bytes(data[pos:end], "big") & ((1 << (8 * size - 2)) - 1), end
+
+
+class BulkStreamFastPath(QuicConnection):
+    """Mixed into a ``QuicConnection``: the fast paths, with counters for tests.
+
+    Subclasses tell whether flow-control credit frames are waiting to go out
+    (:meth:`_credit_pending`), since that depends on how they grant credit.
+    """
+
+    #: False: every packet goes through aioquic's own code (the reference, in tests)
+    fast_path = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: packets built / parsed by the fast path, and received packets left to aioquic
+        self.fast_sent = 0
+        self.fast_received = 0
+        self.slow_received = 0
+
+    def _credit_pending(self) -> bool:
+        """Whether a MAX_DATA / MAX_STREAMS / MAX_STREAM_DATA frame would be written now."""
+        raise NotImplementedError
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _write_application(self, builder, network_path, now: float) -> None:
+        if self.fast_path:
+            self._write_stream_burst(builder, network_path, now)
+        super()._write_application(builder, network_path, now)
+
+    def _bulk_stream(self, network_path, now: float):
+        """The one stream whose data may go out in fast-path packets now, or None when
+        anything else is waiting to be sent (aioquic's code must write it)."""
+        if (not self._handshake_confirmed or self._quic_logger is not None
+                or self._state is not CONNECTED):
+            return None
+        space = self._spaces[ONE_RTT]
+        if space.ack_at is not None and space.ack_at <= now:
+            return None  # an ACK is due: aioquic writes it, ahead of the data
+        if (self._handshake_done_pending or self._ping_pending or self._probe_pending
+                or self._streams_blocked_pending or self._datagrams_pending
+                or self._retire_connection_ids or network_path.remote_challenges
+                or not network_path.is_validated
+                or not self._crypto_streams[ONE_RTT].sender.buffer_is_empty):
+            return None
+        for connection_id in self._host_cids:
+            if not connection_id.was_sent:
+                return None
+        found = None
+        for stream in self._streams.values():
+            sender = stream.sender
+            if (stream.is_finished or stream.receiver.stop_pending or sender.reset_pending):
+                return None
+            if not sender.buffer_is_empty and not stream.is_blocked:
+                if found is not None:
+                    return None  # several streams: aioquic's round robin decides
+                found = stream
+        if found is None or self._credit_pending():
+            return None
+        return found
+
+    def _write_stream_burst(self, builder, network_path, now: float) -> None:
+        """Full-size STREAM packets of the bulk stream, while the congestion window, the
+        pacer and flow control allow."""
+        if (builder._packet is not None or builder._buffer.tell()
+                or builder.max_total_bytes is not None):
+            return
+        crypto = self._cryptos[ONE_RTT]
+        send = crypto.send
+        if send.aead is None or crypto._update_key_requested or send.hp._is_chacha20:
+            return
+        stream = self._bulk_stream(network_path, now)
+        if stream is None:
+            return
+        sender = stream.sender
+        try:
+            pending = sender._pending[0]
+        except IndexError:
+            return  # only the FIN is left: aioquic sends it
+        offset = pending.start
+        end = pending.stop
+        if sender._buffer_fin is not None and end >= sender._buffer_fin:
+            end = sender._buffer_fin - 1  # the frame carrying the FIN is aioquic's
+        max_offset = min(sender.highest_offset + self._remote_max_data
+                         - self._remote_max_data_used, stream.max_stream_data_remote)
+        if end > max_offset:
+            end = max_offset
+        if end <= offset:
+            return
+
+        max_datagram = self._max_datagram_size
+        flight_left = (builder.max_flight_bytes - builder._flight_bytes
+                       if builder.max_flight_bytes is not None else 1 << 62)
+        pacer = self._loss._pacer
+        packet_time = pacer.packet_time
+        if packet_time is not None:
+            pacer.update_bucket(now=now)
+        peer_cid = self._peer_cid.cid
+        first_byte = (0x40 | (self._spin_bit << 5) | (crypto.key_phase << 2)
+                      | (PACKET_NUMBER_SEND_SIZE - 1))
+        header_size = 1 + len(peer_cid) + PACKET_NUMBER_SEND_SIZE
+        stream_id = stream.stream_id
+        stream_id_bytes = _uint_var(stream_id)
+        aead = send.aead
+        encrypt = aead._aead.encrypt
+        iv = aead._iv
+        mask_of = send.hp._encryptor.update
+        on_delivery = sender.on_data_delivery
+        buffer = sender._buffer
+        buffer_start = sender._buffer_start
+        datagrams = builder._datagrams
+        packets = builder._packets
+        packet_number = first_packet_number = builder._packet_number
+        first_offset = offset
+        sent_bytes = 0
+        while offset < end:
+            if flight_left < max_datagram:
+                break  # the rest of the window: aioquic fills it with a shorter packet
+            if packet_time is not None:
+                if pacer.bucket_time <= 0:
+                    self._pacing_at = now + packet_time
+                    break
+                if pacer.bucket_time < packet_time:
+                    pacer.bucket_time = 0.0
+                else:
+                    pacer.bucket_time -= packet_time
+            offset_bytes = _uint_var(offset) if offset else b""
+            # aioquic's layout: type, stream id, [offset], 2-byte length, data
+            room = (max_datagram - header_size - AEAD_TAG_SIZE - 3 - len(stream_id_bytes)
+                    - len(offset_bytes))
+            stop = end if end - offset <= room else offset + room
+            frame_type = STREAM_FRAME | 0x02 | (0x04 if offset else 0)
+            payload = (bytes((frame_type,)) + stream_id_bytes + offset_bytes
+                       + ((stop - offset) | 0x4000).to_bytes(2, "big")
+                       + buffer[offset - buffer_start:stop - buffer_start])
+            number_bytes = (packet_number & 0xFFFF).to_bytes(2, "big")
+            header = bytes((first_byte,)) + peer_cid + number_bytes
+            protected = encrypt((iv ^ packet_number).to_bytes(12, "big"), payload, header)
+            mask = mask_of(protected[4 - PACKET_NUMBER_SEND_SIZE:
+                                     4 - PACKET_NUMBER_SEND_SIZE + SAMPLE_SIZE])
+            datagram = (bytes((first_byte ^ (mask[0] & 0x1F),)) + peer_cid
+                        + bytes((number_bytes[0] ^ mask[1], number_bytes[1] ^ mask[2]))
+                        + protected)
+            size = len(datagram)
+            packets.append(QuicSentPacket(
+                epoch=ONE_RTT, in_flight=True, is_ack_eliciting=True, is_crypto_packet=False,
+                packet_number=packet_number, packet_type=ONE_RTT_PACKET, sent_bytes=size,
+                delivery_handlers=[(on_delivery, (offset, stop, False))]))
+            datagrams.append(datagram)
+            flight_left -= size
+            sent_bytes += size
+            packet_number += 1
+            offset = stop
+        if offset == first_offset:
+            return
+        builder._packet_number = packet_number
+        builder._flight_bytes += sent_bytes
+        builder._total_bytes += sent_bytes
+        self.fast_sent += packet_number - first_packet_number
+        sender._pending.subtract(first_offset, offset)
+        if offset > sender.highest_offset:
+            self._remote_max_data_used += offset - sender.highest_offset
+            sender.highest_offset = offset
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr, now: float) -> None:
+        if not (self.fast_path and self._receive_bulk(data, addr, now)):
+            self.slow_received += 1
+            super().receive_datagram(data, addr, now)
+
+    def _receive_bulk(self, data: bytes, addr, now: float) -> bool:
+        """Handle one short-header data packet; False (and nothing changed) when it is not
+        one the fast path takes."""
+        if data[0] & 0x80 or self._state is not CONNECTED or self._quic_logger is not None:
+            return False
+        if not self._handshake_confirmed or self._close_at is None:
+            return False
+        network_path = self._network_paths[0]
+        if network_path.addr != addr or not network_path.is_validated:
+            return False
+        host_cid = self.host_cid
+        number_offset = 1 + len(host_cid)
+        if data[1:number_offset] != host_cid or self._peer_cid.sequence_number is None:
+            return False
+        crypto = self._cryptos[ONE_RTT]
+        recv = crypto.recv
+        if recv.aead is None or recv.hp._is_chacha20:
+            return False
+        if not self._is_client and self._cryptos[ZERO_RTT].recv.aead is not None:
+            return False
+        if len(data) < number_offset + 4 + SAMPLE_SIZE:
+            return False
+        mask = recv.hp._encryptor.update(data[number_offset + 4:number_offset + 4 + SAMPLE_SIZE])
+        first_byte = data[0] ^ (mask[0] & 0x1F)
+        if first_byte & 0x18 or (first_byte >> 2) & 1 != recv.key_phase:
+            return False  # reserved bits (aioquic closes) or a key update
+        number_size = (first_byte & 0x03) + 1
+        payload_offset = number_offset + number_size
+        truncated = (int.from_bytes(data[number_offset:payload_offset], "big")
+                     ^ int.from_bytes(mask[1:1 + number_size], "big"))
+        space = self._spaces[ONE_RTT]
+        packet_number = decode_packet_number(truncated, number_size * 8,
+                                             space.expected_packet_number)
+        header = (bytes((first_byte,)) + host_cid
+                  + truncated.to_bytes(number_size, "big"))
+        aead = recv.aead
+        try:
+            payload = aead._aead.decrypt((aead._iv ^ packet_number).to_bytes(12, "big"),
+                                         data[payload_offset:], header)
+        except InvalidTag:
+            return False  # aioquic drops it
+        if packet_number in space.received_packets:
+            return False  # a duplicate: aioquic drops it
+
+        # Parse and check every frame before changing anything.
+        stream_frame = ack_at = None
+        position, size = 0, len(payload)
+        try:
+            while position < size:
+                frame_type = payload[position]
+                if frame_type == QuicFrameType.PADDING:
+                    position += 1
+                elif STREAM_FRAME <= frame_type <= 0x0F:
+                    if stream_frame is not None or frame_type & 0x01:
+                        return False  # a second STREAM frame, or a FIN
+                    stream_id, position = _pull_uint_var(payload, position + 1)
+                    offset = 0
+                    if frame_type & 0x04:
+                        offset, position = _pull_uint_var(payload, position)
+                    if frame_type & 0x02:
+                        length, position = _pull_uint_var(payload, position)
+                    else:
+                        length = size - position
+                    if position + length > size:
+                        return False
+                    stream_frame = (stream_id, offset, position, length)
+                    position += length
+                elif frame_type in (QuicFrameType.ACK, QuicFrameType.ACK_ECN):
+                    if ack_at is not None:
+                        return False
+                    ack_at = position
+                    buf = Buffer(data=payload)
+                    buf.seek(position + 1)
+                    ranges, _ = pull_ack_frame(buf)
+                    if frame_type == QuicFrameType.ACK_ECN:
+                        buf.pull_uint_var()
+                        buf.pull_uint_var()
+                        buf.pull_uint_var()
+                    position = buf.tell()
+                else:
+                    return False
+        except (ValueError, IndexError):
+            return False  # malformed: aioquic reports the error
+        if stream_frame is None and ack_at is None:
+            return False
+        newly_received = 0
+        if stream_frame is not None:
+            stream_id, offset, data_at, length = stream_frame
+            stream = self._streams.get(stream_id)
+            if stream is None or not self._stream_can_receive(stream_id):
+                return False
+            receiver = stream.receiver
+            if receiver.is_finished or receiver._final_size is not None:
+                return False
+            if offset + length > stream.max_stream_data_local:
+                return False  # aioquic closes with FLOW_CONTROL_ERROR
+            newly_received = max(0, offset + length - receiver.highest_offset)
+            if self._local_max_data.used + newly_received > self._local_max_data.value:
+                return False
+
+        # Apply, in aioquic's order.
+        self.fast_received += 1
+        if packet_number > space.expected_packet_number:
+            space.expected_packet_number = packet_number + 1
+        if packet_number > self._spin_highest_pn:
+            spin_bit = bool(first_byte & 0x20)
+            self._spin_bit = not spin_bit if self._is_client else spin_bit
+            self._spin_highest_pn = packet_number
+        ack_first = ack_at is not None and (stream_frame is None or ack_at < stream_frame[2])
+        if ack_first:
+            self._receive_ack(payload, ack_at, now)
+        if stream_frame is not None:
+            chunk = payload[data_at:data_at + length]
+            if (offset == receiver._buffer_start and length and not receiver._buffer):
+                # in order, nothing buffered: what aioquic's receiver does on its fast path
+                receiver._buffer_start += length
+                if offset + length > receiver.highest_offset:
+                    receiver.highest_offset = offset + length
+                event = events.StreamDataReceived(data=chunk, end_stream=False,
+                                                  stream_id=stream_id)
+            else:
+                event = receiver.handle_frame(
+                    QuicStreamFrame(offset=offset, data=chunk, fin=False))
+            if event is not None:
+                self._events.append(event)
+            self._local_max_data.used += newly_received
+        if ack_at is not None and not ack_first:
+            self._receive_ack(payload, ack_at, now)
+        if self._state in END_STATES or self._close_pending:
+            return True
+        self._close_at = now + self._idle_timeout()
+        self._ack_eliciting_sent_since_receipt = False
+        if not space.discarded:
+            if packet_number > space.largest_received_packet:
+                space.largest_received_packet = packet_number
+                space.largest_received_time = now
+            space.ack_queue.add(packet_number)
+            space.received_packets.add(packet_number)
+            if len(space.ack_queue) > MAX_ACK_RANGES:
+                space.ack_queue.shift()
+            if stream_frame is not None and space.ack_at is None:
+                space.ack_at = now + self._ack_delay
+        return True
+
+    def _receive_ack(self, payload: bytes, position: int, now: float) -> None:
+        """aioquic's ACK frame handling (``_handle_ack_frame``) for a 1-RTT packet."""
+        buf = Buffer(data=payload)
+        buf.seek(position + 1)
+        ranges, delay_encoded = pull_ack_frame(buf)
+        loss = self._loss
+        if not loss.peer_completed_address_validation:
+            loss.peer_completed_address_validation = True
+        loss.on_ack_received(
+            ack_rangeset=ranges,
+            ack_delay=(delay_encoded << self._remote_ack_delay_exponent) / 1000000,
+            now=now, space=self._spaces[ONE_RTT])
