@@ -26,6 +26,7 @@ from peerit.daemon.connector import Candidate, Race, link_attempt
 from peerit.daemon.peerlink import PeerLink
 from peerit.daemon.state import StateDB, SwarmRecord
 from peerit.daemon.transfer import Transfer, file_stamps
+from peerit.daemon.writer import BlockWriter
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
 from peerit.identity import Identity
 from peerit.metainfo import Metainfo
@@ -97,6 +98,7 @@ class Daemon(service.MultiService):
         self.state = None
         self.listen_port = 0
         self._pool = None
+        self.writer = None  # BlockWriter: received blocks to disk, hashed on the way
         self._ports = []
         self._sync_call = None
 
@@ -108,6 +110,8 @@ class Daemon(service.MultiService):
         self.state = StateDB(os.path.join(self.data_dir, "state.sqlite3"))
         self._pool = ThreadPool(1, 2, name="peerit-disk")
         self._pool.start()
+        self.writer = BlockWriter(self.reactor)
+        self.writer.start()
         super().startService()
         d = defer.ensureDeferred(self._start())
         d.addErrback(self._start_failed)
@@ -205,6 +209,8 @@ class Daemon(service.MultiService):
         d = defer.ensureDeferred(self._stop())
 
         def finish(result):
+            if self.writer is not None:
+                self.writer.stop()  # queued blocks written before the files close
             for transfer in self.transfers.values():
                 transfer.store.close()
             if self.state is not None:

@@ -74,7 +74,12 @@ class FileStore:
         self.writable = writable
         self._paths = [str(metainfo.relative_target(f)) for f in metainfo.files]
         self._fds: OrderedDict[int, int] = OrderedDict()
-        self._lock = threading.Lock()  # the fd cache is shared with hashing threads
+        # The fd cache is shared by the reactor, the writer and hashing threads. An fd in use
+        # (leased) is never closed under its user: closed and its number reused by another
+        # open, a pending pwrite would land in some other file.
+        self._lock = threading.Condition(threading.Lock())
+        self._leases: dict[int, int] = {}  # file index -> operations using its fd now
+        self._closed = False
         self._root_fd = None
         self._dirty: set[int] = set()
 
@@ -98,21 +103,73 @@ class FileStore:
             except OSError as e:
                 raise _os_error(e, os.path.join(self.root, self.metainfo.name)) from None
         for index, entry in enumerate(self.metainfo.files):
-            fd = self._open_file(index, create)
-            if create:
-                self._preallocate(fd, entry.size, self.path_of(index))
-            else:
-                size = os.fstat(fd).st_size
-                if size != entry.size:
-                    raise UsageError(
-                        f"{self.path_of(index)} has {size} bytes, the share says {entry.size}")
+            fd = self._lease(index, create)
+            try:
+                if create:
+                    self._preallocate(fd, entry.size, self.path_of(index))
+                else:
+                    size = os.fstat(fd).st_size
+                    if size != entry.size:
+                        raise UsageError(f"{self.path_of(index)} has {size} bytes, "
+                                         f"the share says {entry.size}")
+            finally:
+                self._unlease(index)
 
-    def _open_file(self, index: int, create: bool) -> int:
+    def _lease(self, index: int, create: bool = False) -> int:
+        """The file's fd, kept open (not evicted, not closed) until :meth:`_unlease`.
+
+        The lease is taken before the file is opened: ``close`` then also waits for a walk
+        from the root fd in progress, which must not see that fd closed (or reused).
+        """
         with self._lock:
+            if self._closed:
+                raise PeeritError(f"{self.root}: the share's files are closed")
+            self._leases[index] = self._leases.get(index, 0) + 1
             fd = self._fds.get(index)
             if fd is not None:
                 self._fds.move_to_end(index)
                 return fd
+        try:
+            fd = self._open_file(index, create)
+        except BaseException:
+            self._unlease(index)
+            raise
+        with self._lock:
+            existing = self._fds.get(index)
+            if existing is not None:  # another thread opened it meanwhile
+                os.close(fd)
+                fd = existing
+                self._fds.move_to_end(index)
+            else:
+                self._fds[index] = fd
+                self._evict()
+        return fd
+
+    def _unlease(self, index: int, dirty: bool = False) -> None:
+        with self._lock:
+            left = self._leases[index] - 1
+            if left:
+                self._leases[index] = left
+            else:
+                del self._leases[index]
+                if not self._leases:
+                    self._lock.notify_all()  # close() may be waiting
+            if dirty:
+                self._dirty.add(index)
+
+    def _evict(self) -> None:
+        """Close the least recently used fds beyond MAX_OPEN_FILES (lock held)."""
+        excess = len(self._fds) - MAX_OPEN_FILES
+        if excess <= 0:
+            return
+        for old_index in [i for i in self._fds if i not in self._leases][:excess]:
+            old_fd = self._fds.pop(old_index)
+            if old_index in self._dirty:
+                os.fdatasync(old_fd)
+                self._dirty.discard(old_index)
+            os.close(old_fd)
+
+    def _open_file(self, index: int, create: bool) -> int:
         parts = self._paths[index].split("/")
         path = self.path_of(index)
         dir_fd = self._root_fd
@@ -146,14 +203,6 @@ class FileStore:
         finally:
             for d in opened:
                 os.close(d)
-        with self._lock:
-            self._fds[index] = fd
-            while len(self._fds) > MAX_OPEN_FILES:
-                old_index, old_fd = self._fds.popitem(last=False)
-                if old_index in self._dirty:
-                    os.fdatasync(old_fd)
-                    self._dirty.discard(old_index)
-                os.close(old_fd)
         return fd
 
     def _preallocate(self, fd: int, size: int, path: str) -> None:
@@ -171,15 +220,12 @@ class FileStore:
         except OSError as e:
             raise _os_error(e, path) from None
 
-    def _fd(self, index: int) -> int:
-        return self._open_file(index, False)
-
     # -- data -----------------------------------------------------------------------------
     def write_block(self, piece: int, offset: int, data) -> None:
         view = memoryview(data)
         done = 0
         for file_index, file_offset, length in self.metainfo.segments(piece, offset, len(view)):
-            fd = self._fd(file_index)
+            fd = self._lease(file_index)
             chunk = view[done:done + length]
             try:
                 while chunk:
@@ -188,27 +234,24 @@ class FileStore:
                     file_offset += written
             except OSError as e:
                 raise _os_error(e, self.path_of(file_index)) from None
-            self._dirty.add(file_index)
+            finally:
+                self._unlease(file_index, dirty=True)
             done += length
 
     def read_block(self, piece: int, offset: int, length: int) -> bytes:
-        segments = self.metainfo.segments(piece, offset, length)
-        try:
-            if len(segments) == 1:
-                file_index, file_offset, seg_length = segments[0]
-                data = os.pread(self._fd(file_index), seg_length, file_offset)
-                if len(data) != seg_length:
-                    raise PeeritError(f"{self.path_of(file_index)} is shorter than the share")
-                return data
-            parts = []
-            for file_index, file_offset, seg_length in segments:
-                data = os.pread(self._fd(file_index), seg_length, file_offset)
-                if len(data) != seg_length:
-                    raise PeeritError(f"{self.path_of(file_index)} is shorter than the share")
-                parts.append(data)
-            return b"".join(parts)
-        except OSError as e:
-            raise _os_error(e, self.root) from None
+        parts = []
+        for file_index, file_offset, seg_length in self.metainfo.segments(piece, offset, length):
+            fd = self._lease(file_index)
+            try:
+                data = os.pread(fd, seg_length, file_offset)
+            except OSError as e:
+                raise _os_error(e, self.path_of(file_index)) from None
+            finally:
+                self._unlease(file_index)
+            if len(data) != seg_length:
+                raise PeeritError(f"{self.path_of(file_index)} is shorter than the share")
+            parts.append(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def piece_digest(self, piece: int) -> bytes:
         size = self.metainfo.piece_size(piece)
@@ -220,7 +263,11 @@ class FileStore:
             want = min(len(buffer), size - position)
             for file_index, file_offset, length in self.metainfo.segments(piece, position,
                                                                          want):
-                got = os.preadv(self._fd(file_index), [view[:length]], file_offset)
+                fd = self._lease(file_index)
+                try:
+                    got = os.preadv(fd, [view[:length]], file_offset)
+                finally:
+                    self._unlease(file_index)
                 if got != length:
                     return b""  # a short file cannot match any hash
                 digest.update(view[:length])
@@ -229,13 +276,23 @@ class FileStore:
 
     def sync(self) -> None:
         with self._lock:
-            dirty = [(i, self._fds[i]) for i in self._dirty if i in self._fds]
+            dirty = [i for i in self._dirty if i in self._fds]
             self._dirty.clear()
-        for _, fd in dirty:
-            os.fdatasync(fd)
+            for i in dirty:
+                self._leases[i] = self._leases.get(i, 0) + 1
+        try:
+            for i in dirty:
+                os.fdatasync(self._fds[i])
+        finally:
+            for i in dirty:
+                self._unlease(i)
 
     def close(self) -> None:
+        """Close every file once no thread is using it; later calls fail with PeeritError."""
         with self._lock:
+            self._closed = True
+            while self._leases:
+                self._lock.wait()
             fds = list(self._fds.values())
             self._fds.clear()
         for fd in fds:

@@ -74,10 +74,13 @@ class ProtocolViolation(Exception):
 class Swarm:
     def __init__(self, metainfo, store, have: Bitfield, clock, rng, my_peer_id: bytes,
                  verify, on_verified=None, on_complete=None, config: SwarmConfig = None,
-                 on_storage_error=None):
+                 on_storage_error=None, write_block=None):
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.store = store
+        # (piece, offset, data) -> None; the daemon queues it to its writer thread. Raises
+        # PeeritError for a storage failure (at once or one reported since).
+        self.write_block = write_block or store.write_block
         self.have = have
         self.clock = clock
         self.rng = rng
@@ -351,7 +354,7 @@ class Swarm:
             peer, block.piece, block.offset, length)
         if accepted:
             try:
-                self.store.write_block(block.piece, block.offset, block.data)
+                self.write_block(block.piece, block.offset, block.data)
             except PeeritError as e:
                 # A full disk is not the peer's fault and no other peer can help: stop
                 # with one clear error instead of failing every link, then redialing.

@@ -17,6 +17,7 @@ from peerit.bitfield import Bitfield
 from peerit.daemon.state import SwarmRecord
 from peerit.daemon.storage import FileStore
 from peerit.daemon.swarm import Swarm, SwarmConfig
+from peerit.daemon.writer import PieceHashes
 from peerit.errors import PeeritError
 
 log = Logger()
@@ -73,6 +74,8 @@ class Transfer:
         self._checking = None
         self._maintain_call = None
         self._unsynced = 0
+        self._hashes = None  # PieceHashes of the running swarm, touched by the writer only
+        self._write_error = None  # PeeritError the writer thread met, raised on next write
         if record is not None:
             self.paused = record.paused
             if record.verified:
@@ -162,11 +165,15 @@ class Transfer:
         self.error = message
 
     def _start_swarm(self) -> None:
+        # A fresh PieceHashes per swarm: blocks of an earlier run still in the writer's
+        # queue feed the old one, which nobody asks again.
+        self._hashes = PieceHashes(self.metainfo.piece_size)
+        self._write_error = None
         self.swarm = Swarm(
             self.metainfo, self.store, self.have, self.clock, self.daemon.rng,
             self.daemon.peer_id, verify=self._verify_piece, on_verified=self._piece_verified,
             on_complete=self._completed, config=SwarmConfig(),
-            on_storage_error=self._storage_failed)
+            on_storage_error=self._storage_failed, write_block=self._write_block)
         self.swarm.start()
         self.state = "seeding" if self.have.complete else "downloading"
         self.error = ""
@@ -182,8 +189,37 @@ class Transfer:
         return bytes_left(self.metainfo, self.have)
 
     # -- pieces ---------------------------------------------------------------------------
+    def _write_block(self, piece: int, offset: int, data) -> None:
+        """Reactor thread: queue a received block for the writer thread."""
+        if self._write_error is not None:
+            raise self._write_error
+        self.daemon.writer.submit(len(data), self._write_in_writer, self._hashes, self.swarm,
+                                  piece, offset, data)
+
+    def _write_in_writer(self, hashes: PieceHashes, swarm, piece: int, offset: int,
+                         data) -> None:
+        """Writer thread: write the block, then hash it from the same memory."""
+        try:
+            self.store.write_block(piece, offset, data)
+        except PeeritError as e:
+            hashes.spoil(piece)  # its check reads back what is (not) on disk
+            if self._write_error is None and swarm is self.swarm:
+                self._write_error = e
+                self.daemon.reactor.callFromThread(self._write_failed, swarm, e)
+            return
+        hashes.add(piece, offset, data)
+
+    def _write_failed(self, swarm, error: PeeritError) -> None:
+        if swarm is self.swarm and swarm.running:
+            self._storage_failed(error)
+
     def _verify_piece(self, piece: int) -> defer.Deferred:
-        return self.daemon.in_thread(self.store.piece_digest, piece)
+        # Through the writer: after every block of the piece is written (one thread, FIFO).
+        return self.daemon.writer.call(self._digest_in_writer, self._hashes, piece)
+
+    def _digest_in_writer(self, hashes: PieceHashes, piece: int) -> bytes:
+        digest = hashes.finish(piece)
+        return digest if digest is not None else self.store.piece_digest(piece)
 
     def _piece_verified(self, piece: int) -> None:
         # Journaled at once: a SIGKILL a moment later must not cost this piece again.
