@@ -85,6 +85,9 @@ class BulkStreamFastPath(QuicConnection):
         self.fast_sent = 0
         self.fast_received = 0
         self.slow_received = 0
+        self._fast_recv = self._fast_space = self._fast_event = None
+        self._fast_close_at = self._fast_idle_timeout = None
+        self._parsed_ack_at = None
 
     def _credit_pending(self) -> bool:
         """Whether a MAX_DATA / MAX_STREAMS / MAX_STREAM_DATA frame would be written now."""
@@ -241,9 +244,8 @@ class BulkStreamFastPath(QuicConnection):
     def _receive_bulk(self, data: bytes, addr, now: float) -> bool:
         """Handle one short-header data packet; False (and nothing changed) when it is not
         one the fast path takes."""
-        if data[0] & 0x80 or self._state is not CONNECTED or self._quic_logger is not None:
-            return False
-        if not self._handshake_confirmed or self._close_at is None:
+        if (data[0] & 0x80 or self._state is not CONNECTED or not self._handshake_confirmed
+                or self._quic_logger is not None or self._close_at is None):
             return False
         network_path = self._network_paths[0]
         if network_path.addr != addr or not network_path.is_validated:
@@ -252,15 +254,21 @@ class BulkStreamFastPath(QuicConnection):
         number_offset = 1 + len(host_cid)
         if data[1:number_offset] != host_cid or self._peer_cid.sequence_number is None:
             return False
-        crypto = self._cryptos[ONE_RTT]
-        recv = crypto.recv
-        if recv.aead is None or recv.hp._is_chacha20:
+        recv = self._fast_recv
+        if recv is None:
+            # The crypto context and packet space live as long as the connection (a key
+            # update changes the context's AEAD and key phase in place).
+            recv = self._fast_recv = self._cryptos[ONE_RTT].recv
+            self._fast_space = self._spaces[ONE_RTT]
+        aead = recv.aead
+        if aead is None or recv.hp._is_chacha20:
             return False
         if not self._is_client and self._cryptos[ZERO_RTT].recv.aead is not None:
             return False
-        if len(data) < number_offset + 4 + SAMPLE_SIZE:
+        sample_at = number_offset + 4
+        if len(data) < sample_at + SAMPLE_SIZE:
             return False
-        mask = recv.hp._encryptor.update(data[number_offset + 4:number_offset + 4 + SAMPLE_SIZE])
+        mask = recv.hp._encryptor.update(data[sample_at:sample_at + SAMPLE_SIZE])
         first_byte = data[0] ^ (mask[0] & 0x1F)
         if first_byte & 0x18 or (first_byte >> 2) & 1 != recv.key_phase:
             return False  # reserved bits (aioquic closes) or a key update
@@ -268,79 +276,69 @@ class BulkStreamFastPath(QuicConnection):
         payload_offset = number_offset + number_size
         truncated = (int.from_bytes(data[number_offset:payload_offset], "big")
                      ^ int.from_bytes(mask[1:1 + number_size], "big"))
-        space = self._spaces[ONE_RTT]
-        packet_number = decode_packet_number(truncated, number_size * 8,
-                                             space.expected_packet_number)
-        header = (bytes((first_byte,)) + host_cid
-                  + truncated.to_bytes(number_size, "big"))
-        aead = recv.aead
+        space = self._fast_space
+        # decode_packet_number (RFC 9000 appendix A.3)
+        expected = space.expected_packet_number
+        window = 1 << (number_size * 8)
+        packet_number = (expected & ~(window - 1)) | truncated
+        if packet_number <= expected - (window >> 1) and packet_number < (1 << 62) - window:
+            packet_number += window
+        elif packet_number > expected + (window >> 1) and packet_number >= window:
+            packet_number -= window
         try:
-            payload = aead._aead.decrypt((aead._iv ^ packet_number).to_bytes(12, "big"),
-                                         data[payload_offset:], header)
+            payload = aead._aead.decrypt(
+                (aead._iv ^ packet_number).to_bytes(12, "big"), data[payload_offset:],
+                bytes((first_byte,)) + host_cid + truncated.to_bytes(number_size, "big"))
         except InvalidTag:
             return False  # aioquic drops it
-        if packet_number in space.received_packets:
+        if (packet_number <= space.largest_received_packet
+                and packet_number in space.received_packets):
             return False  # a duplicate: aioquic drops it
 
-        # Parse and check every frame before changing anything.
-        stream_frame = ack_at = None
-        position, size = 0, len(payload)
-        try:
-            while position < size:
-                frame_type = payload[position]
-                if frame_type == QuicFrameType.PADDING:
-                    position += 1
-                elif STREAM_FRAME <= frame_type <= 0x0F:
-                    if stream_frame is not None or frame_type & 0x01:
-                        return False  # a second STREAM frame, or a FIN
-                    stream_id, position = _pull_uint_var(payload, position + 1)
-                    offset = 0
-                    if frame_type & 0x04:
-                        offset, position = _pull_uint_var(payload, position)
-                    if frame_type & 0x02:
-                        length, position = _pull_uint_var(payload, position)
-                    else:
-                        length = size - position
-                    if position + length > size:
-                        return False
-                    stream_frame = (stream_id, offset, position, length)
-                    position += length
-                elif frame_type in (QuicFrameType.ACK, QuicFrameType.ACK_ECN):
-                    if ack_at is not None:
-                        return False
-                    ack_at = position
-                    buf = Buffer(data=payload)
-                    buf.seek(position + 1)
-                    ranges, _ = pull_ack_frame(buf)
-                    if frame_type == QuicFrameType.ACK_ECN:
-                        buf.pull_uint_var()
-                        buf.pull_uint_var()
-                        buf.pull_uint_var()
-                    position = buf.tell()
-                else:
-                    return False
-        except (ValueError, IndexError):
-            return False  # malformed: aioquic reports the error
-        if stream_frame is None and ack_at is None:
+        # Parse and check every frame before changing anything. The common packet, one
+        # STREAM frame with offset and length on a 1-byte stream id, is read inline.
+        ack_at = None
+        frame_type = payload[0]
+        if frame_type == 0x0E and payload[1] < 0x40 and len(payload) > 4:
+            stream_id = payload[1]
+            size = 1 << (payload[2] >> 6)
+            offset = int.from_bytes(payload[2:2 + size], "big") & _VARINT_MASK[size]
+            data_at = 2 + size + 2
+            length = int.from_bytes(payload[2 + size:data_at], "big")
+            if length & 0xC000 != 0x4000 or data_at + length != len(payload):
+                stream_frame = self._parse_frames(payload)
+            else:
+                stream_frame = (stream_id, offset, data_at, length & 0x3FFF)
+        else:
+            stream_frame = self._parse_frames(payload)
+        if stream_frame is None:
             return False
+        if stream_frame is _ACK_ONLY:
+            stream_frame = None
+            ack_at = self._parsed_ack_at
+        elif len(stream_frame) == 5:
+            ack_at = stream_frame[4]
         newly_received = 0
         if stream_frame is not None:
-            stream_id, offset, data_at, length = stream_frame
+            stream_id, offset, data_at, length = stream_frame[:4]
             stream = self._streams.get(stream_id)
             if stream is None or not self._stream_can_receive(stream_id):
                 return False
             receiver = stream.receiver
             if receiver.is_finished or receiver._final_size is not None:
                 return False
-            if offset + length > stream.max_stream_data_local:
+            end = offset + length
+            if end > stream.max_stream_data_local:
                 return False  # aioquic closes with FLOW_CONTROL_ERROR
-            newly_received = max(0, offset + length - receiver.highest_offset)
-            if self._local_max_data.used + newly_received > self._local_max_data.value:
-                return False
+            if end > receiver.highest_offset:
+                newly_received = end - receiver.highest_offset
+                local_max_data = self._local_max_data
+                if local_max_data.used + newly_received > local_max_data.value:
+                    return False  # aioquic closes with FLOW_CONTROL_ERROR
 
         # Apply, in aioquic's order.
         self.fast_received += 1
-        if packet_number > space.expected_packet_number:
+        if packet_number > expected:
             space.expected_packet_number = packet_number + 1
         if packet_number > self._spin_highest_pn:
             spin_bit = bool(first_byte & 0x20)
@@ -351,24 +349,28 @@ class BulkStreamFastPath(QuicConnection):
             self._receive_ack(payload, ack_at, now)
         if stream_frame is not None:
             chunk = payload[data_at:data_at + length]
-            if (offset == receiver._buffer_start and length and not receiver._buffer):
+            if offset == receiver._buffer_start and length and not receiver._buffer:
                 # in order, nothing buffered: what aioquic's receiver does on its fast path
-                receiver._buffer_start += length
-                if offset + length > receiver.highest_offset:
-                    receiver.highest_offset = offset + length
-                event = events.StreamDataReceived(data=chunk, end_stream=False,
-                                                  stream_id=stream_id)
+                receiver._buffer_start = end
+                if newly_received:
+                    receiver.highest_offset = end
+                    self._local_max_data.used += newly_received
+                self._add_stream_chunk(stream_id, chunk)
             else:
                 event = receiver.handle_frame(
                     QuicStreamFrame(offset=offset, data=chunk, fin=False))
-            if event is not None:
-                self._events.append(event)
-            self._local_max_data.used += newly_received
+                if event is not None:
+                    self._add_stream_chunk(stream_id, event.data)
+                self._local_max_data.used += newly_received
         if ack_at is not None and not ack_first:
             self._receive_ack(payload, ack_at, now)
-        if self._state in END_STATES or self._close_pending:
+        if self._state is not CONNECTED or self._close_pending:
             return True
-        self._close_at = now + self._idle_timeout()
+        # aioquic re-arms the idle timer with every packet; its length only changes with
+        # the RTT estimate, i.e. when an ACK was processed (here or by aioquic).
+        if ack_at is not None or self._close_at != self._fast_close_at:
+            self._fast_idle_timeout = self._idle_timeout()
+        self._close_at = self._fast_close_at = now + self._fast_idle_timeout
         self._ack_eliciting_sent_since_receipt = False
         if not space.discarded:
             if packet_number > space.largest_received_packet:
@@ -382,6 +384,65 @@ class BulkStreamFastPath(QuicConnection):
                 space.ack_at = now + self._ack_delay
         return True
 
+    def _parse_frames(self, payload: bytes):
+        """Frames of a payload the inline reader did not take: ``(stream_id, offset,
+        data_at, length[, ack_at])`` for one STREAM frame (and maybe one ACK frame),
+        ``_ACK_ONLY`` for an ACK and PADDING, None when aioquic must handle the packet."""
+        stream_frame = ack_at = None
+        position, size = 0, len(payload)
+        try:
+            while position < size:
+                frame_type = payload[position]
+                if frame_type == 0x00:  # PADDING
+                    position += 1
+                elif STREAM_FRAME <= frame_type <= 0x0F:
+                    if stream_frame is not None or frame_type & 0x01:
+                        return None  # a second STREAM frame, or a FIN
+                    stream_id, position = _pull_uint_var(payload, position + 1)
+                    offset = 0
+                    if frame_type & 0x04:
+                        offset, position = _pull_uint_var(payload, position)
+                    if frame_type & 0x02:
+                        length, position = _pull_uint_var(payload, position)
+                    else:
+                        length = size - position
+                    if position + length > size:
+                        return None
+                    stream_frame = (stream_id, offset, position, length)
+                    position += length
+                elif frame_type in (0x02, 0x03):  # ACK, ACK_ECN
+                    if ack_at is not None:
+                        return None
+                    ack_at = position
+                    buf = Buffer(data=payload)
+                    buf.seek(position + 1)
+                    pull_ack_frame(buf)
+                    if frame_type == 0x03:
+                        buf.pull_uint_var()
+                        buf.pull_uint_var()
+                        buf.pull_uint_var()
+                    position = buf.tell()
+                else:
+                    return None
+        except (ValueError, IndexError):
+            return None  # malformed: aioquic reports the error
+        if stream_frame is None:
+            if ack_at is None:
+                return None
+            self._parsed_ack_at = ack_at
+            return _ACK_ONLY
+        return stream_frame if ack_at is None else stream_frame + (ack_at,)
+
+    def _add_stream_chunk(self, stream_id: int, chunk: bytes) -> None:
+        """Received in-order data: appended to the last event when that is ours already,
+        so a burst of packets makes one event (one ``dataReceived`` upstream)."""
+        event = self._fast_event
+        if event is None or event.stream_id != stream_id or not self._events \
+                or self._events[-1] is not event:
+            event = self._fast_event = StreamChunksReceived(stream_id)
+            self._events.append(event)
+        event.chunks.append(chunk)
+
     def _receive_ack(self, payload: bytes, position: int, now: float) -> None:
         """aioquic's ACK frame handling (``_handle_ack_frame``) for a 1-RTT packet."""
         buf = Buffer(data=payload)
@@ -393,4 +454,19 @@ class BulkStreamFastPath(QuicConnection):
         loss.on_ack_received(
             ack_rangeset=ranges,
             ack_delay=(delay_encoded << self._remote_ack_delay_exponent) / 1000000,
-            now=now, space=self._spaces[ONE_RTT])
+            now=now, space=self._fast_space)
+
+
+class StreamChunksReceived(events.QuicEvent):
+    """In-order data of one stream received on the fast path, as a list of chunks (aioquic
+    reports it as one ``StreamDataReceived`` per packet). Never carries a FIN."""
+
+    __slots__ = ("stream_id", "chunks")
+
+    def __init__(self, stream_id: int):
+        self.stream_id = stream_id
+        self.chunks: list[bytes] = []
+
+
+_ACK_ONLY = object()
+_VARINT_MASK = {1: 0x3F, 2: 0x3FFF, 4: 0x3FFFFFFF, 8: 0x3FFFFFFFFFFFFFFF}
