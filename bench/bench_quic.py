@@ -154,6 +154,9 @@ def child(args) -> None:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.top)
         outcome["profile"] = text.getvalue()
+    reader, writer = port.doRead, proto._writer
+    outcome["io"] = (f"{writer.datagrams} sent in {writer.syscalls} syscalls, "
+                     f"{reader.datagrams} read in {reader.syscalls}")
     port.stopListening()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     outcome["cpu"] = usage.ru_utime + usage.ru_stime
@@ -342,6 +345,7 @@ def main() -> None:
                   f"{receiver['transfer_cpu']:.2f} -> CPU-bound ceiling {ceiling:.1f} MB/s; "
                   f"socket buffers {receiver['buffers']}; send failures "
                   f"{sender['send_failures']}/{receiver['send_failures']})")
+            print(f"       sender: {sender.get('io')}; receiver: {receiver.get('io')}")
             if args.profile:
                 for side in ("sender", "receiver"):
                     print(f"--- profile of the {side} (run {run + 1}) ---")
