@@ -10,8 +10,9 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from peerit.identity import Identity
-from peerit.tls import GatedTLSFactory, IdentityServerTLS, peer_id_of_transport
+from peerit.tls import IdentityServerTLS, peer_id_of_transport
 from peerit.tracker.session import Tracker
+from peerit.tracker.transport import TrackerTLSFactory
 
 # A peer that stops reading cannot hold a closing connection open for longer than this.
 CLOSE_GRACE = 5.0
@@ -96,8 +97,10 @@ class TrackerFactory(Factory):
 def tls_factory(identity: Identity, tracker: Tracker):
     """What the tracker listens with: our TLS around :class:`TrackerFactory`.
 
-    Same as ``peerit.tls.server_factory`` but on the tracker's clock: the TLS layer batches
-    small writes with ``callLater(0)``, which must run on the injected clock in tests.
+    Same as ``peerit.tls.server_factory`` (handshakes bounded the same way) but with the
+    tracker's write path (``peerit.tracker.transport``), on the tracker's clock: writes
+    outside a read are gathered with ``callLater(0)``, which must run on the injected clock
+    in tests.
     """
-    return GatedTLSFactory(IdentityServerTLS(identity), False, TrackerFactory(tracker),
-                           clock=tracker.clock)
+    return TrackerTLSFactory(IdentityServerTLS(identity), False, TrackerFactory(tracker),
+                             tracker.clock)

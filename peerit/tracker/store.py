@@ -85,12 +85,21 @@ class ISwarmStore(Interface):
 
 
 class _IndexedSet:
-    """A set with O(1) add/remove and O(k) random sampling (a list plus positions)."""
+    """Peer ids with O(1) add/remove and O(k) random sampling (a list plus positions), each
+    with its encoded PeerInfo in a parallel list.
 
-    __slots__ = ("items", "positions")
+    Why the encoded bytes live here and not only on the peer: a peer list of a small swarm is
+    then a copy of one list, where looking each member up in the peer table (its record, its
+    swarms, its encodings) was the largest single cost of a peer list (cache misses over
+    thousands of peers). The bytes objects are the peer's own (``_Peer.encoded``), so this
+    costs one pointer per entry.
+    """
+
+    __slots__ = ("items", "values", "positions")
 
     def __init__(self):
         self.items: list[bytes] = []
+        self.values: list[bytes] = []
         self.positions: dict[bytes, int] = {}
 
     def __len__(self):
@@ -99,34 +108,54 @@ class _IndexedSet:
     def __contains__(self, item):
         return item in self.positions
 
-    def add(self, item: bytes) -> bool:
+    def add(self, item: bytes, value: bytes) -> bool:
         if item in self.positions:
             return False
         self.positions[item] = len(self.items)
         self.items.append(item)
+        self.values.append(value)
         return True
+
+    def replace(self, item: bytes, value: bytes) -> None:
+        self.values[self.positions[item]] = value
 
     def discard(self, item: bytes) -> bool:
         position = self.positions.pop(item, None)
         if position is None:
             return False
         last = self.items.pop()
+        last_value = self.values.pop()
         if position < len(self.items):
             self.items[position] = last
+            self.values[position] = last_value
             self.positions[last] = position
         return True
 
-    def sample(self, count: int, exclude: bytes, rng: random.Random) -> list[bytes]:
-        items = self.items
-        if count <= 0 or not items:
+    def _pick(self, source: list, count: int, exclude: bytes, rng: random.Random) -> list:
+        """Up to ``count`` of ``source`` (``items`` or ``values``) at random positions, never
+        the one of ``exclude``."""
+        n = len(source)
+        if count <= 0 or not n:
             return []
-        if len(items) <= count:
+        skip = self.positions.get(exclude)
+        if n - (skip is not None) <= count:
             # Everyone fits: the sample is the whole set (in no promised order); skipping the
             # shuffle matters because most swarms are smaller than a peer list.
-            return [p for p in items if p != exclude]
-        # One spare draw in case the asker is among those picked.
-        picked = [p for p in rng.sample(items, count + 1) if p != exclude]
-        return picked[:count]
+            if skip is None:
+                return source[:]
+            return source[:skip] + source[skip + 1:]
+        if skip is None:
+            return rng.sample(source, count)
+        # One spare draw in case the excluded one is among those picked.
+        return [source[i] for i in rng.sample(range(n), count + 1) if i != skip][:count]
+
+    def sample(self, count: int, exclude: bytes, rng: random.Random) -> list[bytes]:
+        """Random peer ids."""
+        return self._pick(self.items, count, exclude, rng)
+
+    def sample_values(self, count: int, exclude: bytes, rng: random.Random) -> list[bytes]:
+        """The encoded PeerInfo of random members."""
+        return self._pick(self.values, count, exclude, rng)
 
 
 class _Swarm:
@@ -170,6 +199,11 @@ class MemorySwarmStore:
         fresh = _Peer(contact, now)
         fresh.swarms = peer.swarms
         self._peers[contact.peer_id] = fresh
+        if fresh.encoded != peer.encoded:
+            for info_hash, seeder in fresh.swarms.items():
+                swarm = self._swarms[info_hash]
+                (swarm.seeders if seeder else swarm.leechers).replace(
+                    contact.peer_id, fresh.encoded[seeder])
 
     def touch(self, peer_id: bytes, now: float) -> None:
         peer = self._peers.get(peer_id)
@@ -190,7 +224,7 @@ class MemorySwarmStore:
             (swarm.seeders if was else swarm.leechers).discard(peer_id)
         else:
             self._entries += 1
-        (swarm.seeders if seeder else swarm.leechers).add(peer_id)
+        (swarm.seeders if seeder else swarm.leechers).add(peer_id, peer.encoded[seeder])
         peer.swarms[info_hash] = seeder
         return was is None
 
@@ -224,25 +258,17 @@ class MemorySwarmStore:
         peer = self._peers.get(peer_id)
         return peer.swarms.get(info_hash) if peer is not None else None
 
-    def _ids_sample(self, info_hash, count, asker, prefer_seeders) -> list[bytes]:
+    def sample(self, info_hash: bytes, count: int, asker: bytes,
+               prefer_seeders: bool) -> list[bytes]:
         swarm = self._swarms.get(info_hash)
         if swarm is None or count <= 0:
             return []
         first, second = ((swarm.seeders, swarm.leechers) if prefer_seeders
                          else (swarm.leechers, swarm.seeders))
-        picked = first.sample(count, asker, self._rng)
+        picked = first.sample_values(count, asker, self._rng)
         if len(picked) < count:
-            picked += second.sample(count - len(picked), asker, self._rng)
+            picked += second.sample_values(count - len(picked), asker, self._rng)
         return picked
-
-    def sample(self, info_hash: bytes, count: int, asker: bytes,
-               prefer_seeders: bool) -> list[bytes]:
-        peers = self._peers
-        out = []
-        for peer_id in self._ids_sample(info_hash, count, asker, prefer_seeders):
-            peer = peers[peer_id]
-            out.append(peer.encoded[peer.swarms[info_hash]])
-        return out
 
     def members(self, info_hash: bytes, count: int, exclude: bytes) -> list[bytes]:
         swarm = self._swarms.get(info_hash)

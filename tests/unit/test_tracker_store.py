@@ -60,6 +60,19 @@ class MemorySwarmStoreTests(SynchronousTestCase):
         self.store.put_contact(moved, 5)
         self.assertEqual(self.store.peer_info(A, moved.peer_id), moved.peer_info(False))
 
+    def test_peer_lists_carry_a_new_contact_in_every_swarm_and_role(self):
+        """Peer lists copy cached encodings: a replaced contact must replace them all."""
+        for n in (1, 2):
+            self.store.put_contact(contact(n), 0)
+        self.store.announce(A, contact(1).peer_id, False, 0)
+        self.store.announce(B, contact(1).peer_id, True, 0)
+        moved = Contact(contact(1).peer_id, 7000, 4000, "10.9.9.9", ("192.168.1.5",))
+        self.store.put_contact(moved, 5)
+        for swarm, seeder in ((A, False), (B, True)):
+            [encoded] = self.store.sample(swarm, 10, contact(2).peer_id, True)
+            [listed] = wire.parse(wire.peer_list_body(swarm, [encoded])).peers
+            self.assertEqual(listed, moved.peer_info(seeder))
+
     def test_expire_removes_only_peers_not_seen_since_the_cutoff(self):
         for n in (1, 2):
             self.store.put_contact(contact(n), 0)
