@@ -1,7 +1,8 @@
 """aioquic's sans-IO ``QuicConnection`` with peer-id pinning and bounded flow control.
 
-Every use of aioquic internals lives in this module, so an aioquic upgrade that moves them
-breaks here (and in ``tests/unit/test_quic_connection.py``) rather than silently:
+Every use of aioquic internals lives in this module and in ``quic_fastpath.py`` (mixed in
+here), so an aioquic upgrade that moves them breaks here (and in ``tests/unit/test_quic.py``
+and ``test_quic_fastpath.py``) rather than silently:
 
 - ``Context._request_client_certificate``: aioquic can ask for and check a TLS 1.3 client
   certificate (it verifies the CertificateVerify signature over the handshake transcript) but
@@ -18,6 +19,41 @@ breaks here (and in ``tests/unit/test_quic_connection.py``) rather than silently
   (written, not yet acknowledged) for send back-pressure.
 - ``_loss._pacer`` is replaced by :class:`CoarsePacer`, whose bursts cover the reactor's timer
   granularity (see there).
+
+- The bulk fast path (``peerit/nat/quic_fastpath.py``, mixed in here) overrides
+  ``_write_application`` (it calls aioquic's after its burst) and ``receive_datagram`` (it
+  falls back to aioquic's for any packet it does not take), and reads or updates:
+
+  - connection state: ``_state``, ``_handshake_confirmed``, ``_quic_logger``, ``_is_client``,
+    ``host_cid``, ``_peer_cid`` (``cid``, ``sequence_number``), ``_network_paths[0]``
+    (``addr``, ``is_validated``, ``remote_challenges``), ``_close_at``, ``_close_pending``,
+    ``_idle_timeout()``, ``_ack_eliciting_sent_since_receipt``, ``_ack_delay``,
+    ``_remote_ack_delay_exponent``, ``_spin_bit``, ``_spin_highest_pn``, ``_events``,
+    ``_max_datagram_size``, ``_pacing_at``, ``_stream_can_receive()``;
+  - what else may be waiting to be sent: ``_handshake_done_pending``, ``_ping_pending``,
+    ``_probe_pending``, ``_streams_blocked_pending``, ``_datagrams_pending``,
+    ``_retire_connection_ids``, ``_host_cids[*].was_sent``, ``_crypto_streams[ONE_RTT]``;
+  - keys: ``_cryptos[ONE_RTT]`` (``_update_key_requested``, ``key_phase``, and on ``send`` /
+    ``recv``: ``aead._aead``, ``aead._iv``, ``hp._encryptor``, ``hp._is_chacha20``,
+    ``key_phase``) and ``_cryptos[ZERO_RTT].recv.aead``;
+  - the 1-RTT packet space ``_spaces[ONE_RTT]`` (``ack_at``, ``expected_packet_number``,
+    ``largest_received_packet``/``_time``, ``received_packets``, ``ack_queue``,
+    ``discarded``) and ``recovery.MAX_ACK_RANGES``;
+  - flow control: ``_remote_max_data``, ``_remote_max_data_used``, ``_local_max_data``
+    (``used``, ``value``); streams in ``_streams``: ``is_blocked``,
+    ``max_stream_data_local``/``_remote``, the sender's ``_pending``, ``_buffer``,
+    ``_buffer_start``, ``_buffer_fin``, ``highest_offset``, ``buffer_is_empty``,
+    ``reset_pending``, ``on_data_delivery``, the receiver's ``_buffer``, ``_buffer_start``,
+    ``_final_size``, ``highest_offset``, ``is_finished``, ``stop_pending``,
+    ``handle_frame``;
+  - loss recovery: ``_loss`` (``_pacer.packet_time``/``bucket_time``/``update_bucket``,
+    ``on_ack_received``, ``peer_completed_address_validation``);
+  - the packet builder: ``_packet``, ``_buffer``, ``max_flight_bytes``,
+    ``max_total_bytes``, ``_flight_bytes``, ``_total_bytes``, ``_datagrams``, ``_packets``,
+    ``_packet_number``; and ``QuicSentPacket``'s constructor.
+
+  ``tests/unit/test_quic_fastpath.py`` runs the fast path against aioquic's own code both
+  ways, so a change there shows as a failing transfer rather than a silent corruption.
 
 Everything fails closed: if a newer aioquic ignored the client-certificate switch, the server
 would see no certificate and refuse the connection.

@@ -27,13 +27,15 @@ The aioquic internals used are listed in ``peerit/nat/quic_connection.py``'s doc
 docs/quic.md); they were checked against aioquic 1.7.2.
 """
 
+import dataclasses
+
 from aioquic import tls
 from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.connection import END_STATES, QuicConnection, QuicConnectionState
 from aioquic.quic.packet import (
     QuicFrameType, QuicPacketType, QuicStreamFrame, decode_packet_number, pull_ack_frame)
-from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicSentPacket
 from aioquic.quic.recovery import MAX_ACK_RANGES
 from cryptography.exceptions import InvalidTag
 
@@ -88,6 +90,8 @@ class BulkStreamFastPath(QuicConnection):
         self._fast_recv = self._fast_space = self._fast_event = None
         self._fast_close_at = self._fast_idle_timeout = None
         self._parsed_ack_at = None
+        #: acknowledged ranges of fast-path packets, handed to their stream once per ACK frame
+        self._acked_ranges: list = []
 
     def _credit_pending(self) -> bool:
         """Whether a MAX_DATA / MAX_STREAMS / MAX_STREAM_DATA frame would be written now."""
@@ -177,7 +181,7 @@ class BulkStreamFastPath(QuicConnection):
         encrypt = aead._aead.encrypt
         iv = aead._iv
         mask_of = send.hp._encryptor.update
-        on_delivery = sender.on_data_delivery
+        on_delivery = self._on_fast_delivery
         buffer = sender._buffer
         buffer_start = sender._buffer_start
         datagrams = builder._datagrams
@@ -214,10 +218,8 @@ class BulkStreamFastPath(QuicConnection):
                         + bytes((number_bytes[0] ^ mask[1], number_bytes[1] ^ mask[2]))
                         + protected)
             size = len(datagram)
-            packets.append(QuicSentPacket(
-                epoch=ONE_RTT, in_flight=True, is_ack_eliciting=True, is_crypto_packet=False,
-                packet_number=packet_number, packet_type=ONE_RTT_PACKET, sent_bytes=size,
-                delivery_handlers=[(on_delivery, (offset, stop, False))]))
+            packets.append(_sent_packet(packet_number, size,
+                                        [(on_delivery, (sender, offset, stop))]))
             datagrams.append(datagram)
             flight_left -= size
             sent_bytes += size
@@ -233,6 +235,37 @@ class BulkStreamFastPath(QuicConnection):
         if offset > sender.highest_offset:
             self._remote_max_data_used += offset - sender.highest_offset
             sender.highest_offset = offset
+
+    def _on_fast_delivery(self, delivery, sender, start: int, stop: int) -> None:
+        """Delivery handler of a fast-path packet. A loss goes to the stream at once (its
+        data is sent again); acknowledgements are collected and handed over merged once the
+        ACK frame is done (:meth:`_deliver_acked`): one ``on_data_delivery`` per run of
+        packets instead of one per packet. Acknowledged ranges only add up, so the order of
+        those calls does not matter."""
+        if delivery == QuicDeliveryState.ACKED:
+            self._acked_ranges.append((sender, start, stop))
+        else:
+            sender.on_data_delivery(delivery, start, stop, False)
+
+    def _deliver_acked(self) -> None:
+        ranges = self._acked_ranges
+        if not ranges:
+            return
+        self._acked_ranges = []
+        ranges.sort(key=_range_start)  # packet order is offset order, except after a loss
+        sender, start, stop = ranges[0]
+        for other, other_start, other_stop in ranges[1:]:
+            if other is sender and other_start == stop:
+                stop = other_stop
+                continue
+            sender.on_data_delivery(QuicDeliveryState.ACKED, start, stop, False)
+            sender, start, stop = other, other_start, other_stop
+        sender.on_data_delivery(QuicDeliveryState.ACKED, start, stop, False)
+
+    def _handle_ack_frame(self, context, frame_type: int, buf) -> None:
+        # aioquic's, for ACKs in packets the fast path leaves to it
+        super()._handle_ack_frame(context, frame_type, buf)
+        self._deliver_acked()
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -304,11 +337,11 @@ class BulkStreamFastPath(QuicConnection):
             size = 1 << (payload[2] >> 6)
             offset = int.from_bytes(payload[2:2 + size], "big") & _VARINT_MASK[size]
             data_at = 2 + size + 2
-            length = int.from_bytes(payload[2 + size:data_at], "big")
-            if length & 0xC000 != 0x4000 or data_at + length != len(payload):
-                stream_frame = self._parse_frames(payload)
+            length = int.from_bytes(payload[2 + size:data_at], "big") ^ 0x4000
+            if length >> 14 or data_at + length != len(payload):
+                stream_frame = self._parse_frames(payload)  # not a 2-byte length, or more
             else:
-                stream_frame = (stream_id, offset, data_at, length & 0x3FFF)
+                stream_frame = (stream_id, offset, data_at, length)
         else:
             stream_frame = self._parse_frames(payload)
         if stream_frame is None:
@@ -455,6 +488,7 @@ class BulkStreamFastPath(QuicConnection):
             ack_rangeset=ranges,
             ack_delay=(delay_encoded << self._remote_ack_delay_exponent) / 1000000,
             now=now, space=self._fast_space)
+        self._deliver_acked()
 
 
 class StreamChunksReceived(events.QuicEvent):
@@ -467,6 +501,32 @@ class StreamChunksReceived(events.QuicEvent):
         self.stream_id = stream_id
         self.chunks: list[bytes] = []
 
+
+def _range_start(acked: tuple) -> int:
+    return acked[1]
+
+
+def _sent_packet_by_keywords(packet_number: int, size: int, handlers: list) -> QuicSentPacket:
+    return QuicSentPacket(
+        epoch=ONE_RTT, in_flight=True, is_ack_eliciting=True, is_crypto_packet=False,
+        packet_number=packet_number, packet_type=ONE_RTT_PACKET, sent_bytes=size,
+        delivery_handlers=handlers)
+
+
+def _sent_packet_by_position(packet_number: int, size: int, handlers: list) -> QuicSentPacket:
+    return QuicSentPacket(ONE_RTT, True, True, False, packet_number, ONE_RTT_PACKET, None,
+                          size, handlers, [])
+
+
+# Positional arguments are a third of the cost of keywords; use them while the fields are
+# the ones they were written for (aioquic 1.7.2).
+_SENT_PACKET_FIELDS = ("epoch", "in_flight", "is_ack_eliciting", "is_crypto_packet",
+                       "packet_number", "packet_type", "sent_time", "sent_bytes",
+                       "delivery_handlers", "quic_logger_frames")
+_sent_packet = (
+    _sent_packet_by_position
+    if tuple(field.name for field in dataclasses.fields(QuicSentPacket)) == _SENT_PACKET_FIELDS
+    else _sent_packet_by_keywords)
 
 _ACK_ONLY = object()
 _VARINT_MASK = {1: 0x3F, 2: 0x3FFF, 4: 0x3FFFFFFF, 8: 0x3FFFFFFFFFFFFFFF}

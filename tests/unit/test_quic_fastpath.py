@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.identity import Identity
 from peerit.nat.quic import QuicEndpoint, QuicSettings
+from peerit.nat import quic_fastpath
 from peerit.nat.quic_connection import PinnedQuicConnection
 from peerit.testing.datagrams import DatagramNetwork, drop_fraction, run_until
 
@@ -278,3 +279,14 @@ class FastPathChoiceTests(SynchronousTestCase):
             client.receive_datagram(datagram, B, now + 0.03)
         self.assertEqual(client._loss.bytes_in_flight, 0)
         self.assertEqual(len(client._spaces[tls.Epoch.ONE_RTT].sent_packets), 0)
+        # the stream learnt of every acknowledged byte (merged per ACK frame) and let it go
+        sender = client._streams[2].sender
+        self.assertEqual(client.held_bytes(2, sender.highest_offset), 0)
+        self.assertEqual(len(sender._buffer), sender._buffer_stop - sender.highest_offset)
+
+    def test_fast_sent_packets_are_what_aioquic_would_record(self):
+        """The positional QuicSentPacket constructor matches the keyword one (the fields are
+        checked at import; this checks the values)."""
+        handlers = [(print, (None, 0, 10))]
+        self.assertEqual(quic_fastpath._sent_packet(7, 1452, handlers),
+                         quic_fastpath._sent_packet_by_keywords(7, 1452, handlers))
