@@ -31,11 +31,17 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process (all its threads), from /proc."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    return sum(cpu_times(pid))
 
 
 def make_file(path: Path, size: int) -> None:
@@ -59,7 +65,7 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
         shared = swarm.ctl_json("seed", "share", str(src), "-o", str(Path(work) / "p.p2p"))
         clients = {n: BlockingClient(swarm.daemons[n].control) for n in names}
         pids = {n: swarm.daemons[n].process.pid for n in ["seed", *names]}
-        cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
+        cpu_before = {n: cpu_times(pid) for n, pid in pids.items()}
         started = time.monotonic()
         for name in names:
             clients[name].download(shared["metainfo"], str(Path(work) / name))
@@ -74,11 +80,12 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
             # Each status call costs the daemon a little: 50 Hz in all, however many we watch
             # (20 ms resolution on one download, 160 ms over eight).
             time.sleep(0.02 * len(names))
-        cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items()}
+        kernel = {n: cpu_times(pid)[1] - cpu_before[n][1] for n, pid in pids.items()}
+        cpu = {n: sum(cpu_times(pid)) - sum(cpu_before[n]) for n, pid in pids.items()}
         rss = {n: peak_rss_mib(pid) for n, pid in pids.items()}
         for c in clients.values():
             c.close()
-        return {"seconds": max(finish.values()), "rss": rss, "cpu": cpu}
+        return {"seconds": max(finish.values()), "rss": rss, "cpu": cpu, "kernel": kernel}
 
 
 def main() -> int:
@@ -105,7 +112,11 @@ def main() -> int:
     seed_cpu = statistics.median(r["cpu"]["seed"] for r in results)
     dl_cpu = statistics.median(max(v for k, v in r["cpu"].items() if k != "seed")
                                for r in results)
-    print(f"  CPU seconds (median): seeder {seed_cpu:.2f}, busiest downloader {dl_cpu:.2f}")
+    seed_sys = statistics.median(r["kernel"]["seed"] for r in results)
+    dl_sys = statistics.median(max(v for k, v in r["kernel"].items() if k != "seed")
+                               for r in results)
+    print(f"  CPU seconds (median): seeder {seed_cpu:.2f}, busiest downloader {dl_cpu:.2f}"
+          f" (of which in the kernel: {seed_sys:.2f}, {dl_sys:.2f})")
     if args.downloaders == 1:
         # Robust to a loaded machine: what the busier side could do with a core to itself.
         print(f"  CPU-bound ceiling: {size / max(seed_cpu, dl_cpu) / 1e6:.0f} MB/s")

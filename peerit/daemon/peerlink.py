@@ -91,9 +91,20 @@ class PeerLink(Protocol):
             self._send(wire.Handshake(wire.PROTOCOL_VERSION, self.info_hash, self.my_peer_id))
 
     def dataReceived(self, data):
+        self._frames_received(self._decoder.feed, data)
+
+    # The TLS layer (peerit.tls.DirectReceiveTLS) decrypts straight into these buffers: a
+    # block's payload lands in its own buffer with no intermediate bytes object or copy.
+    def get_buffer(self) -> memoryview:
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._frames_received(self._decoder.buffer_updated, nbytes)
+
+    def _frames_received(self, decode, data) -> None:
         self._last_received = self.clock.seconds()
         try:
-            frames = self._decoder.feed(data)
+            frames = decode(data)
             for body in frames:
                 if self._closed:
                     return

@@ -319,7 +319,7 @@ class Daemon(service.MultiService):
         return Race(self.clock, candidates).run()
 
     def _tcp_attempt(self, info_hash: bytes, peer_id: bytes, host: str, port: int):
-        endpoint = endpoints.wrapClientTLS(
+        endpoint = tls.TLSClientEndpoint(
             tls.PinnedClientTLS(self.identity, peer_id),
             endpoints.HostnameEndpoint(self.reactor, host, port, timeout=10))
 

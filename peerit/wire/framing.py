@@ -46,6 +46,7 @@ class FrameDecoder:
         self._need = None  # body length of the frame being collected, once known
         self._large = None  # the large body being filled, and how much of it is filled
         self._filled = 0
+        self._scratch = None  # get_buffer's buffer when no large body is being filled
 
     @property
     def buffered(self) -> int:
@@ -90,6 +91,31 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return frames
+
+    # -- receiving in place (asyncio's BufferedProtocol shape) ------------------------------
+    SCRATCH_SIZE = 16 * 1024 + 256  # one TLS record's plaintext
+
+    def get_buffer(self) -> memoryview:
+        """Where the next received bytes should go: the rest of the large body being
+        collected (so a block's payload is decrypted straight into its buffer), else a
+        scratch buffer. Fill at most ``len()`` bytes of it, then call :meth:`buffer_updated`."""
+        if self._large is not None:
+            return memoryview(self._large)[self._filled:]
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(self.SCRATCH_SIZE))
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> list:
+        """``nbytes`` were written at the start of the last :meth:`get_buffer`; returns the
+        frames completed, as :meth:`feed` does."""
+        if self._large is not None:
+            self._filled += nbytes
+            if self._filled < len(self._large):
+                return []
+            frame = self._large
+            self._large, self._filled, self._need = None, 0, None
+            return [frame]
+        return self.feed(self._scratch[:nbytes])
 
     def _fill_large(self, data, frames: list):
         """Copy the next part of ``data`` into the large body; return what is left over."""
