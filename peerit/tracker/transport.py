@@ -15,22 +15,51 @@ and under load the fixed costs per answer (not the answers themselves) filled it
   non-blocking ``send``), and only what the kernel does not take is queued the usual way, so
   backpressure and producers work unchanged.
 
+- pyOpenSSL's wrappers cost more than the TLS work for records this small: each ``recv``
+  and ``bio_read`` allocates a 32 KiB buffer, each call checks three callback helpers, and
+  the call that finds nothing more to read (one per read and one per flush) raises
+  ``WantReadError`` through ``_raise_ssl_error``. Measured per request batch (80-byte record
+  in, 600-byte record out): ~13 us through pyOpenSSL's methods, ~5 us calling its binding
+  (``SSL_read``/``SSL_write``/``BIO_read``) directly into one reused buffer. Once the
+  handshake is done the tracker calls the binding directly; anything but data or "want
+  read" goes through pyOpenSSL's own ``_raise_ssl_error``, so errors and shutdown are
+  handled exactly as by Twisted's loop. A pyOpenSSL without the binding gets the plain path.
+
 Everything else (handshake, shutdown, errors, producers, the handshake gate of
 ``peerit.tls``) is the parent classes' own code.
 """
 
 from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 
+from OpenSSL import SSL
 from OpenSSL.SSL import WantReadError
 
 from peerit.tls import GatedTLSFactory
+
+try:
+    # pyOpenSSL's cffi binding (the same one peerit.tls reads peer links with); checked
+    # against pyOpenSSL 26.4, and tests/unit/test_tracker_transport.py fails if the direct
+    # path is not taken.
+    from OpenSSL._util import ffi as _ffi, lib as _lib
+    _DIRECT = (hasattr(SSL.Connection, "_raise_ssl_error")
+               and all(hasattr(_lib, name) for name in (
+                   "SSL_read", "SSL_write", "SSL_get_error", "BIO_read",
+                   "SSL_ERROR_WANT_READ")))
+except ImportError:  # pragma: no cover - a pyOpenSSL without the binding: plain path
+    _DIRECT = False
 
 # Writes gathered outside a read are encrypted at once past this size (as Twisted's own
 # aggregation does), so a burst of pushes to one session holds at most this much plaintext.
 MAX_PENDING = 64 * 1024
 # One bio_read per record written (TLSMemoryBIOProtocol writes at most 16 KiB per SSL_write).
 SEND_BIO_READ = 2 ** 15
+# The direct path's one buffer, for plaintext in and records out alike: every use copies
+# what it got out before the next, and the reactor runs one callback at a time.
+_BUFFER_SIZE = 64 * 1024
+_buffer = _ffi.new("char[]", _BUFFER_SIZE) if _DIRECT else None
 
 
 class TrackerTLSProtocol(GatedTLSFactory.protocol):
@@ -81,9 +110,36 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
         data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending = []
         self._pending_size = 0
-        # The unbuffered write of the TLS layer: one SSL_write per 16 KiB, then the records
-        # go out through _flushSendBIO below.
-        TLSMemoryBIOProtocol.write(self, data)
+        if (not _DIRECT or not self._handshakeDone or self._appSendBuffer
+                or self.disconnecting or self._lostTLSConnection):
+            # The unbuffered write of the TLS layer: one SSL_write per 16 KiB, then the
+            # records go out through _flushSendBIO below.
+            TLSMemoryBIOProtocol.write(self, data)
+            return
+        connection = self._tlsConnection
+        ssl = connection._ssl
+        # pyOpenSSL's contexts allow partial writes: SSL_write takes one record (16 KiB) at
+        # most per call. A memory BIO never blocks, so each call takes some.
+        result = _lib.SSL_write(ssl, data, len(data))
+        if result < len(data) and result > 0:
+            with _ffi.from_buffer(data) as pointer:
+                sent = result
+                while sent < len(data):
+                    result = _lib.SSL_write(ssl, pointer + sent, len(data) - sent)
+                    if result <= 0:
+                        data = data[sent:]
+                        break
+                    sent += result
+        if result <= 0:
+            self._flushSendBIO()  # the records of any part written before the error
+            try:
+                connection._raise_ssl_error(ssl, result)
+            except WantReadError:
+                self._bufferedWrite(data)
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            return
+        self._flushSendBIO()
 
     def dataReceived(self, data):
         self._reading = True
@@ -108,11 +164,50 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
 
     # -- TLS records out --------------------------------------------------------------------
 
+    def _flushReceiveBIO(self):
+        # Twisted's loop (TLSMemoryBIOProtocol._flushReceiveBIO) on the binding: see the
+        # module docstring. Before the handshake is done Twisted's own loop runs.
+        if not _DIRECT or not self._handshakeDone:
+            return super()._flushReceiveBIO()
+        connection = self._tlsConnection
+        ssl = connection._ssl
+        while not self._lostTLSConnection:
+            result = _lib.SSL_read(ssl, _buffer, _BUFFER_SIZE)
+            if result > 0:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, _ffi.buffer(_buffer, result)[:])
+                continue
+            if _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
+                break  # all read; the usual end of every read, without an exception
+            try:
+                connection._raise_ssl_error(ssl, result)
+            except WantReadError:  # pragma: no cover - answered above
+                break
+            except SSL.ZeroReturnError:
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+        self._flushSendBIO()
+
     def _flushSendBIO(self):
-        try:
-            records = self._tlsConnection.bio_read(SEND_BIO_READ)
-        except WantReadError:
+        if not _DIRECT:
+            try:
+                records = self._tlsConnection.bio_read(SEND_BIO_READ)
+            except WantReadError:
+                return
+            self._send(records)
             return
+        # All of it (a memory BIO read returns <= 0 only when empty).
+        bio = self._tlsConnection._from_ssl
+        result = _lib.BIO_read(bio, _buffer, _BUFFER_SIZE)
+        if result <= 0:
+            return
+        records = _ffi.buffer(_buffer, result)[:]
+        while result == _BUFFER_SIZE:
+            result = _lib.BIO_read(bio, _buffer, _BUFFER_SIZE)
+            if result > 0:
+                records += _ffi.buffer(_buffer, result)[:]
         self._send(records)
 
     def _send(self, data: bytes) -> None:

@@ -16,6 +16,7 @@ from peerit.tls import PinnedClientTLS
 from peerit.tracker.protocol import tls_factory
 from peerit.tracker.session import Limits, Tracker
 from peerit.tracker.store import MemorySwarmStore
+from peerit.tracker import transport
 from peerit.tracker.transport import TrackerTLSProtocol
 from peerit.wire import tracker as wire
 from peerit.wire.framing import frame
@@ -78,6 +79,29 @@ class WritePathTests(SynchronousTestCase):
         self.assertEqual(error.code, "unknown_message")
         self.assertIsNotNone(self.alice.lost)
         self.assertEqual(flush_calls(self.clock), [])
+
+
+    def test_answers_larger_than_the_direct_buffer_arrive_whole_and_in_order(self):
+        """20,000 KeepAlives in one write: 100 kB of echoes, more than the 64 KiB buffer
+        the records are read out with, all in order."""
+        self.alice.transport.write(frame(wire.build(wire.KeepAlive())) * 20000
+                                   + frame(wire.build(wire.Ping(9))))
+        self.pump.flush()
+        self.assertEqual(len(self.alice.received), 1 + 20000 + 1)
+        self.assertEqual(self.alice.received[-1], wire.Pong(9))
+        self.assertEqual(set(self.alice.received[1:-1]), {wire.KeepAlive()})
+
+    def test_a_client_closing_tls_ends_its_session(self):
+        self.assertEqual(self.tracker.session_count, 1)
+        self.alice.transport.loseConnection()
+        self.pump.flush()
+        self.assertEqual(self.tracker.session_count, 0)
+        self.assertIsNone(self.tracker.session_of(ALICE.peer_id))
+
+    def test_the_binding_path_is_the_one_taken(self):
+        """The direct calls into pyOpenSSL's binding are the tracker's measured fast path;
+        this fails if a pyOpenSSL upgrade takes them away (the plain path still works)."""
+        self.assertTrue(transport._DIRECT)
 
 
 class _QueuedTCP(tcp.Connection):
