@@ -117,6 +117,10 @@ def main() -> int:
                                for r in results)
     print(f"  CPU seconds (median): seeder {seed_cpu:.2f}, busiest downloader {dl_cpu:.2f}"
           f" (of which in the kernel: {seed_sys:.2f}, {dl_sys:.2f})")
+    total_cpu = statistics.median(sum(r["cpu"].values()) for r in results)
+    total_sys = statistics.median(sum(r["kernel"].values()) for r in results)
+    print(f"  CPU seconds of all daemons (median): {total_cpu:.2f} "
+          f"(of which in the kernel: {total_sys:.2f})")
     if args.downloaders == 1:
         # Robust to a loaded machine: what the busier side could do with a core to itself.
         print(f"  CPU-bound ceiling: {size / max(seed_cpu, dl_cpu) / 1e6:.0f} MB/s")

@@ -32,6 +32,12 @@ class Bitfield:
     def __contains__(self, index: int) -> bool:
         return bool(self._bits[index >> 3] & (0x80 >> (index & 7)))
 
+    def having(self, indices) -> list:
+        """The members of ``indices`` that are set (one loop, no method call per index:
+        the piece picker asks this of every piece it could start)."""
+        bits = self._bits
+        return [i for i in indices if bits[i >> 3] & (0x80 >> (i & 7))]
+
     def add(self, index: int) -> bool:
         """Set ``index``; return True if it was not set before."""
         if not 0 <= index < self.size:

@@ -12,7 +12,8 @@ from collections import OrderedDict
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator, IStreamClientEndpoint)
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import (
+    BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -21,7 +22,8 @@ try:
     # allocates a buffer and copies out of it for every record). Checked against
     # pyOpenSSL 26.4; tests/unit/test_tls.py fails if the direct path is not taken.
     from OpenSSL._util import ffi as _ffi, lib as _lib
-    _DIRECT_READ = all(hasattr(SSL.Connection, name) for name in ("_raise_ssl_error",))
+    _DIRECT_READ = hasattr(SSL.Connection, "_raise_ssl_error") and all(
+        hasattr(_lib, name) for name in ("SSL_read", "SSL_write", "BIO_get_mem_data"))
 except ImportError:  # pragma: no cover - a pyOpenSSL without the binding: plain recv
     _DIRECT_READ = False
 
@@ -126,18 +128,75 @@ class HandshakeGate:
         return len(self._pending)
 
 
-class DirectReceiveTLS(BufferingTLSTransport):
-    """Twisted's TLS transport, decrypting straight into the protocol's own buffer.
+RECORD = 2 ** 14  # TLS plaintext per record
+LARGE_WRITE = 64 * 1024  # writes from this size skip the small-write aggregator
 
-    A protocol that offers ``get_buffer() -> writable memoryview`` and
+
+class DirectTLS(BufferingTLSTransport):
+    """Twisted's TLS transport without its per-record copies, for bulk peer links.
+
+    Receiving: a protocol that offers ``get_buffer() -> writable memoryview`` and
     ``buffer_updated(nbytes)`` (the shape of asyncio's BufferedProtocol) gets each record's
     plaintext written in place by ``SSL_read``: a peer link's block payload lands in the
     block's buffer. Twisted's path allocates a 32 KiB buffer per record, copies the
     plaintext into a new ``bytes``, and the frame decoder copies it once more. Other
-    protocols (and a pyOpenSSL without the binding) get Twisted's path unchanged.
+    protocols get Twisted's path unchanged.
+
+    Sending: records are sealed from memoryview slices of the caller's buffer, and the
+    ciphertext of a whole write is read out of the BIO and handed to TCP in one piece.
+    Twisted's path joins a write sequence (a copy), slices ``bytes`` per record (a copy
+    each) and moves each record's ciphertext separately. A large ``writeSequence``
+    (header + block) is written part by part instead of joined.
+
+    Both use pyOpenSSL's cffi binding (``_DIRECT_READ``); without it, Twisted's paths.
     """
 
-    direct_reads = 0  # records delivered in place (tests check the path is taken)
+    direct_reads = 0  # records delivered in place (tests check the paths are taken)
+    direct_writes = 0
+
+    def writeSequence(self, sequence):
+        if not _DIRECT_READ or sum(map(len, sequence)) < LARGE_WRITE:
+            return super().writeSequence(sequence)
+        self._aggregator.flush()  # what was written before goes first
+        for part in sequence:
+            TLSMemoryBIOProtocol.write(self, part)
+
+    def _write(self, data):
+        if not _DIRECT_READ:
+            return super()._write(data)
+        if self._lostTLSConnection:
+            return
+        connection = self._tlsConnection
+        ssl = connection._ssl
+        view = memoryview(data)
+        total = len(view)
+        done = 0
+        while done < total:
+            chunk = view[done:done + RECORD]
+            result = _lib.SSL_write(ssl, _ffi.from_buffer(chunk), len(chunk))
+            if result > 0:
+                done += result
+                continue
+            try:
+                connection._raise_ssl_error(ssl, result)
+            except SSL.WantReadError:
+                self._bufferedWrite(bytes(view[done:]))  # as Twisted: resent after a read
+                break
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+                return
+        self.direct_writes += 1
+        self._flushSendBIO()
+
+    def _flushSendBIO(self):
+        # All pending ciphertext as one bytes of exactly its size (Twisted reads at most
+        # 32 KiB per call into a fresh 32 KiB buffer).
+        if not _DIRECT_READ:
+            return super()._flushSendBIO()
+        connection = self._tlsConnection
+        pending = _lib.BIO_get_mem_data(connection._from_ssl, _ffi.NULL)
+        if pending > 0:
+            self.transport.write(connection.bio_read(pending))
 
     def _flushReceiveBIO(self):
         get_buffer = getattr(self.wrappedProtocol, "get_buffer", None)
@@ -169,13 +228,13 @@ class DirectReceiveTLS(BufferingTLSTransport):
         self._flushSendBIO()
 
 
-class DirectReceiveTLSFactory(TLSMemoryBIOFactory):
-    protocol = DirectReceiveTLS
+class DirectTLSFactory(TLSMemoryBIOFactory):
+    protocol = DirectTLS
 
 
 @implementer(IStreamClientEndpoint)
 class TLSClientEndpoint:
-    """``endpoints.wrapClientTLS`` with :class:`DirectReceiveTLS` as the TLS layer."""
+    """``endpoints.wrapClientTLS`` with :class:`DirectTLS` as the TLS layer."""
 
     def __init__(self, creator, endpoint, clock=None):
         self._creator = creator
@@ -183,12 +242,12 @@ class TLSClientEndpoint:
         self._clock = clock
 
     def connect(self, factory):
-        tls_factory = DirectReceiveTLSFactory(self._creator, True, factory, clock=self._clock)
+        tls_factory = DirectTLSFactory(self._creator, True, factory, clock=self._clock)
         d = self._endpoint.connect(tls_factory)
         return d.addCallback(lambda protocol: protocol.wrappedProtocol)
 
 
-class _GatedTLSProtocol(DirectReceiveTLS):
+class _GatedTLSProtocol(DirectTLS):
     def makeConnection(self, transport):
         host = getattr(transport.getPeer(), "host", "?")
         self.factory.gate.admit(self, host)
@@ -224,7 +283,7 @@ def server_factory(identity: Identity, wrapped_factory, clock=None,
 
 def client_factory(identity: Identity, expected_peer_id: bytes,
                    wrapped_factory, clock=None) -> TLSMemoryBIOFactory:
-    return DirectReceiveTLSFactory(PinnedClientTLS(identity, expected_peer_id), True,
+    return DirectTLSFactory(PinnedClientTLS(identity, expected_peer_id), True,
                                    wrapped_factory, clock=clock)
 
 

@@ -93,7 +93,7 @@ class PeerLink(Protocol):
     def dataReceived(self, data):
         self._frames_received(self._decoder.feed, data)
 
-    # The TLS layer (peerit.tls.DirectReceiveTLS) decrypts straight into these buffers: a
+    # The TLS layer (peerit.tls.DirectTLS) decrypts straight into these buffers: a
     # block's payload lands in its own buffer with no intermediate bytes object or copy.
     def get_buffer(self) -> memoryview:
         return self._decoder.get_buffer()

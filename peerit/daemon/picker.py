@@ -145,13 +145,14 @@ class Picker:
                     return
 
     def _new_piece(self, pieces: Bitfield) -> int | None:
-        candidates = [i for i in self.untouched if i in pieces]
+        untouched = self.untouched
+        candidates = list(untouched) if pieces.complete else pieces.having(untouched)
         if not candidates:
             return None
         if len(self.have) < RANDOM_FIRST_PIECES:
             return self.rng.choice(candidates)
         availability = self.availability
-        rarest = min(availability[i] for i in candidates)
+        rarest = min(map(availability.__getitem__, candidates))
         return self.rng.choice([i for i in candidates if availability[i] == rarest])
 
     # -- outcomes -------------------------------------------------------------------------

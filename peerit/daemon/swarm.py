@@ -270,9 +270,11 @@ class Swarm:
         self._check_piece(piece)
         if peer.pieces.add(piece):
             self.picker.add_peer_piece(piece)
-            if not peer.am_interested and self.picker.wanted(piece):
+            if not self.picker.wanted(piece):
+                return  # nothing new to ask for (in a swarm, most Haves are such)
+            if not peer.am_interested:
                 self._update_interest(peer)
-            elif peer.am_interested and not peer.peer_choking:
+            elif not peer.peer_choking:
                 self._request_more(peer)
 
     def _update_interest(self, peer: PeerState) -> None:

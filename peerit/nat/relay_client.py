@@ -21,7 +21,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from peerit.daemon.connector import link_attempt
 from peerit.identity import Identity
-from peerit.tls import DirectReceiveTLSFactory, IdentityServerTLS, PinnedClientTLS
+from peerit.tls import DirectTLSFactory, IdentityServerTLS, PinnedClientTLS
 
 # One definition of the relay hello, the tracker's.
 from peerit.tracker.relay import (  # noqa: E402
@@ -78,7 +78,7 @@ def relay_factory(identity: Identity, token: bytes, wrapped: Factory, *,
     else:
         creator = IdentityServerTLS(identity)
     return _RelayFactory(relay_hello(token),
-                         DirectReceiveTLSFactory(creator, initiator, wrapped, clock=clock))
+                         DirectTLSFactory(creator, initiator, wrapped, clock=clock))
 
 
 def dial_through_relay(connect_tcp: ConnectTCP, host: str, port: int, token: bytes,

@@ -1,5 +1,5 @@
 """peer-it's TLS layer in memory (iosim, real pyOpenSSL): the cipher both ends pick, and
-records decrypted straight into a protocol's buffer (DirectReceiveTLS)."""
+records decrypted straight into a protocol's buffer (DirectTLS)."""
 
 import random
 
@@ -109,6 +109,32 @@ class DirectReceiveTests(SynchronousTestCase):
         payload = random.Random(2).randbytes(300_000)
         self.send(server, client, pump, payload, chunk=65_536)
         self.assertEqual(bytes(sink.received), payload)
+
+    def test_writes_small_large_and_sequences_arrive_in_order(self):
+        """Small writes are aggregated, large ones and header+block sequences are sealed
+        from the caller's memory: whatever the mix, the bytes arrive in write order."""
+        sink = BufferedSink()
+        server, client, pump = tls_pair(Sink(), sink, self.clock)
+        rng = random.Random(4)
+        expected = bytearray()
+        for n in range(30):
+            kind = n % 3
+            if kind == 0:
+                data = rng.randbytes(rng.randrange(1, 200))
+                server.write(data)
+                expected += data
+            elif kind == 1:
+                data = bytearray(rng.randbytes(rng.randrange(64 * 1024, 300_000)))
+                server.write(bytes(data))
+                expected += data
+            else:
+                header, block = rng.randbytes(13), rng.randbytes(256 * 1024)
+                server.writeSequence([header, block])
+                expected += header + block
+        self.clock.advance(0)
+        pump.flush()
+        self.assertEqual(bytes(sink.received), bytes(expected))
+        self.assertGreaterEqual(server.direct_writes, 20)
 
     def test_a_protocol_without_buffers_gets_data_received(self):
         sink = Sink()
