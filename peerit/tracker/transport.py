@@ -30,7 +30,6 @@ Everything else (handshake, shutdown, errors, producers, the handshake gate of
 """
 
 from twisted.internet import tcp
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
@@ -73,6 +72,7 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
         self._pending_size = 0
         self._flush_call = None
         self._direct_send = False
+        self._established = False  # handshake done, gate released: the direct read path
         # BufferingTLSTransport binds its aggregator's write the same way (a hot path).
         self.write = self._gather
 
@@ -144,11 +144,26 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
     def dataReceived(self, data):
         self._reading = True
         try:
-            super().dataReceived(data)
+            if self._established:
+                self._established_read(data)
+            else:
+                # Handshake (and the gate of peerit.tls, released once it is done).
+                super().dataReceived(data)
+                self._established = _DIRECT and self._handshakeDone
         finally:
             self._reading = False
         if self._pending:
             self._flush_pending()
+
+    def _established_read(self, data):
+        # TLSMemoryBIOProtocol.dataReceived once the handshake is done (the gate released),
+        # on the binding.
+        connection = self._tlsConnection
+        if _lib.BIO_write(connection._into_ssl, data, len(data)) != len(data):
+            connection.bio_write(data)  # pragma: no cover - a memory BIO takes it all
+        if self._appSendBuffer:
+            self._unbufferPendingWrites()
+        self._flushReceiveBIO()
 
     def loseConnection(self):
         self._flush_pending()
@@ -171,11 +186,13 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
             return super()._flushReceiveBIO()
         connection = self._tlsConnection
         ssl = connection._ssl
+        protocol = self.wrappedProtocol
         while not self._lostTLSConnection:
             result = _lib.SSL_read(ssl, _buffer, _BUFFER_SIZE)
             if result > 0:
                 if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, _ffi.buffer(_buffer, result)[:])
+                    # What ProtocolWrapper.dataReceived does, one call less.
+                    protocol.dataReceived(_ffi.buffer(_buffer, result)[:])
                 continue
             if _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
                 break  # all read; the usual end of every read, without an exception
