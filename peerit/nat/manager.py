@@ -125,7 +125,7 @@ class UdpSocket:
         self.main = main
         self.mux = UdpMux(manager.clock)
         self.endpoint = QuicEndpoint(manager.identity, self.mux.send, manager.clock,
-                                     manager.quic_settings)
+                                     manager.quic_settings, send_many=self.mux.send_many)
         self.port = None
         self.closed = False
         self.busy = 0  # QUIC connects / armed accepts in progress on this socket

@@ -151,3 +151,62 @@ class MuxTests(SynchronousTestCase):
         self.clock.advance(KEEPALIVE_INTERVAL)
         self.assertEqual(len(calls), 2)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+
+class SocketPort:
+    """The bits of a Twisted udp.Port the mux's reader and writer use, on a real loopback
+    socket (no reactor: the test calls doRead itself)."""
+
+    maxPacketSize = 8192
+
+    def __init__(self):
+        import socket
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.setblocking(False)
+
+    def doRead(self):
+        raise AssertionError("the mux should have installed its own reader")
+
+
+class BatchedSocketTests(SynchronousTestCase):
+    """startProtocol puts GRO reads and GSO writes on the mux's socket: QUIC datagrams go
+    straight to the QUIC handler, the rest through the classification as before."""
+
+    def setUp(self):
+        import socket
+        self.clock = task.Clock()
+        self.mux = UdpMux(self.clock)
+        self.port = SocketPort()
+        self.addCleanup(self.port.socket.close)
+        self.mux.makeConnection(self.port)
+        self.addCleanup(self.mux.doStop)
+        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.peer.bind(("127.0.0.1", 0))
+        self.peer.settimeout(2.0)
+        self.addCleanup(self.peer.close)
+        self.got = {kind: [] for kind in DatagramKind}
+        for kind in DatagramKind:
+            self.mux.set_handler(kind, lambda d, a, kind=kind: self.got[kind].append(d))
+
+    def test_reads_dispatch_each_kind_and_drop_garbage(self):
+        address = self.port.socket.getsockname()
+        quic = [bytes([0x41]) + bytes([n]) * 1200 for n in range(20)]
+        for datagram in [STUN_REQUEST, *quic, PROBE, b"\x00garbage"]:
+            self.peer.sendto(datagram, address)
+        self.port.doRead()
+        self.assertEqual(self.got[DatagramKind.QUIC], quic)  # in order, cut back apart
+        self.assertEqual(self.got[DatagramKind.STUN], [STUN_REQUEST])
+        self.assertEqual(self.got[DatagramKind.PROBE], [PROBE])
+        self.assertEqual(self.mux.received[DatagramKind.QUIC], 20)
+        self.assertEqual(self.mux.dropped, 1)
+
+    def test_send_many_delivers_a_burst_in_order(self):
+        burst = [bytes([0x41]) + bytes([n]) * 1000 for n in range(10)] + [b"\x41short"]
+        self.assertEqual(self.mux.send_many(burst, self.peer.getsockname()), 0)
+        received = [self.peer.recv(4096) for _ in burst]
+        self.assertEqual(received, burst)
+
+    def test_send_many_on_a_closed_mux_refuses_all(self):
+        mux = UdpMux(self.clock)
+        self.assertEqual(mux.send_many([b"\x41a", b"\x41b"], ("127.0.0.1", 9)), 2)
