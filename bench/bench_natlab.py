@@ -36,9 +36,15 @@ from test_nat_matrix import (  # noqa: E402
 CONE = ("full-cone", "address-restricted", "port-restricted")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of a process, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 class ProfiledPeers(LabPeers):
@@ -86,7 +92,7 @@ def run_pair(r1: str, r2: str, payload: Path, workdir: Path, profile=False,
         shared = peers.share("seed", payload)
         seed_pid = peers.daemons["seed"][1].pid
         dl_pid = peers.daemons["dl"][1].pid
-        cpu_before = (cpu_seconds(seed_pid), cpu_seconds(dl_pid))
+        cpu_before = (cpu_times(seed_pid), cpu_times(dl_pid))
         client = BlockingClient(peers.daemons["dl"][0])
         try:
             started = time.monotonic()
@@ -95,7 +101,7 @@ def run_pair(r1: str, r2: str, payload: Path, workdir: Path, profile=False,
                                                   timeout)
         finally:
             client.close()
-        cpu_after = (cpu_seconds(seed_pid), cpu_seconds(dl_pid))
+        cpu_after = (cpu_times(seed_pid), cpu_times(dl_pid))
         ok = sha256_of(workdir / "out" / payload.name) == sha256_of(payload)
         for name in ("seed", "dl"):
             peers.daemons[name][1].stop(timeout=20)  # writes the profile
@@ -104,7 +110,8 @@ def run_pair(r1: str, r2: str, payload: Path, workdir: Path, profile=False,
             "path": ",".join(p["path"] for p in listed),
             "connect": max((p["connect_seconds"] for p in listed), default=None),
             "bulk_seconds": total - first, "size": payload.stat().st_size,
-            "cpu": tuple(b - a for a, b in zip(cpu_before, cpu_after)),
+            "cpu": tuple(sum(b) - sum(a) for a, b in zip(cpu_before, cpu_after)),
+            "kernel": tuple(b[1] - a[1] for a, b in zip(cpu_before, cpu_after)),
             "profiles": [workdir / "seed.pstats", workdir / "dl.pstats"] if profile else [],
         }
 
@@ -153,6 +160,7 @@ def main():
               f"{rate:.1f} MB/s (first byte {r['first_byte']:.2f}s, total {r['total']:.1f}s, "
               f"{'intact' if r['ok'] else 'CORRUPT'}); target >= 40 MB/s")
         print(f"CPU seconds: seeder {r['cpu'][0]:.1f}, downloader {r['cpu'][1]:.1f} "
+              f"(in the kernel: {r['kernel'][0]:.1f}, {r['kernel'][1]:.1f}) "
               f"-> CPU-bound ceiling {r['size'] / max(r['cpu']) / 1e6:.1f} MB/s")
         for label, path in zip(("seeder", "downloader"), r["profiles"]):
             if path.exists():
