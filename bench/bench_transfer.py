@@ -39,6 +39,23 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + kernel) per thread name of a process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = head.split("(", 1)[1]
+        fields = tail.split()
+        name = "reactor" if tid == str(pid) else name.rstrip("0123456789-")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc."""
     return sum(cpu_times(pid))
@@ -66,6 +83,7 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
         clients = {n: BlockingClient(swarm.daemons[n].control) for n in names}
         pids = {n: swarm.daemons[n].process.pid for n in ["seed", *names]}
         cpu_before = {n: cpu_times(pid) for n, pid in pids.items()}
+        threads_before = {n: thread_cpu(pid) for n, pid in pids.items()}
         started = time.monotonic()
         for name in names:
             clients[name].download(shared["metainfo"], str(Path(work) / name))
@@ -81,11 +99,16 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
             # (20 ms resolution on one download, 160 ms over eight).
             time.sleep(0.02 * len(names))
         kernel = {n: cpu_times(pid)[1] - cpu_before[n][1] for n, pid in pids.items()}
+        threads = {}
+        for n, pid in pids.items():
+            after = thread_cpu(pid)
+            threads[n] = {t: after[t] - threads_before[n].get(t, 0.0) for t in after}
         cpu = {n: sum(cpu_times(pid)) - sum(cpu_before[n]) for n, pid in pids.items()}
         rss = {n: peak_rss_mib(pid) for n, pid in pids.items()}
         for c in clients.values():
             c.close()
-        return {"seconds": max(finish.values()), "rss": rss, "cpu": cpu, "kernel": kernel}
+        return {"seconds": max(finish.values()), "rss": rss, "cpu": cpu, "kernel": kernel,
+                "threads": threads}
 
 
 def main() -> int:
@@ -117,6 +140,14 @@ def main() -> int:
                                for r in results)
     print(f"  CPU seconds (median): seeder {seed_cpu:.2f}, busiest downloader {dl_cpu:.2f}"
           f" (of which in the kernel: {seed_sys:.2f}, {dl_sys:.2f})")
+    if args.downloaders == 1:
+        for side in ("seed", "d0"):
+            names = sorted({t for r in results for t in r["threads"][side]})
+            parts = ", ".join(
+                f"{t} {statistics.median(r['threads'][side].get(t, 0.0) for r in results):.2f}"
+                for t in names)
+            print(f"  {'seeder' if side == 'seed' else 'downloader'} threads (median CPU s): "
+                  f"{parts}")
     total_cpu = statistics.median(sum(r["cpu"].values()) for r in results)
     total_sys = statistics.median(sum(r["kernel"].values()) for r in results)
     print(f"  CPU seconds of all daemons (median): {total_cpu:.2f} "
