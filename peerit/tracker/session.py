@@ -472,12 +472,15 @@ def _on_announce(session: TrackerSession, announce: wire.Announce) -> None:
         store.remove(info_hash, peer_id)
         return
     seeder = announce.event == "completed" or announce.left == 0
-    if (store.role(info_hash, peer_id) is None
-            and store.swarm_count(peer_id) >= tracker.limits.max_swarms_per_session):
+    # The count first: it is one lookup, and below the cap (nearly always) the role of
+    # this swarm does not matter.
+    if (store.swarm_count(peer_id) >= tracker.limits.max_swarms_per_session
+            and store.role(info_hash, peer_id) is None):
         session.refuse(announce, "too_many_swarms",
                        f"already in {tracker.limits.max_swarms_per_session} swarms")
         return
-    if store.announce(info_hash, peer_id, seeder, tracker.clock.seconds()):
+    # The instant of the read that brought it (data_received reads the clock once per read).
+    if store.announce(info_hash, peer_id, seeder, session._last_heard):
         _tell_members(tracker, info_hash, peer_id)
 
 
