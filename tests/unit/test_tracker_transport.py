@@ -38,7 +38,7 @@ class WritePathTests(SynchronousTestCase):
         self.tracker = Tracker(self.clock, MemorySwarmStore(random.Random(1)), Limits(),
                                random.Random(1))
         self.alice = RecordingClient()
-        server = tls_factory(TRACKER_ID, self.tracker).buildProtocol(None)
+        self.server = server = tls_factory(TRACKER_ID, self.tracker).buildProtocol(None)
         client = TLSMemoryBIOFactory(
             PinnedClientTLS(ALICE, TRACKER_ID.peer_id), True,
             Factory.forProtocol(lambda: self.alice), clock=self.clock).buildProtocol(None)
@@ -102,6 +102,10 @@ class WritePathTests(SynchronousTestCase):
         """The direct calls into pyOpenSSL's binding are the tracker's measured fast path;
         this fails if a pyOpenSSL upgrade takes them away (the plain path still works)."""
         self.assertTrue(transport._DIRECT)
+        self.alice.transport.write(frame(wire.build(wire.Ping(4))))
+        self.pump.flush()
+        self.assertEqual(self.alice.received[-1], wire.Pong(4))
+        self.assertTrue(self.server._established)
 
 
 class _QueuedTCP(tcp.Connection):
