@@ -50,8 +50,9 @@ try:
 except ImportError:  # pragma: no cover - a pyOpenSSL without the binding: plain path
     _DIRECT = False
 
-# Writes gathered outside a read are encrypted at once past this size (as Twisted's own
-# aggregation does), so a burst of pushes to one session holds at most this much plaintext.
+# Gathered writes are encrypted at once past this size (as Twisted's own aggregation does),
+# so a read full of requests for long peer lists, or a burst of pushes to one session, holds
+# at most this much plaintext before it moves on to the connection's send queue.
 MAX_PENDING = 64 * 1024
 # One bio_read per record written (TLSMemoryBIOProtocol writes at most 16 KiB per SSL_write).
 SEND_BIO_READ = 2 ** 15
@@ -87,11 +88,10 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
     def _gather(self, data: bytes) -> None:
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._reading:
-            return  # flushed when this read is done
         if self._pending_size > MAX_PENDING:
             self._flush_pending()
-        elif self._flush_call is None:
+        elif not self._reading and self._flush_call is None:
+            # Inside a read, dataReceived flushes when the read is done.
             self._flush_call = self._clock.callLater(0, self._scheduled_flush)
 
     def writeSequence(self, sequence) -> None:
