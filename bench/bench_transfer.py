@@ -107,8 +107,8 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
         rss = {n: peak_rss_mib(pid) for n, pid in pids.items()}
         for c in clients.values():
             c.close()
-        return {"seconds": max(finish.values()), "rss": rss, "cpu": cpu, "kernel": kernel,
-                "threads": threads}
+        return {"seconds": max(finish.values()), "first": min(finish.values()), "rss": rss,
+                "cpu": cpu, "kernel": kernel, "threads": threads}
 
 
 def main() -> int:
@@ -128,6 +128,9 @@ def main() -> int:
     print(f"peer-it, {args.size} to {args.downloaders} downloader(s), {args.runs} runs")
     print(f"  time to last verified: median {statistics.median(seconds):.2f} s "
           f"(range {min(seconds):.2f}-{max(seconds):.2f})")
+    if args.downloaders > 1:
+        print("  first / last downloader done (s): " + ", ".join(
+            f"{r['first']:.2f} / {r['seconds']:.2f}" for r in results))
     if args.downloaders == 1:
         print(f"  throughput: median {statistics.median(rates):.0f} MB/s "
               f"(range {min(rates):.0f}-{max(rates):.0f})")

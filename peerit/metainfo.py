@@ -86,7 +86,7 @@ class Metainfo:
 
     # -- pieces -----------------------------------------------------------------------------
 
-    @property
+    @cached_property  # immutable (frozen); asked per block and per piece by the swarm
     def piece_count(self) -> int:
         return len(self.piece_hashes) // wire.HASH_SIZE
 

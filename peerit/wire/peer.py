@@ -127,7 +127,6 @@ _build_range = _RANGE.compile().build
 _parse_range = _RANGE.compile().parse
 _REQUEST_PREFIX = bytes([messages.opcode_of(Request)])
 _REQUEST_SIZE = 1 + _RANGE.sizeof()
-_build_piece = Struct("piece" / Int32ub).compile().build
 _HAVE_PREFIX = bytes([messages.opcode_of(Have)])
 _HAVE_SIZE = 1 + 4
 # Messages of integers only, sent per block: compiled builders (struct range-checks every
@@ -139,7 +138,8 @@ _FAST_BUILD = {
                                                "length": m.length}),
     Reject: lambda m: b"\x0b" + _build_range({"piece": m.piece, "offset": m.offset,
                                                "length": m.length}),
-    Have: lambda m: b"\x03" + _build_piece({"piece": m.piece}),
+    # to_bytes raises OverflowError (negative or >= 2**32): nothing out of range passes.
+    Have: lambda m: b"\x03" + m.piece.to_bytes(4, "big"),
 }
 assert all(messages.opcode_of(cls) == build(cls(*([1] * (3 if cls is not Have else 1))))[0]
            for cls, build in _FAST_BUILD.items())
@@ -150,7 +150,7 @@ def build(message) -> bytes:
     if fast is not None:
         try:
             return fast(message)
-        except (struct.error, ValueError, TypeError, OverflowError):
+        except (struct.error, ValueError, TypeError, OverflowError, AttributeError):
             pass  # let the generic builder name the problem
     return messages.build(message)
 
