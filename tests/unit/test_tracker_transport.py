@@ -45,7 +45,7 @@ class WritePathTests(SynchronousTestCase):
         self.server_io = FakeTransport(
             server, isServer=True, hostAddress=IPv4Address("TCP", "192.0.2.1", 59000),
             peerAddress=IPv4Address("TCP", "198.51.100.20", 40001))
-        client_io = FakeTransport(
+        self.client_io = client_io = FakeTransport(
             client, isServer=False, hostAddress=IPv4Address("TCP", "198.51.100.20", 40001),
             peerAddress=IPv4Address("TCP", "192.0.2.1", 59000))
         self.pump = connect(server, self.server_io, client, client_io, clock=self.clock)
@@ -90,6 +90,17 @@ class WritePathTests(SynchronousTestCase):
         self.assertEqual(len(self.alice.received), 1 + 20000 + 1)
         self.assertEqual(self.alice.received[-1], wire.Pong(9))
         self.assertEqual(set(self.alice.received[1:-1]), {wire.KeepAlive()})
+
+    def test_a_record_split_across_reads_is_answered_once_it_is_whole(self):
+        self.alice.transport.write(frame(wire.build(wire.Ping(5))))
+        self.clock.advance(0)  # the client's TLS layer sends its record
+        record = self.client_io.getOutBuffer()
+        self.server.dataReceived(record[:7])
+        self.assertEqual(self.server_io.stream, [])
+        self.server.dataReceived(record[7:])
+        self.assertEqual(len(self.server_io.stream), 1)
+        self.pump.flush()
+        self.assertEqual(self.alice.received[-1], wire.Pong(5))
 
     def test_a_client_closing_tls_ends_its_session(self):
         self.assertEqual(self.tracker.session_count, 1)
