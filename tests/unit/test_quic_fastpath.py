@@ -238,6 +238,40 @@ class FastPathChoiceTests(SynchronousTestCase):
         self.assertEqual(server.slow_received, 2)  # the FIN's packet and the duplicate
         self.assertEqual(server.fast_received, len(datagrams) - 1)
 
+    def test_a_due_ack_rides_in_the_first_fast_packet(self):
+        """An ACK due when data goes out is written at the head of the first fast-built
+        packet (not left to aioquic with the whole burst behind it); the peer's aioquic
+        code takes it as an ACK, and its acknowledgement clears our ACK queue."""
+        client, server, now = connected_pair()
+        unlimited(server)
+        server.send_stream_data(3, pattern(10 * 1400, b"to ack"))
+        server_sent = server.datagrams_to_send(now)
+        for datagram, _ in server_sent:
+            client.receive_datagram(datagram, B, now)
+        self.assertGreater(server._loss.bytes_in_flight, 0)
+        now += 0.01  # past the ACK delay: an ACK is due
+        space = client._spaces[tls.Epoch.ONE_RTT]
+        self.assertLessEqual(space.ack_at, now)
+        acked_up_to = space.largest_received_packet
+        unlimited(client)
+        client.send_stream_data(2, pattern(20 * 1400, b"data"))
+        datagrams = client.datagrams_to_send(now)
+        self.assertEqual(client.fast_sent, len(datagrams))
+        self.assertIsNone(space.ack_at)
+        server.fast_path = False  # aioquic's own code parses the ACK
+        for datagram, _ in datagrams[:1]:
+            server.receive_datagram(datagram, A, now)
+        self.assertEqual(server._loss.bytes_in_flight, 0)
+        for datagram, _ in datagrams[1:]:
+            server.receive_datagram(datagram, A, now)
+        self.assertEqual(stream_bytes(server), pattern(20 * 1400, b"data"))
+        self.assertEqual(stream_bytes(client), pattern(10 * 1400, b"to ack"))
+        for datagram, _ in server.datagrams_to_send(now + 0.03):
+            client.receive_datagram(datagram, B, now + 0.03)
+        self.assertEqual(client._loss.bytes_in_flight, 0)
+        # our ACK was acknowledged: what it covered is no longer in the queue
+        self.assertTrue(all(r.start > acked_up_to for r in space.ack_queue))
+
     def test_credit_due_leaves_the_burst_to_aioquic(self):
         """When a MAX_DATA/MAX_STREAM_DATA frame is due, the packets go through aioquic's
         builder (it writes the credit ahead of the data)."""
