@@ -58,7 +58,8 @@ class Transfer:
         self.info_hash = metainfo.info_hash
         self.root = root
         self.role = role
-        self.store = FileStore(metainfo, root, writable=(role == "download"))
+        self.store = FileStore(metainfo, root, writable=(role == "download"),
+                               direct=(role == "download"))
         self.have = Bitfield(metainfo.piece_count)
         self.synced = Bitfield(metainfo.piece_count)
         self.state = "stopped"
