@@ -710,6 +710,19 @@ class QuicEndpoint:
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush)
 
+    def datagrams_received(self, datagrams: list, addr) -> None:
+        """QUIC datagrams of one read from one address, in order (a GRO read): what
+        :meth:`datagram_received` does for each, with the lookups done once."""
+        link = self._links.get(addr)
+        if link is None or self._closed:
+            for data in datagrams:
+                self.datagram_received(data, addr)
+            return
+        link.conn.receive_datagrams(datagrams, addr, self.clock.seconds())
+        self._dirty[link] = None
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
     def links(self) -> int:
         return len(self._links)
 
@@ -850,7 +863,8 @@ class QuicDatagramProtocol(DatagramProtocol):
         # The reactor calls the port's doRead when the socket is readable; ours feeds the
         # endpoint directly, in coalesced reads where the kernel has UDP GRO.
         self.transport.doRead = DatagramReader(self.transport, self.endpoint.datagram_received,
-                                               coalesce=self._segmentation)
+                                               coalesce=self._segmentation,
+                                               receive_many=self.endpoint.datagrams_received)
         self._writer = DatagramWriter(self.transport.socket, segmentation=self._segmentation)
 
     def stopProtocol(self):
@@ -949,12 +963,15 @@ class DatagramReader:
     with the QUIC bit to ``receive(data, addr)``, any other to ``other(data, addr)`` (or
     drops it). With GRO on (``coalesce``), the kernel may join datagrams of one flow into one
     read and says where to cut (the segment size); the cuts give back the datagrams as sent.
+    Given ``receive_many(datagrams, addr)``, the QUIC datagrams of such a read go to it in
+    one call, in order: a few Python calls per read instead of per datagram.
     """
 
-    def __init__(self, port, receive, other=None, coalesce: bool = True):
+    def __init__(self, port, receive, other=None, coalesce: bool = True, receive_many=None):
         self.port = port
         self.receive = receive
         self.other = other
+        self.receive_many = receive_many
         self.coalescing = False
         if coalesce:
             try:
@@ -1004,10 +1021,22 @@ class DatagramReader:
                 read += 1
                 self._dispatch(bytes(view[:size]), addr, receive, other)
                 continue
-            for start in range(0, size, segment):
-                read += 1
-                self._dispatch(bytes(view[start:min(start + segment, size)]), addr,
-                               receive, other)
+            if self.receive_many is None:
+                for start in range(0, size, segment):
+                    read += 1
+                    self._dispatch(bytes(view[start:min(start + segment, size)]), addr,
+                                   receive, other)
+                continue
+            datagrams = [bytes(view[start:start + segment]) for start in range(0, size, segment)]
+            read += len(datagrams)
+            if not all(data and data[0] & 0x40 for data in datagrams):
+                for data in datagrams:  # not all QUIC: one by one, each to its receiver
+                    self._dispatch(data, addr, receive, other)
+                continue
+            try:
+                self.receive_many(datagrams, addr)
+            except Exception:
+                log.failure("datagrams from {addr} failed", addr=addr)
         self.datagrams += read
 
     @staticmethod

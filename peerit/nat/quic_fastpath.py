@@ -96,6 +96,9 @@ class BulkStreamFastPath(QuicConnection):
         self._parsed_ack_at = None
         #: acknowledged ranges of fast-path packets, handed to their stream once per ACK frame
         self._acked_ranges: list = []
+        #: a run of consecutive packet numbers received on the fast path and not yet added
+        #: to the ACK queue and the duplicate window (:meth:`_flush_received`)
+        self._run_start = self._run_stop = -1
 
     def _credit_pending(self) -> bool:
         """Whether a MAX_DATA / MAX_STREAMS / MAX_STREAM_DATA frame would be written now."""
@@ -304,7 +307,39 @@ class BulkStreamFastPath(QuicConnection):
     def receive_datagram(self, data: bytes, addr, now: float) -> None:
         if not (self.fast_path and self._receive_bulk(data, addr, now)):
             self.slow_received += 1
+            self._flush_received()
             super().receive_datagram(data, addr, now)
+
+    def receive_datagrams(self, datagrams, addr, now: float) -> None:
+        """:meth:`receive_datagram` for each of a read's datagrams from ``addr``."""
+        receive_bulk = self._receive_bulk if self.fast_path else None
+        for data in datagrams:
+            if receive_bulk is None or not receive_bulk(data, addr, now):
+                self.slow_received += 1
+                self._flush_received()
+                QuicConnection.receive_datagram(self, data, addr, now)
+
+    def datagrams_to_send(self, now: float):
+        self._flush_received()  # the ACK frames written here read the ACK queue
+        return super().datagrams_to_send(now)
+
+    def _flush_received(self) -> None:
+        """Add the pending run of received packet numbers to the ACK queue and the
+        duplicate window: one range instead of one call each per packet. Done before
+        anything of aioquic's reads them (an ACK frame, a packet it parses)."""
+        start = self._run_start
+        if start < 0:
+            return
+        stop = self._run_stop
+        self._run_start = self._run_stop = -1
+        space = self._fast_space
+        space.ack_queue.add(start, stop)
+        if len(space.ack_queue) > MAX_ACK_RANGES:
+            space.ack_queue.shift()
+        window = space.received_packets
+        if stop - start > 1:
+            window._received.update(range(max(start, window._lower), stop - 1))
+        window.add(stop - 1)  # slides the window as the per-packet adds would have
 
     def _receive_bulk(self, data: bytes, addr, now: float) -> bool:
         """Handle one short-header data packet; False (and nothing changed) when it is not
@@ -356,8 +391,9 @@ class BulkStreamFastPath(QuicConnection):
                 bytes((first_byte,)) + host_cid + truncated.to_bytes(number_size, "big"))
         except InvalidTag:
             return False  # aioquic drops it
-        if (packet_number <= space.largest_received_packet
-                and packet_number in space.received_packets):
+        if packet_number <= space.largest_received_packet and (
+                packet_number in space.received_packets
+                or self._run_start <= packet_number < self._run_stop):
             return False  # a duplicate: aioquic drops it
 
         # Parse and check every frame before changing anything. The common packet, one
@@ -420,7 +456,12 @@ class BulkStreamFastPath(QuicConnection):
                 if newly_received:
                     receiver.highest_offset = end
                     self._local_max_data.used += newly_received
-                self._add_stream_chunk(stream_id, chunk)
+                event = self._fast_event
+                if (event is not None and event.stream_id == stream_id and self._events
+                        and self._events[-1] is event):
+                    event.chunks.append(chunk)  # _add_stream_chunk's common case, inline
+                else:
+                    self._add_stream_chunk(stream_id, chunk)
             else:
                 event = receiver.handle_frame(
                     QuicStreamFrame(offset=offset, data=chunk, fin=False))
@@ -441,10 +482,12 @@ class BulkStreamFastPath(QuicConnection):
             if packet_number > space.largest_received_packet:
                 space.largest_received_packet = packet_number
                 space.largest_received_time = now
-            space.ack_queue.add(packet_number)
-            space.received_packets.add(packet_number)
-            if len(space.ack_queue) > MAX_ACK_RANGES:
-                space.ack_queue.shift()
+            if packet_number == self._run_stop:
+                self._run_stop = packet_number + 1
+            else:
+                self._flush_received()
+                self._run_start = packet_number
+                self._run_stop = packet_number + 1
             if stream_frame is not None and space.ack_at is None:
                 space.ack_at = now + self._ack_delay
         return True

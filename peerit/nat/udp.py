@@ -77,6 +77,7 @@ class UdpMux(DatagramProtocol):
         self._received = {kind: 0 for kind in DatagramKind}
         self._quic_count = 0  # QUIC datagrams through the batched reader
         self._quic_handler: Handler | None = None
+        self._quic_many = None
         self.dropped = 0
         self._writer = None  # DatagramWriter once the socket exists
 
@@ -87,6 +88,10 @@ class UdpMux(DatagramProtocol):
             self._handlers[kind] = handler
         if kind is DatagramKind.QUIC:
             self._quic_handler = handler
+            # A QuicEndpoint's handler has a counterpart taking a whole read's datagrams
+            # from one address (what the batched reader hands over with GRO).
+            self._quic_many = getattr(getattr(handler, "__self__", None),
+                                      "datagrams_received", None)
 
     def set_refresh(self, refresh: Callable[[], object] | None) -> None:
         self._refresh = refresh
@@ -110,7 +115,8 @@ class UdpMux(DatagramProtocol):
             # and QUIC datagrams straight to their handler (docs/quic.md, "GSO/GRO").
             # Anything else still goes through datagramReceived's classification.
             self.transport.doRead = DatagramReader(self.transport, self._quic_received,
-                                                   self.datagramReceived)
+                                                   self.datagramReceived,
+                                                   receive_many=self._quic_received_many)
             self._writer = DatagramWriter(sock)
         self._keepalive = task.LoopingCall(self._refresh_mapping)
         self._keepalive.clock = self._clock
@@ -130,6 +136,15 @@ class UdpMux(DatagramProtocol):
             return
         self._quic_count += 1
         handler(datagram, addr)  # the reader logs a failing handler and goes on
+
+    def _quic_received_many(self, datagrams: list, addr: Address) -> None:
+        many = self._quic_many
+        if many is None:
+            for datagram in datagrams:
+                self._quic_received(datagram, addr)
+            return
+        self._quic_count += len(datagrams)
+        many(datagrams, addr)
 
     @property
     def received(self) -> dict:
