@@ -1027,7 +1027,8 @@ class DatagramReader:
                     self._dispatch(bytes(view[start:min(start + segment, size)]), addr,
                                    receive, other)
                 continue
-            datagrams = [bytes(view[start:start + segment]) for start in range(0, size, segment)]
+            datagrams = [bytes(view[start:min(start + segment, size)])
+                         for start in range(0, size, segment)]
             read += len(datagrams)
             if not all(data and data[0] & 0x40 for data in datagrams):
                 for data in datagrams:  # not all QUIC: one by one, each to its receiver

@@ -238,6 +238,29 @@ class FastPathChoiceTests(SynchronousTestCase):
         self.assertEqual(server.slow_received, 2)  # the FIN's packet and the duplicate
         self.assertEqual(server.fast_received, len(datagrams) - 1)
 
+    def test_runs_of_received_packets_reach_the_ack_queue_and_duplicates_are_dropped(self):
+        """Packet numbers taken by the fast path join the ACK queue as runs: a duplicate of
+        a packet still in the pending run is dropped, a gap makes two ranges, and the ACK
+        queue and duplicate window end up as aioquic's per-packet adds leave them."""
+        client, server, now = connected_pair()
+        unlimited(client)
+        data = pattern(12 * 1400, b"runs")
+        client.send_stream_data(2, data)
+        datagrams = [d for d, _ in client.datagrams_to_send(now)]
+        order = datagrams[:4] + [datagrams[2]] + datagrams[6:] + datagrams[4:6]
+        server.receive_datagrams(order, A, now)
+        self.assertEqual(server.slow_received, 1)  # the duplicate, left to aioquic (dropped)
+        self.assertEqual(stream_bytes(server), data)
+        space = server._spaces[tls.Epoch.ONE_RTT]
+        self.assertEqual(len(datagrams), 12)
+        server.datagrams_to_send(now)  # writes the ACK from the flushed queue
+        first = space.largest_received_packet - 11
+        for number in range(first, first + 12):
+            self.assertIn(number, space.received_packets)
+        server.receive_datagram(datagrams[7], A, now)  # a duplicate after the flush
+        self.assertEqual(server.slow_received, 2)
+        self.assertEqual(stream_bytes(server), b"")
+
     def test_a_due_ack_rides_in_the_first_fast_packet(self):
         """An ACK due when data goes out is written at the head of the first fast-built
         packet (not left to aioquic with the whole burst behind it); the peer's aioquic

@@ -175,6 +175,38 @@ class DatagramReaderTests(SynchronousTestCase):
         self.assertLessEqual(len(got), READ_BATCH + 40)
         self.assertGreaterEqual(len(got), READ_BATCH)
 
+    def test_a_coalesced_read_goes_to_receive_many_in_one_call(self):
+        """With ``receive_many``, the datagrams of one GRO read are handed over together,
+        in order; single reads and a coalesced read holding a non-QUIC datagram still go
+        one by one, each to its own receiver."""
+        batches, single, others = [], [], []
+        quic = [b"\x40" + bytes([n]) * 1451 for n in range(3)] + [b"\x41" + b"z" * 99]
+        mixed = [b"\x40" + b"q" * 99, b"\x00" + b"s" * 99]
+        reader = DatagramReader(
+            FakePort(FakeReadSocket([(b"".join(quic), 1452, ADDR), (b"\x40one", None, ADDR),
+                                     (b"".join(mixed), 100, ADDR)])),
+            lambda data, addr: single.append(data), lambda data, addr: others.append(data),
+            receive_many=lambda datagrams, addr: batches.append((datagrams, addr)))
+        reader()
+        self.assertEqual(batches, [(quic, ADDR)])
+        self.assertEqual(single, [b"\x40one", mixed[0]])
+        self.assertEqual(others, [mixed[1]])
+        self.assertEqual(reader.datagrams, 7)
+
+    def test_a_failing_batch_receiver_does_not_stop_the_reading(self):
+        got = []
+
+        def receive_many(datagrams, addr):
+            if datagrams[0] == b"\x40bad":
+                raise ValueError("bad")
+            got.extend(datagrams)
+        reader = DatagramReader(FakePort(FakeReadSocket(
+            [(b"\x40bad" * 2, 4, ADDR), (b"\x40gud" * 2, 4, ADDR)])), None,
+            receive_many=receive_many)
+        reader()
+        self.assertEqual(got, [b"\x40gud"] * 2)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
     def test_a_failing_receiver_does_not_stop_the_reading(self):
         """One bad datagram is logged; the others are still delivered."""
         got = []

@@ -201,6 +201,30 @@ class BatchedSocketTests(SynchronousTestCase):
         self.assertEqual(self.mux.received[DatagramKind.QUIC], 20)
         self.assertEqual(self.mux.dropped, 1)
 
+    def test_a_quic_handler_with_a_batch_counterpart_gets_whole_reads(self):
+        """A handler whose object has ``datagrams_received`` (a QuicEndpoint) gets a read's
+        QUIC datagrams in one call, in order, and they are counted."""
+        class Endpoint:
+            def __init__(self):
+                self.single, self.batches = [], []
+
+            def datagram_received(self, data, addr):
+                self.single.append(data)
+
+            def datagrams_received(self, datagrams, addr):
+                self.batches.append(list(datagrams))
+        endpoint = Endpoint()
+        self.mux.set_handler(DatagramKind.QUIC, endpoint.datagram_received)
+        quic = [bytes([0x41]) + bytes([n]) * 1200 for n in range(20)]
+        for datagram in quic:
+            self.peer.sendto(datagram, self.port.socket.getsockname())
+        self.port.doRead()
+        self.assertEqual([d for batch in endpoint.batches for d in batch] + endpoint.single,
+                         quic)
+        self.assertEqual(self.mux.received[DatagramKind.QUIC], 20)
+        if self.mux.transport.doRead.coalescing and len(endpoint.batches) > 0:
+            self.assertGreater(max(len(batch) for batch in endpoint.batches), 1)
+
     def test_send_many_delivers_a_burst_in_order(self):
         burst = [bytes([0x41]) + bytes([n]) * 1000 for n in range(10)] + [b"\x41short"]
         self.assertEqual(self.mux.send_many(burst, self.peer.getsockname()), 0)
