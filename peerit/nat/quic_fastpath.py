@@ -99,6 +99,8 @@ class BulkStreamFastPath(QuicConnection):
         #: a run of consecutive packet numbers received on the fast path and not yet added
         #: to the ACK queue and the duplicate window (:meth:`_flush_received`)
         self._run_start = self._run_stop = -1
+        self._fast_zero_rtt_recv = None
+        self._fast_receivable: dict[int, bool] = {}
 
     def _credit_pending(self) -> bool:
         """Whether a MAX_DATA / MAX_STREAMS / MAX_STREAM_DATA frame would be written now."""
@@ -360,10 +362,12 @@ class BulkStreamFastPath(QuicConnection):
             # update changes the context's AEAD and key phase in place).
             recv = self._fast_recv = self._cryptos[ONE_RTT].recv
             self._fast_space = self._spaces[ONE_RTT]
+            # (looked up once: the dicts are keyed by an Enum, hashed by a Python call)
+            self._fast_zero_rtt_recv = self._cryptos[ZERO_RTT].recv
         aead = recv.aead
         if aead is None or recv.hp._is_chacha20:
             return False
-        if not self._is_client and self._cryptos[ZERO_RTT].recv.aead is not None:
+        if not self._is_client and self._fast_zero_rtt_recv.aead is not None:
             return False
         sample_at = number_offset + 4
         if len(data) < sample_at + SAMPLE_SIZE:
@@ -423,7 +427,13 @@ class BulkStreamFastPath(QuicConnection):
         if stream_frame is not None:
             stream_id, offset, data_at, length = stream_frame[:4]
             stream = self._streams.get(stream_id)
-            if stream is None or not self._stream_can_receive(stream_id):
+            if stream is None:
+                return False
+            can_receive = self._fast_receivable.get(stream_id)
+            if can_receive is None:  # depends on the id and our role only
+                can_receive = self._fast_receivable[stream_id] = \
+                    self._stream_can_receive(stream_id)
+            if not can_receive:
                 return False
             receiver = stream.receiver
             if receiver.is_finished or receiver._final_size is not None:
