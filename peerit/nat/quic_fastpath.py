@@ -37,6 +37,7 @@ from aioquic.quic.packet import (
     QuicFrameType, QuicPacketType, QuicStreamFrame, decode_packet_number, pull_ack_frame,
     push_ack_frame)
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicSentPacket
+from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.recovery import MAX_ACK_RANGES
 from cryptography.exceptions import InvalidTag
 
@@ -203,7 +204,7 @@ class BulkStreamFastPath(QuicConnection):
         buffer = sender._buffer
         buffer_start = sender._buffer_start
         datagrams = builder._datagrams
-        packets = builder._packets
+        sent_packets = space.sent_packets
         packet_number = first_packet_number = builder._packet_number
         first_offset = offset
         sent_bytes = 0
@@ -244,7 +245,7 @@ class BulkStreamFastPath(QuicConnection):
                         + bytes((number_bytes[0] ^ mask[1], number_bytes[1] ^ mask[2]))
                         + protected)
             size = len(datagram)
-            packets.append(_sent_packet(packet_number, size, handlers))
+            sent_packets[packet_number] = _sent_packet(packet_number, now, size, handlers)
             datagrams.append(datagram)
             flight_left -= size
             sent_bytes += size
@@ -255,11 +256,36 @@ class BulkStreamFastPath(QuicConnection):
         builder._packet_number = packet_number
         builder._flight_bytes += sent_bytes
         builder._total_bytes += sent_bytes
-        self.fast_sent += packet_number - first_packet_number
+        count = packet_number - first_packet_number
+        self.fast_sent += count
+        self._register_sent(space, first_packet_number, count, sent_bytes, now)
         sender._pending.subtract(first_offset, offset)
         if offset > sender.highest_offset:
             self._remote_max_data_used += offset - sender.highest_offset
             sender.highest_offset = offset
+
+    def _register_sent(self, space, first: int, count: int, sent_bytes: int,
+                       now: float) -> None:
+        """What ``_flush_builder`` and ``QuicPacketRecovery.on_packet_sent`` do for each
+        packet aioquic sends, once for a run of fast-path packets (already entered in
+        ``space.sent_packets``, in packet-number order, with ``sent_time`` set): all are
+        in flight and ack-eliciting, 1-RTT, sent at ``now``."""
+        loss = self._loss
+        space.ack_eliciting_in_flight += count
+        if loss.handshake_confirmed or not space.is_application_data:
+            loss._time_of_last_sent_ack_eliciting_packet = now
+        cc = loss._cc
+        if type(cc) is RenoCongestionControl:
+            cc.bytes_in_flight += sent_bytes  # all Reno's on_packet_sent does
+        else:
+            sent_packets = space.sent_packets
+            for number in range(first, first + count):
+                cc.on_packet_sent(packet=sent_packets[number])
+        # Restart the idle timer on the first ack-eliciting packet sent since the last one
+        # received (RFC 9000 section 10.1), as _flush_builder does.
+        if not self._ack_eliciting_sent_since_receipt:
+            self._close_at = now + self._idle_timeout()
+            self._ack_eliciting_sent_since_receipt = True
 
     def _ack_frame(self, space, now: float, packet_number: int):
         """aioquic's ``_write_ack_frame`` for the first fast-path packet: ``(frame,
@@ -591,15 +617,17 @@ def _range_start(acked: tuple) -> int:
     return acked[1]
 
 
-def _sent_packet_by_keywords(packet_number: int, size: int, handlers: list) -> QuicSentPacket:
+def _sent_packet_by_keywords(packet_number: int, sent_time: float, size: int,
+                             handlers: list) -> QuicSentPacket:
     return QuicSentPacket(
         epoch=ONE_RTT, in_flight=True, is_ack_eliciting=True, is_crypto_packet=False,
-        packet_number=packet_number, packet_type=ONE_RTT_PACKET, sent_bytes=size,
-        delivery_handlers=handlers)
+        packet_number=packet_number, packet_type=ONE_RTT_PACKET, sent_time=sent_time,
+        sent_bytes=size, delivery_handlers=handlers)
 
 
-def _sent_packet_by_position(packet_number: int, size: int, handlers: list) -> QuicSentPacket:
-    return QuicSentPacket(ONE_RTT, True, True, False, packet_number, ONE_RTT_PACKET, None,
+def _sent_packet_by_position(packet_number: int, sent_time: float, size: int,
+                             handlers: list) -> QuicSentPacket:
+    return QuicSentPacket(ONE_RTT, True, True, False, packet_number, ONE_RTT_PACKET, sent_time,
                           size, handlers, [])
 
 

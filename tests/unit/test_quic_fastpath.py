@@ -132,9 +132,9 @@ class FastPathAgainstAioquicTests(TransferTestCase):
         self.assertGreater(self.server_conn.fast_received, 1000)
 
 
-def connected_pair(receive_window: int = 64 * 1024 * 1024):
+def connected_pair(receive_window: int = 64 * 1024 * 1024, congestion_control: str = "reno"):
     """A client and a server PinnedQuicConnection after the handshake, driven by hand."""
-    settings = QuicSettings(max_datagram_size=1452)
+    settings = QuicSettings(max_datagram_size=1452, congestion_control=congestion_control)
     a = QuicEndpoint(DIALER, None, None, settings)
     b = QuicEndpoint(ACCEPTOR, None, None, settings)
     client = PinnedQuicConnection(configuration=a._configuration(True),
@@ -314,7 +314,16 @@ class FastPathChoiceTests(SynchronousTestCase):
     def test_congestion_control_sees_every_fast_packet(self):
         """Every fast-built packet is registered with loss recovery: bytes in flight grow
         by their sizes and acknowledging them all brings it back to zero."""
-        client, server, now = connected_pair()
+        self.check_registration("reno")
+
+    def test_congestion_control_sees_every_fast_packet_with_cubic(self):
+        """The same with CUBIC (its on_packet_sent is called per packet)."""
+        self.check_registration("cubic")
+
+    def check_registration(self, congestion_control: str):
+        client, server, now = connected_pair(congestion_control=congestion_control)
+        self.assertEqual(type(client._loss._cc).__name__.lower()[:4], congestion_control[:4])
+        self.assertEqual(client._spaces[tls.Epoch.ONE_RTT].ack_eliciting_in_flight, 0)
         flight_before = client._loss.bytes_in_flight
         self.assertEqual(flight_before, 0)
         sent = client._spaces[tls.Epoch.ONE_RTT].sent_packets
@@ -329,6 +338,7 @@ class FastPathChoiceTests(SynchronousTestCase):
         new = [sent[number] for number in sent if number not in sent_before]
         self.assertEqual([packet.sent_bytes for packet in new], [len(d) for d, _ in datagrams])
         self.assertTrue(all(packet.in_flight and packet.sent_time == now for packet in new))
+        self.assertEqual(client._spaces[tls.Epoch.ONE_RTT].ack_eliciting_in_flight, len(new))
         now += 0.01
         for datagram, _ in datagrams:
             server.receive_datagram(datagram, A, now)
@@ -336,6 +346,7 @@ class FastPathChoiceTests(SynchronousTestCase):
             client.receive_datagram(datagram, B, now + 0.03)
         self.assertEqual(client._loss.bytes_in_flight, 0)
         self.assertEqual(len(client._spaces[tls.Epoch.ONE_RTT].sent_packets), 0)
+        self.assertEqual(client._spaces[tls.Epoch.ONE_RTT].ack_eliciting_in_flight, 0)
         # the stream learnt of every acknowledged byte (merged per ACK frame) and let it go
         sender = client._streams[2].sender
         self.assertEqual(client.held_bytes(2, sender.highest_offset), 0)
@@ -345,5 +356,5 @@ class FastPathChoiceTests(SynchronousTestCase):
         """The positional QuicSentPacket constructor matches the keyword one (the fields are
         checked at import; this checks the values)."""
         handlers = [(print, (None, 0, 10))]
-        self.assertEqual(quic_fastpath._sent_packet(7, 1452, handlers),
-                         quic_fastpath._sent_packet_by_keywords(7, 1452, handlers))
+        self.assertEqual(quic_fastpath._sent_packet(7, 2.5, 1452, handlers),
+                         quic_fastpath._sent_packet_by_keywords(7, 2.5, 1452, handlers))
