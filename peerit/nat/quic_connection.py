@@ -37,8 +37,12 @@ and ``test_quic_fastpath.py``) rather than silently:
     ``recv``: ``aead._aead``, ``aead._iv``, ``hp._encryptor``, ``hp._is_chacha20``,
     ``key_phase``) and ``_cryptos[ZERO_RTT].recv.aead``;
   - the 1-RTT packet space ``_spaces[ONE_RTT]`` (``ack_at``, ``expected_packet_number``,
-    ``largest_received_packet``/``_time``, ``received_packets``, ``ack_queue``,
-    ``discarded``) and ``recovery.MAX_ACK_RANGES``;
+    ``largest_received_packet``/``_time``, ``received_packets`` (a
+    ``QuicPacketNumberWindow``: ``add``, ``_received``, ``_lower``), ``ack_queue``,
+    ``discarded``, ``sent_packets``, ``ack_eliciting_in_flight``, ``is_application_data``)
+    and ``recovery.MAX_ACK_RANGES``;
+  - ACK frames written in fast-path packets: ``packet.push_ack_frame``,
+    ``_local_ack_delay_exponent``, ``_on_ack_delivery`` (the frame's delivery handler);
   - flow control: ``_remote_max_data``, ``_remote_max_data_used``, ``_local_max_data``
     (``used``, ``value``); streams in ``_streams``: ``is_blocked``,
     ``max_stream_data_local``/``_remote``, the sender's ``_pending``, ``_buffer``,
@@ -47,7 +51,10 @@ and ``test_quic_fastpath.py``) rather than silently:
     ``_final_size``, ``highest_offset``, ``is_finished``, ``stop_pending``,
     ``handle_frame``;
   - loss recovery: ``_loss`` (``_pacer.packet_time``/``bucket_time``/``update_bucket``,
-    ``on_ack_received``, ``peer_completed_address_validation``);
+    ``on_ack_received``, ``peer_completed_address_validation``, ``handshake_confirmed``,
+    ``_time_of_last_sent_ack_eliciting_packet``, ``_cc``: ``on_packet_sent`` and, for
+    ``RenoCongestionControl`` exactly, ``bytes_in_flight``): fast-path packets are
+    registered as ``_flush_builder`` and ``on_packet_sent`` would, once per run;
   - the packet builder: ``_packet``, ``_buffer``, ``max_flight_bytes``,
     ``max_total_bytes``, ``_flight_bytes``, ``_total_bytes``, ``_datagrams``, ``_packets``,
     ``_packet_number``; and ``QuicSentPacket``'s constructor.
