@@ -32,6 +32,7 @@ UPLOAD_BURST_BYTES = 4 << 20
 # 2 MiB took a swarm downloader's peak RSS to 99 MiB (84 with 1 MiB). Held per link at most
 # ~bufferSize + one block; only unchoked links (4 + 1) upload.
 TCP_BUFFER = 1 << 20
+BLOCK_BUFFERS = framing.BodyPool()  # every link's received blocks (reactor thread only)
 TCP_SEND_LIMIT = 1 << 20
 
 
@@ -57,7 +58,7 @@ class PeerLink(Protocol):
         self.connect_seconds = 0.0
         self.swarm = None
         self.state = None  # PeerState once attached
-        self._decoder = framing.FrameDecoder(wire.MAX_FRAME_SIZE)
+        self._decoder = framing.FrameDecoder(wire.MAX_FRAME_SIZE, BLOCK_BUFFERS)
         self._handshaken = False
         self._closed = False
         self._paused = False

@@ -98,7 +98,8 @@ class Daemon(service.MultiService):
         self.state = None
         self.listen_port = 0
         self._pool = None
-        self.writer = None  # BlockWriter: received blocks to disk, hashed on the way
+        self.hasher = None  # BlockWriter threads: received blocks hashed, then written
+        self.writer = None
         self._ports = []
         self._sync_call = None
 
@@ -110,7 +111,10 @@ class Daemon(service.MultiService):
         self.state = StateDB(os.path.join(self.data_dir, "state.sqlite3"))
         self._pool = ThreadPool(1, 2, name="peerit-disk")
         self._pool.start()
+        # Received blocks: hashed on one thread, written on another (Transfer._write_block).
+        self.hasher = BlockWriter(self.reactor, name="peerit-hasher")
         self.writer = BlockWriter(self.reactor)
+        self.hasher.start()
         self.writer.start()
         super().startService()
         d = defer.ensureDeferred(self._start())
@@ -209,8 +213,9 @@ class Daemon(service.MultiService):
         d = defer.ensureDeferred(self._stop())
 
         def finish(result):
-            if self.writer is not None:
-                self.writer.stop()  # queued blocks written before the files close
+            for stage in (self.hasher, self.writer):  # this order: the hasher feeds the writer
+                if stage is not None:
+                    stage.stop()  # queued blocks written before the files close
             for transfer in self.transfers.values():
                 transfer.store.close()
             if self.state is not None:

@@ -75,7 +75,8 @@ class Transfer:
         self._checking = None
         self._maintain_call = None
         self._unsynced = 0
-        self._hashes = None  # PieceHashes of the running swarm, touched by the writer only
+        self._hashes = None  # PieceHashes of the running swarm, touched by the hasher only
+        self._write_failures = set()
         self._write_error = None  # PeeritError the writer thread met, raised on next write
         if record is not None:
             self.paused = record.paused
@@ -169,6 +170,7 @@ class Transfer:
         # A fresh PieceHashes per swarm: blocks of an earlier run still in the writer's
         # queue feed the old one, which nobody asks again.
         self._hashes = PieceHashes(self.metainfo.piece_size)
+        self._write_failures = set()  # pieces with a failed write (writer thread)
         self._write_error = None
         self.swarm = Swarm(
             self.metainfo, self.store, self.have, self.clock, self.daemon.rng,
@@ -190,37 +192,49 @@ class Transfer:
         return bytes_left(self.metainfo, self.have)
 
     # -- pieces ---------------------------------------------------------------------------
+    # Received blocks go through two threads in order (peerit/daemon/writer.py): the hasher
+    # feeds the piece's SHA-256 from the block's memory and passes the block on to the
+    # writer, which writes it (O_DIRECT waits for the device: hashing the next block
+    # meanwhile keeps the pipeline full). A piece's digest is taken on the hasher after its
+    # blocks, then confirmed on the writer after their writes: verified means written.
     def _write_block(self, piece: int, offset: int, data) -> None:
-        """Reactor thread: queue a received block for the writer thread."""
+        """Reactor thread: queue a received block."""
         if self._write_error is not None:
             raise self._write_error
-        self.daemon.writer.submit(len(data), self._write_in_writer, self._hashes, self.swarm,
-                                  piece, offset, data)
+        self.daemon.hasher.submit(len(data), self._hash_in_hasher, self._hashes,
+                                  self._write_failures, self.swarm, piece, offset, data)
 
-    def _write_in_writer(self, hashes: PieceHashes, swarm, piece: int, offset: int,
-                         data) -> None:
-        """Writer thread: write the block, then hash it from the same memory."""
+    def _hash_in_hasher(self, hashes: PieceHashes, failures: set, swarm, piece: int,
+                        offset: int, data) -> None:
+        hashes.add(piece, offset, data)
+        self.daemon.writer.submit(len(data), self._write_in_writer, failures, swarm, piece,
+                                  offset, data)
+
+    def _write_in_writer(self, failures: set, swarm, piece: int, offset: int, data) -> None:
         try:
             self.store.write_block(piece, offset, data)
         except PeeritError as e:
-            hashes.spoil(piece)  # its check reads back what is (not) on disk
+            failures.add(piece)  # its check reads back what is (not) on disk
             if self._write_error is None and swarm is self.swarm:
                 self._write_error = e
                 self.daemon.reactor.callFromThread(self._write_failed, swarm, e)
-            return
-        hashes.add(piece, offset, data)
 
     def _write_failed(self, swarm, error: PeeritError) -> None:
         if swarm is self.swarm and swarm.running:
             self._storage_failed(error)
 
     def _verify_piece(self, piece: int) -> defer.Deferred:
-        # Through the writer: after every block of the piece is written (one thread, FIFO).
-        return self.daemon.writer.call(self._digest_in_writer, self._hashes, piece)
+        failures = self._write_failures
+        d = self.daemon.hasher.call(self._hashes.finish, piece)
+        d.addCallback(lambda digest: self.daemon.writer.call(
+            self._digest_in_writer, failures, piece, digest))
+        return d
 
-    def _digest_in_writer(self, hashes: PieceHashes, piece: int) -> bytes:
-        digest = hashes.finish(piece)
-        return digest if digest is not None else self.store.piece_digest(piece)
+    def _digest_in_writer(self, failures: set, piece: int, digest: bytes | None) -> bytes:
+        if digest is None or piece in failures:
+            failures.discard(piece)
+            return self.store.piece_digest(piece)
+        return digest
 
     def _piece_verified(self, piece: int) -> None:
         # Journaled at once: a SIGKILL a moment later must not cost this piece again.

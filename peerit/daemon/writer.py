@@ -11,10 +11,12 @@ frame decoder filled it.
 - :class:`PieceHashes` is the logic (no I/O, no threads): incremental SHA-256 per piece,
   blocks that arrive ahead of their turn held up to a byte cap, and "unknown" (read it back)
   whenever the memory path cannot vouch for a piece.
-- :class:`BlockWriter` is the thread: one worker, first in first out, so a piece's digest is
-  taken after all of its blocks are written and a sync after a piece was verified covers it.
-  At most ``max_queued`` bytes wait; beyond that the reactor waits for the disk, as a
-  blocking ``pwrite`` would (back-pressure at the disk's speed, memory bounded).
+- :class:`BlockWriter` is a thread: one worker, first in first out. The daemon runs two, a
+  hasher and a writer, in a pipeline (``Transfer._write_block``): a piece's digest is taken
+  after all of its blocks are hashed and confirmed after they are written, so a sync after
+  a piece was verified covers it. At most ``max_queued`` bytes wait at each; beyond that the
+  submitter waits (the reactor for the hasher, the hasher for the disk), as a blocking
+  ``pwrite`` would (back-pressure at the disk's speed, memory bounded).
 """
 
 import collections

@@ -160,3 +160,45 @@ class BuildTests(SynchronousTestCase):
                         peer.Request(0, 0, 2**40)):
             with self.assertRaises(MalformedMessage):
                 peer.build(message)
+
+
+class BodyPoolTests(SynchronousTestCase):
+    """Large frame bodies reuse buffers nobody refers to any more, and only those."""
+
+    def test_a_buffer_comes_back_only_when_nothing_refers_to_it(self):
+        from peerit.wire.framing import BodyPool, FrameDecoder, frame
+        pool = BodyPool(keep=4)
+        first = pool.get(1000)
+        view = memoryview(first)[10:]  # e.g. a Block's payload on its way to the disk
+        del first
+        second = pool.get(1000)
+        self.assertIsNot(second, view.obj)  # still referenced: never handed out twice
+        held = view.obj
+        view.release()
+        del view, second
+        third = pool.get(1000)
+        self.assertEqual(pool.reused, 1)
+        self.assertIsNot(third, held)  # ``held`` still refers to the first one
+        del held, third
+        self.assertEqual(len({id(pool.get(1000)) for _ in range(3)}), 1)
+
+    def test_decoded_frames_stay_intact_while_later_frames_reuse_buffers(self):
+        from peerit.wire.framing import BodyPool, FrameDecoder, frame
+        pool = BodyPool(keep=2)
+        decoder = FrameDecoder(1 << 20, pool)
+        bodies = [bytes([n]) * 100_000 for n in range(6)]
+
+        def feed_in_two(body):  # a body that arrives in parts is collected in a pooled buffer
+            data = frame(body)
+            return decoder.feed(data[:50_000]) + decoder.feed(data[50_000:])
+        kept = []
+        for body in bodies:
+            kept += feed_in_two(body)
+        self.assertEqual([bytes(b) for b in kept], bodies)  # all still referenced: no reuse
+        self.assertEqual(pool.reused, 0)
+        kept.clear()
+        again = []
+        for body in bodies:
+            again += [bytes(b) for b in feed_in_two(body)]  # copied out, released at once
+        self.assertEqual(again, bodies)
+        self.assertGreater(pool.reused, 0)
