@@ -15,9 +15,12 @@ import stat
 import threading
 from collections import OrderedDict
 
+from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from peerit.errors import NoSpace, PeeritError, PermissionDenied, UsageError
+
+log = Logger()
 
 HASH_CHUNK = 1 << 20
 MAX_OPEN_FILES = 64
@@ -103,6 +106,8 @@ class FileStore:
         # filesystem allows and the range is aligned: see _write_at / _read_into.
         self.direct = direct
         self._direct_fds: dict[int, int] = {}  # file index -> its O_DIRECT fd
+        self._direct_refused = False  # the device refused our alignment once: no more
+        self._retired_fds: list[int] = []  # direct fds dropped since; closed by close()
         self.direct_bytes_written = self.direct_bytes_read = 0  # diagnostics and tests
         self._paths = [str(metainfo.relative_target(f)) for f in metainfo.files]
         self._fds: OrderedDict[int, int] = OrderedDict()
@@ -166,7 +171,8 @@ class FileStore:
         except BaseException:
             self._unlease(index)
             raise
-        direct_fd = self._open_direct(fd) if self.direct else None
+        direct_fd = self._open_direct(fd) if self.direct and not self._direct_refused \
+            else None
         with self._lock:
             existing = self._fds.get(index)
             if existing is not None:  # another thread opened it meanwhile
@@ -300,12 +306,17 @@ class FileStore:
             if head:
                 bounce = _bounce.get(head)
                 bounce[:] = chunk[:head]
-                while bounce:
-                    written = os.pwrite(direct_fd, bounce, file_offset)
-                    bounce = bounce[written:]
-                    file_offset += written
-                self.direct_bytes_written += head
-                chunk = chunk[head:]
+                try:
+                    while bounce:
+                        written = os.pwrite(direct_fd, bounce, file_offset)
+                        bounce = bounce[written:]
+                        file_offset += written
+                        chunk = chunk[written:]
+                        self.direct_bytes_written += written
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    self._no_direct(e)  # alignment the device refuses: buffered from now on
         while chunk:
             written = os.pwrite(fd, chunk, file_offset)
             chunk = chunk[written:]
@@ -368,7 +379,13 @@ class FileStore:
             aligned = (want - done) - (want - done) % DIRECT_ALIGN
             while aligned:
                 bounce = _bounce.get(aligned)
-                got = os.preadv(direct_fd, [bounce], position)
+                try:
+                    got = os.preadv(direct_fd, [bounce], position)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    self._no_direct(e)
+                    break
                 view[done:done + got] = bounce[:got]
                 self.direct_bytes_read += got
                 done += got
@@ -379,6 +396,19 @@ class FileStore:
         if done < want:
             done += self._read_plain(fd, view[done:], file_offset + done)
         return done
+
+    def _no_direct(self, error: OSError) -> None:
+        """The device wants another alignment than DIRECT_ALIGN: stop using O_DIRECT for
+        this store (its fds close with the others)."""
+        with self._lock:
+            if self._direct_fds:
+                log.info("{root}: direct I/O refused ({error}); using the page cache",
+                         root=self.root, error=error)
+            self._direct_refused = True
+            # Not closed here: another thread may be inside a call on one (under its
+            # file's lease). close() closes them.
+            self._retired_fds += self._direct_fds.values()
+            self._direct_fds.clear()
 
     @staticmethod
     def _read_plain(fd: int, view, file_offset: int) -> int:
@@ -433,9 +463,11 @@ class FileStore:
             self._closed = True
             while self._leases:
                 self._lock.wait()
-            fds = list(self._fds.values()) + list(self._direct_fds.values())
+            fds = list(self._fds.values()) + list(self._direct_fds.values()) + \
+                self._retired_fds
             self._fds.clear()
             self._direct_fds.clear()
+            self._retired_fds = []
         for fd in fds:
             os.close(fd)
         if self._root_fd is not None:

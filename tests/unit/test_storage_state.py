@@ -259,3 +259,13 @@ class DirectIOTests(SynchronousTestCase):
         store.write_block(0, 0, data)
         self.assertEqual(store.direct_bytes_written, 0)
         self.assertEqual(store.read_block(0, 0, 100), data[:100])
+
+    def test_an_alignment_the_device_refuses_falls_back_to_the_page_cache(self):
+        """O_DIRECT refusing our alignment (EINVAL) is not a storage failure: the store
+        goes on buffered and the data is still right."""
+        from peerit.daemon import storage
+        self.patch(storage, "DIRECT_ALIGN", 100)  # no device accepts 100-byte alignment
+        store = self.check([("big.bin", 3 * 65536 + 1000)], piece_length=65536, block=16384)
+        if direct_io_supported(self.root):
+            self.assertTrue(store._direct_refused)
+            self.assertEqual(store.direct_bytes_written, 0)
