@@ -23,7 +23,9 @@ try:
     # pyOpenSSL 26.4; tests/unit/test_tls.py fails if the direct path is not taken.
     from OpenSSL._util import ffi as _ffi, lib as _lib
     _DIRECT_READ = hasattr(SSL.Connection, "_raise_ssl_error") and all(
-        hasattr(_lib, name) for name in ("SSL_read", "SSL_write", "BIO_get_mem_data"))
+        hasattr(_lib, name) for name in ("SSL_read", "SSL_write", "BIO_get_mem_data",
+                                         "SSL_get_error", "SSL_ERROR_WANT_READ"))
+    _WANT_READ = _lib.SSL_ERROR_WANT_READ
 except ImportError:  # pragma: no cover - a pyOpenSSL without the binding: plain recv
     _DIRECT_READ = False
 
@@ -214,8 +216,11 @@ class DirectTLS(BufferingTLSTransport):
                 if not self._aborted:
                     buffer_updated(result)
                 continue
-            # No data: pyOpenSSL turns the SSL error into its exception, handled as in
-            # Twisted's own loop.
+            # No data. The usual reason, checked without an exception (~2 us each, once
+            # per read): everything buffered has been read.
+            if _lib.SSL_get_error(ssl, result) == _WANT_READ:
+                break
+            # Anything else: pyOpenSSL turns it into its exception, handled as in Twisted.
             try:
                 connection._raise_ssl_error(ssl, result)
             except SSL.WantReadError:

@@ -91,6 +91,14 @@ class FrameDecoder:
             data = self._fill_large(data, frames)
             if not data:
                 return frames
+        if not self._buffer and self._need is None and type(data) is bytes:
+            # Nothing pending (the common case for small messages): cut whole frames
+            # straight from ``data`` and buffer only an incomplete tail (1.8 -> 0.85 us for
+            # a read of two frames; feed was 6-9% of the tracker's CPU). Not for other
+            # types: a memoryview may be a reused scratch buffer.
+            data = self._cut_whole_frames(data, frames)
+            if not data:
+                return frames
         buf = self._buffer
         buf += data
         pos = 0
@@ -125,6 +133,19 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return frames
+
+    def _cut_whole_frames(self, data: bytes, frames: list) -> bytes:
+        pos, end, limit = 0, len(data), self.max_frame_size
+        while end - pos >= LENGTH_SIZE:
+            need = int.from_bytes(data[pos:pos + LENGTH_SIZE], "big")
+            if need > limit:
+                raise FrameTooLarge(f"frame of {need} bytes exceeds the limit of {limit}")
+            if end - pos - LENGTH_SIZE < need:
+                break
+            pos += LENGTH_SIZE
+            frames.append(data[pos:pos + need])
+            pos += need
+        return data[pos:] if pos else data
 
     # -- receiving in place (asyncio's BufferedProtocol shape) ------------------------------
     SCRATCH_SIZE = 16 * 1024 + 256  # one TLS record's plaintext
