@@ -50,6 +50,7 @@ class _Bounce(threading.local):
 
 
 _bounce = _Bounce()
+_read_out = _Bounce()  # read_block's result before it is copied out (page-aligned)
 
 
 class IPieceStore(Interface):
@@ -338,13 +339,15 @@ class FileStore:
                     raise PeeritError(f"{self.path_of(file_index)} is shorter than the share")
                 parts.append(data)
             return parts[0] if len(parts) == 1 else b"".join(parts)
-        data = bytearray(length)
-        view = memoryview(data)
+        # Read into this thread's aligned output buffer (O_DIRECT can fill it in place),
+        # then one copy out: no zeroed bytearray per upload (memset was 2.5% of a swarm).
+        view = _read_out.get(length)
         done = 0
         for file_index, file_offset, seg_length in self.metainfo.segments(piece, offset, length):
             fd = self._lease(file_index)
             try:
-                got = self._read_into(file_index, fd, view[done:done + seg_length], file_offset)
+                got = self._read_into(file_index, fd, view[done:done + seg_length], file_offset,
+                                      view_aligned=not done % DIRECT_ALIGN)
             except OSError as e:
                 raise _os_error(e, self.path_of(file_index)) from None
             finally:
@@ -352,9 +355,10 @@ class FileStore:
             if got != seg_length:
                 raise PeeritError(f"{self.path_of(file_index)} is shorter than the share")
             done += seg_length
-        return data
+        return bytes(view)
 
-    def _read_into(self, file_index: int, fd: int, view, file_offset: int) -> int:
+    def _read_into(self, file_index: int, fd: int, view, file_offset: int,
+                   view_aligned: bool = False) -> int:
         """Fill ``view`` from ``file_offset``; returns the bytes read (short only at EOF).
 
         From the page cache when the data is there (RWF_NOWAIT: no disk wait, no new pages);
@@ -378,15 +382,18 @@ class FileStore:
         if direct_fd is not None and not position % DIRECT_ALIGN:
             aligned = (want - done) - (want - done) % DIRECT_ALIGN
             while aligned:
-                bounce = _bounce.get(aligned)
+                # ``view`` itself when its memory is page-aligned there, else the bounce.
+                in_place = view_aligned and not done % DIRECT_ALIGN
+                target = view[done:done + aligned] if in_place else _bounce.get(aligned)
                 try:
-                    got = os.preadv(direct_fd, [bounce], position)
+                    got = os.preadv(direct_fd, [target], position)
                 except OSError as e:
                     if e.errno != errno.EINVAL:
                         raise
                     self._no_direct(e)
                     break
-                view[done:done + got] = bounce[:got]
+                if not in_place:
+                    view[done:done + got] = target[:got]
                 self.direct_bytes_read += got
                 done += got
                 position += got
