@@ -226,16 +226,33 @@ class DirectTLS(BufferingTLSTransport):
         buffer_updated = self.wrappedProtocol.buffer_updated
         while not self._lostTLSConnection:
             view = get_buffer()
-            result = _lib.SSL_read(ssl, _ffi.from_buffer(view, require_writable=True),
-                                   len(view))
-            if result > 0:
+            size = len(view)
+            target = _ffi.from_buffer(view, require_writable=True)
+            # Record after record into the same buffer (a block's body takes 16 of them),
+            # and the protocol told once it is full or nothing is left: not a round of
+            # Python calls per 16 KiB record.
+            filled = 0
+            error = None  # SSL_get_error of the read that stopped short, taken at once:
+            # the protocol's callback may use the connection (a write resets that state).
+            while filled < size:
+                result = _lib.SSL_read(ssl, target + filled, size - filled)
+                if result <= 0:
+                    error = _lib.SSL_get_error(ssl, result)
+                    break
+                filled += result
+            del target
+            if filled:
                 self.direct_reads += 1
                 if not self._aborted:
-                    buffer_updated(result)
-                continue
-            # No data. The usual reason, checked without an exception (~2 us each, once
-            # per read): everything buffered has been read.
-            if _lib.SSL_get_error(ssl, result) == _WANT_READ:
+                    buffer_updated(filled)
+                if error != _WANT_READ:
+                    # The buffer is full (ask for the next one), or a close or an error
+                    # stopped the read: the next SSL_read meets it again at once, with
+                    # nothing in between, and it is handled below.
+                    continue
+            # The usual end, checked without an exception (~2 us each, once per read):
+            # everything buffered has been read.
+            if error == _WANT_READ:
                 break
             # Anything else: pyOpenSSL turns it into its exception, handled as in Twisted.
             try:
