@@ -88,10 +88,15 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
         for name in names:
             clients[name].download(shared["metainfo"], str(Path(work) / name))
         finish = {}
+        first_piece = {}  # when each downloader first reported a verified piece
         while len(finish) < len(names):
             for name in names:
-                if name not in finish and \
-                        clients[name].status(shared["info_hash"])["state"] == "seeding":
+                if name in finish:
+                    continue
+                status = clients[name].status(shared["info_hash"])
+                if name not in first_piece and status.get("done"):
+                    first_piece[name] = time.monotonic() - started
+                if status["state"] == "seeding":
                     finish[name] = time.monotonic() - started
             if time.monotonic() - started > deadline:
                 raise TimeoutError(f"not done within {deadline}s")
@@ -107,7 +112,8 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
         rss = {n: peak_rss_mib(pid) for n, pid in pids.items()}
         for c in clients.values():
             c.close()
-        return {"seconds": max(finish.values()), "first": min(finish.values()), "rss": rss,
+        return {"seconds": max(finish.values()), "first": min(finish.values()),
+                "first_piece": max(first_piece.values(), default=float("nan")), "rss": rss,
                 "cpu": cpu, "kernel": kernel, "threads": threads}
 
 
@@ -131,6 +137,8 @@ def main() -> int:
     if args.downloaders > 1:
         print("  first / last downloader done (s): " + ", ".join(
             f"{r['first']:.2f} / {r['seconds']:.2f}" for r in results))
+        print("  latest first verified piece of a downloader (s): " + ", ".join(
+            f"{r['first_piece']:.2f}" for r in results))
     if args.downloaders == 1:
         print(f"  throughput: median {statistics.median(rates):.0f} MB/s "
               f"(range {min(rates):.0f}-{max(rates):.0f})")

@@ -204,6 +204,8 @@ class Swarm:
         peer.upload_queue.clear()
         # Their outstanding blocks go to the others now.
         self._request_everywhere()
+        if not peer.am_choking:
+            self._fill_free_slots()
 
     # -- messages -------------------------------------------------------------------------
     def handle(self, peer: PeerState, message) -> None:
@@ -236,6 +238,7 @@ class Swarm:
             peer.peer_interested = False
             if not peer.am_choking:
                 self._choke(peer)
+                self._fill_free_slots()
         elif kind is wire.Choke:
             peer.peer_choking = True
             self._forget_requests(peer)
@@ -426,6 +429,7 @@ class Swarm:
             if peer.pieces.complete:
                 peer.link.close("both sides complete")
                 self.detach(peer)
+        self._fill_free_slots()
         self.on_complete()
 
     # -- uploading ------------------------------------------------------------------------
@@ -455,6 +459,27 @@ class Swarm:
         peer.upload.add(length)
         self.upload.add(length)
         return piece, offset, data
+
+    def _fill_free_slots(self) -> None:
+        """A slot freed (its peer lost interest or left, or we just finished) goes to a
+        waiting interested peer now, not at the next rechoke round: in a fast swarm the
+        round (10 s) came after everyone else had finished, and one downloader, choked by
+        all, waited for it (a 10 s straggler in a 4 s swarm)."""
+        free = self.config.upload_slots + 1 - self._unchoked_count()
+        if free <= 0:
+            return
+        waiting = [p for p in self.peers.values() if p.peer_interested and p.am_choking]
+        if not waiting:
+            return
+        # The round's own order: by what they gave us (downloading) or took (seeding),
+        # random among equals.
+        self.rng.shuffle(waiting)
+        if self.downloading:
+            waiting.sort(key=lambda p: p.download.rate, reverse=True)
+        else:
+            waiting.sort(key=lambda p: p.upload.rate, reverse=True)
+        for peer in waiting[:free]:
+            self._unchoke(peer)
 
     def _unchoked_count(self) -> int:
         return sum(1 for p in self.peers.values() if not p.am_choking)

@@ -195,6 +195,31 @@ class ChokingTests(SynchronousTestCase):
         unchoked = [p for p in seeder.peers.values() if not p.am_choking]
         self.assertLessEqual(len(unchoked), 3)
 
+    def test_a_slot_freed_goes_to_a_waiting_peer_at_once(self):
+        """When an unchoked peer loses interest, a choked interested one is unchoked now,
+        not at the next rechoke round."""
+        h = SwarmHarness(os.urandom(8 * PIECE))
+        seeder = h.swarm(True, upload_slots=1, max_peers=50)
+        leechers = [h.swarm(False) for _ in range(4)]
+        for leecher in leechers:
+            h.network.connect(leecher, seeder)
+        while h.network.queue:  # control messages only, as above
+            link, data = h.network.queue.pop(0)
+            message = wire.parse(data)
+            if link.state is not None and type(message) is not wire.Block:
+                link.swarm.handle(link.state, message)
+        unchoked = [p for p in seeder.peers.values() if not p.am_choking]
+        waiting = [p for p in seeder.peers.values() if p.am_choking and p.peer_interested]
+        self.assertEqual((len(unchoked), len(waiting)), (2, 2))
+        seeder.handle(unchoked[0], wire.NotInterested())
+        now_unchoked = [p for p in seeder.peers.values() if not p.am_choking]
+        self.assertEqual(len(now_unchoked), 2)
+        self.assertNotIn(unchoked[0], now_unchoked)
+        self.assertEqual(len([p for p in waiting if not p.am_choking]), 1)
+        # ... and a peer that leaves frees its slot the same way.
+        seeder.detach(unchoked[1])
+        self.assertEqual(len([p for p in waiting if not p.am_choking]), 2)
+
     def test_simultaneous_links_keep_the_same_one_on_both_sides(self):
         """If both peers dial each other, both keep the link dialed by the lower peer id."""
         h = SwarmHarness(os.urandom(2 * PIECE))
