@@ -156,6 +156,7 @@ class DirectTLS(BufferingTLSTransport):
 
     direct_reads = 0  # records delivered in place (tests check the paths are taken)
     direct_writes = 0
+    _direct_send = False  # set by makeConnection: the transport is Twisted's TCP
 
     def writeSequence(self, sequence):
         if not _DIRECT_READ or sum(map(len, sequence)) < LARGE_WRITE:
@@ -200,16 +201,25 @@ class DirectTLS(BufferingTLSTransport):
         pending = _lib.BIO_get_mem_data(connection._from_ssl, _ffi.NULL)
         if pending <= 0:
             return
-        data = connection.bio_read(pending)
+        self._send(connection.bio_read(pending))
+
+    def makeConnection(self, transport):
+        # Sending without a poll needs Twisted's TCP connection (its send queue is checked
+        # first); anything else (in-memory test transports, a relay's preamble wrapper)
+        # gets every byte through write().
+        self._direct_send = isinstance(transport, tcp.Connection)
+        super().makeConnection(transport)
+
+    def _send(self, data: bytes) -> None:
+        """Sealed records to TCP: at once when nothing is queued before them (keeps the
+        order, saves Twisted's join of its queue, a copy of every byte, and a reactor
+        turn); only what the kernel does not take goes through write()."""
         transport = self.transport
-        if (transport.__class__ is tcp.Server or transport.__class__ is tcp.Client) and \
-                not transport._tempDataLen and not transport.dataBuffer and \
-                transport.connected and not transport.disconnecting:
-            # Nothing queued before these bytes, so sending them now keeps the order, and
-            # saves Twisted's join of its queue (a copy of every byte) and a reactor turn.
+        if (self._direct_send and not transport._tempDataLen and not transport.dataBuffer
+                and transport.connected and not transport.disconnecting):
             # writeSomeData returns what the kernel took (0 if it would block), or an
             # exception instance if the connection is gone: then write() queues it all and
-            # the reactor's own write path reports the loss. (The tracker does the same.)
+            # the reactor's own write path reports the loss.
             sent = transport.writeSomeData(data)
             if sent.__class__ is int:
                 if sent == len(data):

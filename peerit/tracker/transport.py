@@ -29,7 +29,6 @@ Everything else (handshake, shutdown, errors, producers, the handshake gate of
 ``peerit.tls``) is the parent classes' own code.
 """
 
-from twisted.internet import tcp
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
@@ -72,16 +71,9 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._flush_call = None
-        self._direct_send = False
         self._established = False  # handshake done, gate released: the direct read path
         # BufferingTLSTransport binds its aggregator's write the same way (a hot path).
         self.write = self._gather
-
-    def makeConnection(self, transport):
-        # Sending without a poll needs Twisted's TCP connection (its send queue is checked
-        # first); anything else (tests' in-memory transports) gets every byte through write().
-        self._direct_send = isinstance(transport, tcp.Connection)
-        super().makeConnection(transport)
 
     # -- application writes -----------------------------------------------------------------
 
@@ -227,20 +219,7 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
                 records += _ffi.buffer(_buffer, result)[:]
         self._send(records)
 
-    def _send(self, data: bytes) -> None:
-        transport = self.transport
-        if (self._direct_send and not transport._tempDataLen and not transport.dataBuffer
-                and transport.connected and not transport.disconnecting):
-            # Nothing queued before these bytes, so sending them now keeps the order.
-            # writeSomeData returns the bytes the kernel took (0 when it would block), or
-            # an exception instance when the connection is gone: then write() queues the
-            # lot and the reactor's own write path reports the loss as usual.
-            sent = transport.writeSomeData(data)
-            if sent.__class__ is int:
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        transport.write(data)
+    # _send (sealed records to TCP without a poll when nothing is queued): DirectTLS's.
 
 
 class TrackerTLSFactory(GatedTLSFactory):
