@@ -30,23 +30,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "natlab"))
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE / "references"))
 
+from common import proc_cpu_times  # noqa: E402
 from lab import NAT_TYPES, NatLab, check_available  # noqa: E402
 from test_nat_matrix import (  # noqa: E402
     LabPeers, MiB, random_file, sha256_of)
 
 CONE = ("full-cone", "address-restricted", "port-restricted")
-
-
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, kernel) CPU seconds of a process, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_times(pid))
 
 
 class ProfiledPeers(LabPeers):
@@ -94,7 +85,7 @@ def run_pair(r1: str, r2: str, payload: Path, workdir: Path, profile=False,
         shared = peers.share("seed", payload)
         seed_pid = peers.daemons["seed"][1].pid
         dl_pid = peers.daemons["dl"][1].pid
-        cpu_before = (cpu_times(seed_pid), cpu_times(dl_pid))
+        cpu_before = (proc_cpu_times(seed_pid), proc_cpu_times(dl_pid))
         client = BlockingClient(peers.daemons["dl"][0])
         try:
             started = time.monotonic()
@@ -103,7 +94,7 @@ def run_pair(r1: str, r2: str, payload: Path, workdir: Path, profile=False,
                                                   timeout)
         finally:
             client.close()
-        cpu_after = (cpu_times(seed_pid), cpu_times(dl_pid))
+        cpu_after = (proc_cpu_times(seed_pid), proc_cpu_times(dl_pid))
         ok = sha256_of(workdir / "out" / payload.name) == sha256_of(payload)
         for name in ("seed", "dl"):
             peers.daemons[name][1].stop(timeout=20)  # writes the profile

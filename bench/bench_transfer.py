@@ -16,8 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "references"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import proc_cpu_times  # noqa: E402
 from peerit.client import BlockingClient  # noqa: E402
 from peerit.ctl.offline import parse_size  # noqa: E402
 from peerit.testing.localswarm import LocalSwarm  # noqa: E402
@@ -29,14 +31,6 @@ def peak_rss_mib(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(utime, stime) of a process (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -54,11 +48,6 @@ def thread_cpu(pid: int) -> dict[str, float]:
         name = "reactor" if tid == str(pid) else name.rstrip("0123456789-")
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc."""
-    return sum(cpu_times(pid))
 
 
 def make_file(path: Path, size: int) -> None:
@@ -82,7 +71,7 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
         shared = swarm.ctl_json("seed", "share", str(src), "-o", str(Path(work) / "p.p2p"))
         clients = {n: BlockingClient(swarm.daemons[n].control) for n in names}
         pids = {n: swarm.daemons[n].process.pid for n in ["seed", *names]}
-        cpu_before = {n: cpu_times(pid) for n, pid in pids.items()}
+        cpu_before = {n: proc_cpu_times(pid) for n, pid in pids.items()}
         threads_before = {n: thread_cpu(pid) for n, pid in pids.items()}
         started = time.monotonic()
         for name in names:
@@ -103,12 +92,12 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
             # Each status call costs the daemon a little: 50 Hz in all, however many we watch
             # (20 ms resolution on one download, 160 ms over eight).
             time.sleep(0.02 * len(names))
-        kernel = {n: cpu_times(pid)[1] - cpu_before[n][1] for n, pid in pids.items()}
+        kernel = {n: proc_cpu_times(pid)[1] - cpu_before[n][1] for n, pid in pids.items()}
         threads = {}
         for n, pid in pids.items():
             after = thread_cpu(pid)
             threads[n] = {t: after[t] - threads_before[n].get(t, 0.0) for t in after}
-        cpu = {n: sum(cpu_times(pid)) - sum(cpu_before[n]) for n, pid in pids.items()}
+        cpu = {n: sum(proc_cpu_times(pid)) - sum(cpu_before[n]) for n, pid in pids.items()}
         rss = {n: peak_rss_mib(pid) for n, pid in pids.items()}
         for c in clients.values():
             c.close()

@@ -39,8 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "references"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import proc_cpu_times  # noqa: E402
 from peerit.addresses import TrackerAddress  # noqa: E402
 from peerit.identity import Identity  # noqa: E402
 from peerit.testing.processes import environment  # noqa: E402
@@ -63,15 +65,6 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_times(pid))
 
 
 class Session(asyncio.Protocol):
@@ -232,7 +225,7 @@ async def step(sessions, batches, rate, seconds, stats, tracker_pid, rng):
     tick = 0.005
     loop = asyncio.get_running_loop()
     start = loop.time()
-    user_start, system_start = cpu_times(tracker_pid)
+    user_start, system_start = proc_cpu_times(tracker_pid)
     cpu_start = user_start + system_start
     own_start = sum(os.times()[:2])
     wall_start = time.perf_counter()
@@ -258,7 +251,7 @@ async def step(sessions, batches, rate, seconds, stats, tracker_pid, rng):
     while any(s.outstanding for s in sessions) and loop.time() < deadline:
         await asyncio.sleep(0.05)
     wall = time.perf_counter() - wall_start
-    user_end, system_end = cpu_times(tracker_pid)
+    user_end, system_end = proc_cpu_times(tracker_pid)
     tracker_cpu = user_end + system_end - cpu_start
     system_share = (system_end - system_start) / max(tracker_cpu, 1e-9)
     cpu = tracker_cpu / wall

@@ -92,11 +92,17 @@ def wait_for_file(path: Path, timeout: float, child: "Child" = None) -> str:
         time.sleep(0.01)
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process from /proc/PID/stat."""
+def proc_cpu_times(pid: int) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of a live process, all threads, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process from /proc/PID/stat."""
+    return sum(proc_cpu_times(pid))
 
 
 def proc_peak_rss_mib(pid: int) -> float:
