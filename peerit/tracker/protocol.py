@@ -100,7 +100,7 @@ def tls_factory(identity: Identity, tracker: Tracker):
     Same as ``peerit.tls.server_factory`` (handshakes bounded the same way) but with the
     tracker's write path (``peerit.tracker.transport``), on the tracker's clock: writes
     outside a read are gathered with ``callLater(0)``, which must run on the injected clock
-    in tests.
+    in tests. Idle sessions hold no TLS buffers (``release_buffers``).
     """
-    return TrackerTLSFactory(IdentityServerTLS(identity), False, TrackerFactory(tracker),
-                             tracker.clock)
+    return TrackerTLSFactory(IdentityServerTLS(identity, release_buffers=True), False,
+                             TrackerFactory(tracker), tracker.clock)

@@ -109,6 +109,25 @@ class WritePathTests(SynchronousTestCase):
         self.assertEqual(self.tracker.session_count, 0)
         self.assertIsNone(self.tracker.session_of(ALICE.peer_id))
 
+    def test_idle_sessions_release_their_tls_buffers_and_keep_working(self):
+        """The tracker's connections run with MODE_RELEASE_BUFFERS (SSL_set_mode with no
+        bits reads the mode back), peer links' servers without it; answers still arrive
+        after idling."""
+        from OpenSSL import SSL
+        from OpenSSL._util import lib
+        from peerit.tls import IdentityServerTLS
+
+        def mode(connection):
+            return lib.SSL_set_mode(connection._ssl, 0)
+        self.assertTrue(mode(self.server._tlsConnection) & SSL.MODE_RELEASE_BUFFERS)
+        peer_link = IdentityServerTLS(TRACKER_ID).serverConnectionForTLS(None)
+        self.assertFalse(mode(peer_link) & SSL.MODE_RELEASE_BUFFERS)
+        for nonce in (1, 2):
+            self.clock.advance(30)
+            self.alice.transport.write(frame(wire.build(wire.Ping(nonce))))
+            self.pump.flush()
+            self.assertEqual(self.alice.received[-1], wire.Pong(nonce))
+
     def test_the_binding_path_is_the_one_taken(self):
         """The direct calls into pyOpenSSL's binding are the tracker's measured fast path;
         this fails if a pyOpenSSL upgrade takes them away (the plain path still works)."""
