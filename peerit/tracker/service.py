@@ -3,6 +3,7 @@ and the NAT side's ports (STUN responder, relay) whose numbers every session is 
 
 import os
 import re
+import resource
 
 from twisted.application import service
 from twisted.internet import task
@@ -63,6 +64,29 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+# Descriptors besides sessions and relay connections: listening and STUN sockets, the log,
+# epoll, the key files while they are read, a few accepts in flight.
+SPARE_FILES = 64
+
+
+def raise_open_files_limit(needed: int, getrlimit=resource.getrlimit,
+                           setrlimit=resource.setrlimit) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE towards ``needed`` (no further than the hard limit, which
+    needs no privilege); returns the (soft, hard) limits now in force.
+
+    A shell's default soft limit is often 1024: without this a tracker allowed 20,000
+    sessions would stop accepting at about a thousand (Twisted logs EMFILE and carries on).
+    """
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return soft, hard
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft < want:
+        setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft, hard
+
+
 def advertised_host(bound_host: str) -> str:
     """Where a local client should connect: the bound interface, or loopback for 'all'."""
     return "127.0.0.1" if bound_host in ("", "0.0.0.0", "::") else bound_host
@@ -74,12 +98,15 @@ class TrackerService(service.Service):
     name = "peerit-tracker"
 
     def __init__(self, reactor, tracker: Tracker, identity: Identity, description: str,
-                 data_dir: str):
+                 data_dir: str, other_connections: int = 0, rlimit=raise_open_files_limit):
         self.reactor = reactor
         self.tracker = tracker
         self.identity = identity
         self.description = tcp_description(description)
         self.data_dir = data_dir
+        # Connections the process may hold besides sessions (the relay's cap).
+        self.other_connections = other_connections
+        self._rlimit = rlimit
         self.port = None
         self.address: TrackerAddress | None = None
         self._sweeper = None
@@ -95,8 +122,20 @@ class TrackerService(service.Service):
         self._listen()
 
     def _listen(self):
+        self._check_open_files()
         self.port = _listen_now(self.reactor, self.description,
                                 tls_factory(self.identity, self.tracker))
+
+    def _check_open_files(self):
+        max_sessions = self.tracker.limits.max_sessions
+        needed = max_sessions + self.other_connections + SPARE_FILES
+        soft, hard = self._rlimit(needed)
+        if soft < needed:
+            sessions = max(0, soft - self.other_connections - SPARE_FILES)
+            log.warn("only {soft} open files allowed (hard limit {hard}): about {sessions} "
+                     "sessions at once, not --max-sessions {max_sessions}; raise the limit "
+                     "(systemd LimitNOFILE=, or ulimit -n as root) or lower --max-sessions",
+                     soft=soft, hard=hard, sessions=sessions, max_sessions=max_sessions)
 
     def startService(self):
         super().startService()

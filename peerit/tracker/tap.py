@@ -205,6 +205,7 @@ def makeService(options, reactor=None) -> service.MultiService:
     # ready, so the first session already learns them.
     NatPortsService(reactor, tracker, stun, stun_alt_port, relay,
                     broker).setServiceParent(top)
-    TrackerService(reactor, tracker, identity, options["listen"],
-                   options["data-dir"]).setServiceParent(top)
+    TrackerService(reactor, tracker, identity, options["listen"], options["data-dir"],
+                   other_connections=options.relay_limits.connection_cap if relay else 0,
+                   ).setServiceParent(top)
     return top

@@ -31,13 +31,15 @@ class RunningTracker:
         return self.data_dir / "tracker.endpoint"
 
 
-def start_tracker(directory: Path, *args: str, timeout: float = 30.0) -> RunningTracker:
-    """Start a tracker on a free loopback port; return once tracker.endpoint is written."""
+def start_tracker(directory: Path, *args: str, timeout: float = 30.0,
+                  prefix: tuple = ()) -> RunningTracker:
+    """Start a tracker on a free loopback port; return once tracker.endpoint is written.
+    ``prefix``: a command that execs the tracker (``prlimit ... --``)."""
     data_dir = directory / "tracker-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     process = Process(
-        tracker_argv("--listen", "tcp:0:interface=127.0.0.1", "--data-dir", str(data_dir),
-                     *args),
+        [*prefix, *tracker_argv("--listen", "tcp:0:interface=127.0.0.1", "--data-dir",
+                                str(data_dir), *args)],
         directory / "tracker.log")
     endpoint = data_dir / "tracker.endpoint"
     try:
@@ -50,11 +52,12 @@ def start_tracker(directory: Path, *args: str, timeout: float = 30.0) -> Running
 
 @pytest.fixture
 def tracker_factory(tmp_path):
-    """``tracker_factory(*options)`` starts trackers that are all stopped after the test."""
+    """``tracker_factory(*options, prefix=())`` starts trackers that are all stopped after
+    the test."""
     started = []
 
-    def start(*args: str) -> RunningTracker:
-        running = start_tracker(tmp_path / f"tracker{len(started)}", *args)
+    def start(*args: str, prefix: tuple = ()) -> RunningTracker:
+        running = start_tracker(tmp_path / f"tracker{len(started)}", *args, prefix=prefix)
         started.append(running)
         return running
     yield start

@@ -6,6 +6,8 @@ blocking stdlib TLS sockets in the test process.
 """
 
 import os
+import resource
+import shutil
 import signal
 import socket
 import ssl
@@ -245,3 +247,45 @@ def test_sigterm_stops_the_tracker_cleanly(tracker):
     assert "peer-it tracker stopping" in log
     assert "Server Shut Down." in log
     assert "Traceback" not in log
+
+
+def open_files_soft_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files line")
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_a_low_soft_open_files_limit_is_raised_to_serve_max_sessions(tracker_factory,
+                                                                      tmp_path):
+    """Started with a shell's low soft limit (256), the tracker raises it to what
+    --max-sessions needs and serves 300 sessions at once (it stopped accepting near 250)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1064:
+        pytest.skip(f"hard open-files limit {hard} is below what the test needs")
+    running = tracker_factory("--max-sessions", "1000", "--max-sessions-per-address", "1000",
+                              "--relay", "none",
+                              prefix=("prlimit", f"--nofile=256:{hard}", "--"))
+    assert open_files_soft_limit(running.process.pid) == 1000 + 64  # sessions + spare
+    clients = []
+    try:
+        for n in range(300):
+            client = SyncClient(tmp_path, f"c{n}", running)
+            clients.append(client)
+            client.hello()
+        assert clients[0].peers(wire.NO_INFO_HASH) == set()  # the first is still served
+    finally:
+        for client in clients:
+            client.close()
+    assert "open files allowed" not in running.process.log()
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_a_hard_open_files_limit_below_max_sessions_is_logged(tracker_factory):
+    running = tracker_factory("--max-sessions", "1000", "--relay", "none",
+                              prefix=("prlimit", "--nofile=200:200", "--"))
+    running.process.wait_for_log(
+        "only 200 open files allowed (hard limit 200): about 136 sessions at once, not "
+        "--max-sessions 1000")
+    assert open_files_soft_limit(running.process.pid) == 200

@@ -1,6 +1,7 @@
 """``twistd peerit-tracker`` options and the service they make (no sockets)."""
 
 import os
+import resource
 import shutil
 import tempfile
 
@@ -13,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit.errors import UsageError
 from peerit.identity import Identity
 from peerit.tracker import tap
-from peerit.tracker.service import ENDPOINT_FILE, advertised_host, tcp_description
+from peerit.tracker.service import (
+    ENDPOINT_FILE, advertised_host, raise_open_files_limit, tcp_description)
 from peerit.tracker.session import Limits
 from peerit.wire import tracker as wire
 
@@ -35,6 +37,34 @@ class ListenDescriptionTests(SynchronousTestCase):
         self.assertEqual(advertised_host("0.0.0.0"), "127.0.0.1")
         self.assertEqual(advertised_host("::"), "127.0.0.1")
         self.assertEqual(advertised_host("192.0.2.5"), "192.0.2.5")
+
+
+class OpenFilesLimitTests(SynchronousTestCase):
+    """The soft RLIMIT_NOFILE is raised towards what the session cap needs, never past the
+    hard limit and never lowered."""
+
+    def limit(self, soft, hard, needed):
+        calls = []
+        result = raise_open_files_limit(
+            needed, getrlimit=lambda _: (soft, hard),
+            setrlimit=lambda _, limits: calls.append(limits))
+        return result, calls
+
+    def test_raised_to_what_is_needed(self):
+        self.assertEqual(self.limit(1024, 65536, 20720), ((20720, 65536), [(20720, 65536)]))
+
+    def test_at_most_the_hard_limit(self):
+        self.assertEqual(self.limit(1024, 4096, 20720), ((4096, 4096), [(4096, 4096)]))
+
+    def test_an_unlimited_hard_limit_gives_what_is_needed(self):
+        infinity = resource.RLIM_INFINITY
+        self.assertEqual(self.limit(1024, infinity, 30000),
+                         ((30000, infinity), [(30000, infinity)]))
+
+    def test_a_higher_or_unlimited_soft_limit_is_left_alone(self):
+        self.assertEqual(self.limit(50000, 65536, 20720), ((50000, 65536), []))
+        infinity = resource.RLIM_INFINITY
+        self.assertEqual(self.limit(infinity, infinity, 20720), ((infinity, infinity), []))
 
 
 class OptionsTests(SynchronousTestCase):
