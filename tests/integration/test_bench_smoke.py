@@ -76,3 +76,52 @@ def test_unknown_selector_is_refused():
         capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "transfer/peer-it" in run.stderr
+
+
+def test_tracker_load_produces_every_figure_and_stops_its_tracker(tmp_path):
+    """bench/tracker_load.py in a tiny configuration: every step answered in full, the
+    summary beside the targets, RSS figures, and its tracker ended by the script."""
+    results = tmp_path / "load.json"
+    marker = f"peerit-bench-smoke-{uuid.uuid4().hex}"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "tracker_load.py"), "--sessions", "20",
+         "--swarms-per-session", "5", "--pool", "50", "--rates", "200,400", "--seconds", "1",
+         "--runs", "2", "--json", str(results)],
+        capture_output=True, text=True, timeout=100, cwd=str(tmp_path),
+        env={**os.environ, "PEERIT_BENCH_SMOKE": marker, "TMPDIR": str(tmp_path)})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["load.json"], "temporary files removed"
+
+    data = json.loads(results.read_text())
+    assert [(s["run"], s["offered"]) for s in data["steps"]] == [
+        (1, 200), (1, 400), (2, 200), (2, 400)]
+    for step in data["steps"]:
+        assert step["errors"] == step["lost"] == step["unanswered"] == 0, step
+        assert 0.8 * step["offered"] < step["achieved"] < 1.2 * step["offered"], step
+        assert 0 < step["p50_ms"] <= step["p99_ms"] <= step["max_ms"], step
+        assert step["us_per_request"] > 0 and step["tracker_cpu"] > 0, step
+    # 100 entries may not grow the RSS by a page: only that the figures are there.
+    assert {"bytes_per_entry", "bytes_per_session"} <= set(data["rss"])
+    assert all(data["rss"][k] > 0 for k in ("idle", "sessions", "entries"))
+    assert [r["offered"] for r in data["summary"]["rows"]] == [200, 400]
+    assert "model name" not in data["machine"] and "CPUs" in data["machine"]
+    assert re.search(r"p99 at 20,000 req/s\s+not offered\s+< 50 ms", run.stdout), run.stdout
+    assert re.search(r"tracker RSS per swarm entry\s+-?\d+ B\s+<= 1024 B", run.stdout)
+    assert processes_marked(marker) == []
+
+
+def test_tracker_logic_alone_gives_a_figure():
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "tracker_load.py"), "--logic-only",
+         "--sessions", "20", "--swarms-per-session", "5", "--pool", "50"],
+        capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert re.search(r"session logic alone: [\d.]+ us/request", run.stdout), run.stdout
+
+
+def test_tracker_load_refuses_bad_arguments_in_one_line():
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "tracker_load.py"), "--rates", "10k"],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "--rates must be integers" in run.stderr and "Traceback" not in run.stderr
