@@ -100,23 +100,30 @@ def rss_bytes(pid: int) -> int:
 def machine() -> str:
     """What the figures were measured on: they move with the CPU more than with anything."""
     from importlib import metadata
-    model = "unknown CPU"
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first CPU's
     except OSError:
         pass
+    # A VM's model name can be as bare as "AMD EPYC": family and model tell generations apart.
+    model = (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}"
+             f" model {fields.get('model', '?')})")
     versions = [f"python {platform.python_version()}"]
     for dist in ("twisted", "pyOpenSSL", "cryptography"):
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             pass
+    try:
+        from cryptography.hazmat.backends.openssl import backend
+        versions.append(f"tracker's TLS {backend.openssl_version_text()}")
+    except ImportError:
+        pass
+    versions.append(f"generator's TLS {ssl.OPENSSL_VERSION}")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{model}, {os.cpu_count()} CPUs; {', '.join(versions)}, {ssl.OPENSSL_VERSION}; "
-            f"load average {load}")
+    return f"{model}, {os.cpu_count()} CPUs; {', '.join(versions)}; load average {load}"
 
 
 def percentile(sorted_values: list, fraction: float) -> float:
