@@ -8,6 +8,7 @@ import tempfile
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.application.service import IService, MultiService
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -15,8 +16,9 @@ from peerit.errors import UsageError
 from peerit.identity import Identity
 from peerit.tracker import tap
 from peerit.tracker.service import (
-    ENDPOINT_FILE, advertised_host, raise_open_files_limit, tcp_description)
-from peerit.tracker.session import Limits
+    ENDPOINT_FILE, TrackerService, advertised_host, raise_open_files_limit, tcp_description)
+from peerit.tracker.session import Limits, Tracker
+from peerit.tracker.store import MemorySwarmStore
 from peerit.wire import tracker as wire
 
 
@@ -65,6 +67,35 @@ class OpenFilesLimitTests(SynchronousTestCase):
         self.assertEqual(self.limit(50000, 65536, 20720), ((50000, 65536), []))
         infinity = resource.RLIM_INFINITY
         self.assertEqual(self.limit(infinity, infinity, 20720), ((infinity, infinity), []))
+
+
+class OpenFilesCheckTests(SynchronousTestCase):
+    """The service asks for sessions + other connections + spare, and says so when the
+    process may not open that many files."""
+
+    def service(self, limits):
+        asked = []
+
+        def rlimit(needed):
+            asked.append(needed)
+            return limits
+        tracker = Tracker(MemoryReactorClock(), MemorySwarmStore(), Limits(max_sessions=1000))
+        service = TrackerService(MemoryReactorClock(), tracker, Identity.generate(),
+                                 "tcp:0:interface=127.0.0.1", self.mktemp(),
+                                 other_connections=656, rlimit=rlimit)
+        with capturedLogs() as events:
+            service.privilegedStartService()
+        service.port.stopListening()
+        return asked, [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+
+    def test_enough_files_is_quiet(self):
+        self.assertEqual(self.service((1720, 4096)), ([1000 + 656 + 64], []))
+
+    def test_too_few_files_is_one_warning_with_the_sessions_possible(self):
+        asked, [warning] = self.service((1024, 1024))
+        self.assertEqual(asked, [1720])
+        self.assertIn("only 1024 open files allowed (hard limit 1024): about 304 sessions "
+                      "at once, not --max-sessions 1000", warning)
 
 
 class OptionsTests(SynchronousTestCase):
