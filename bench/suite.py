@@ -19,7 +19,6 @@ Every process is ended by PID and the work directory is removed unless ``--keep`
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -37,7 +36,8 @@ sys.path.insert(0, str(REFERENCES))
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO))
 
-from common import Child, MiB, install_sigterm_exit, make_file, write_result  # noqa: E402
+from common import (  # noqa: E402
+    Child, MiB, install_sigterm_exit, make_file, package_versions, write_result)
 
 
 # -- what to run ----------------------------------------------------------------------------
@@ -399,14 +399,7 @@ def profile_report(directory: Path, top: int = 25) -> str:
 
 # -- the run --------------------------------------------------------------------------------
 def versions() -> str:
-    from importlib import metadata
-    out = [f"python {platform.python_version()}"]
-    for dist in ("twisted", "pyOpenSSL", "libtorrent", "magic-wormhole"):
-        try:
-            out.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            out.append(f"{dist} absent")
-    return ", ".join(out)
+    return ", ".join(package_versions(("twisted", "pyOpenSSL", "libtorrent", "magic-wormhole")))
 
 
 def main(argv=None) -> int:

@@ -41,7 +41,6 @@ import collections
 import concurrent.futures
 import json
 import os
-import platform
 import random
 import select
 import shutil
@@ -58,7 +57,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "references"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import proc_cpu_times  # noqa: E402
+from common import package_versions, proc_cpu_times  # noqa: E402
 from peerit.addresses import TrackerAddress  # noqa: E402
 from peerit.identity import Identity  # noqa: E402
 from peerit.testing.processes import environment  # noqa: E402
@@ -99,7 +98,6 @@ def rss_bytes(pid: int) -> int:
 
 def machine() -> str:
     """What the figures were measured on: they move with the CPU more than with anything."""
-    from importlib import metadata
     fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -110,12 +108,7 @@ def machine() -> str:
     # A VM's model name can be as bare as "AMD EPYC": family and model tell generations apart.
     model = (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}"
              f" model {fields.get('model', '?')})")
-    versions = [f"python {platform.python_version()}"]
-    for dist in ("twisted", "pyOpenSSL", "cryptography"):
-        try:
-            versions.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            pass
+    versions = package_versions(("twisted", "pyOpenSSL", "cryptography"))
     try:
         from cryptography.hazmat.backends.openssl import backend
         versions.append(f"tracker's TLS {backend.openssl_version_text()}")
@@ -713,7 +706,7 @@ def main():
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if args.json:
             Path(args.json).write_text(json.dumps(
-                {"machine": started_on, "arguments": {k: v for k, v in vars(args).items()},
+                {"machine": started_on, "arguments": vars(args),
                  **result, "summary": verdict}, indent=1))
         finished = True
     finally:

@@ -22,6 +22,19 @@ MiB = 1 << 20
 RSS_FILE_VARIABLE = "PEERIT_BENCH_RSS_FILE"
 
 
+def package_versions(dists) -> list[str]:
+    """``python X.Y.Z`` and ``DIST VERSION`` (or ``DIST absent``) for each distribution."""
+    import platform
+    from importlib import metadata
+    out = [f"python {platform.python_version()}"]
+    for dist in dists:
+        try:
+            out.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{dist} absent")
+    return out
+
+
 def install_sigterm_exit() -> None:
     """Turn SIGTERM into SystemExit so ``finally`` blocks and context managers end our
     children when the suite gives up on a sample; and report this process's peak RSS at
