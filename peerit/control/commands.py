@@ -9,6 +9,7 @@ lists are paged (``List``) or capped (``Peers``).
 from twisted.protocols import amp
 
 from peerit import errors
+from peerit.daemon import operations
 
 # Most specific first: AMP picks the first class that matches.
 ERRORS = {
@@ -21,8 +22,9 @@ ERRORS = {
     errors.PeeritError: b"FAILED",
 }
 
-MAX_PAGE = 100
-MAX_PEERS_LISTED = 100
+# The operations define the limits; the contract states them to the client.
+MAX_PAGE = operations.MAX_PAGE
+MAX_PEERS_LISTED = operations.MAX_PEERS_LISTED
 
 TRANSFER_FIELDS = [
     (b"info_hash", amp.Unicode()),
@@ -140,3 +142,9 @@ class NetCheck(Command):
     """Measure the daemon's UDP reachability; the report is a JSON object (see docs)."""
     arguments = []
     response = [(b"report", amp.Unicode())]
+
+
+class WebLogin(Command):
+    """A URL of the daemon's web page carrying a one-time login token (``peerit-ctl ui``)."""
+    arguments = []
+    response = [(b"url", amp.Unicode())]

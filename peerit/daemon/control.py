@@ -1,4 +1,5 @@
-"""AMP responders for the control socket: each one a thin call into the ``Daemon``."""
+"""AMP responders for the control socket: each one a thin call into the daemon's
+``Operations`` (the web's JSON API calls the same ones)."""
 
 import json
 
@@ -6,24 +7,18 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
-from peerit import __version__
 from peerit.control import commands
+from peerit.daemon.operations import Operations
 from peerit.errors import PeeritError, UsageError
 
 MAX_CONTROL_SESSIONS = 32
 
 
-def _check_paths(*paths: str) -> None:
-    """A NUL cannot be in a path (the OS raises ValueError, not OSError, deep inside)."""
-    for path in paths:
-        if "\x00" in path:
-            raise UsageError(f"{path[:60]!r}: a path cannot contain a NUL character")
-
-
 class ControlProtocol(amp.AMP):
-    def __init__(self, daemon):
+    def __init__(self, daemon, operations=None):
         super().__init__()
         self.daemon = daemon
+        self.operations = operations or Operations(daemon)
 
     def connectionMade(self):
         super().connectionMade()
@@ -52,83 +47,65 @@ class ControlProtocol(amp.AMP):
 
     @commands.DaemonInfo.responder
     def info(self):
-        d = self.daemon
-        return {
-            "version": __version__,
-            "peer_id": d.peer_id.hex(),
-            "data_dir": d.data_dir,
-            "listen_port": d.listen_port,
-            "trackers": [str(a) for a in d.trackers],
-            "trackers_connected": [str(a) for a, c in d.trackers.items() if c.connected],
-        }
+        return self.operations.info()
 
     @commands.Share.responder
     def share(self, data_path, metainfo_path, check):
-        _check_paths(data_path, metainfo_path)
-        t = self.daemon.add_seed(data_path, metainfo_path, check)
-        return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name, "state": t.state}
+        return self.operations.share(data_path, metainfo_path, check)
 
     @commands.Download.responder
     def download(self, metainfo_path, target_dir):
-        _check_paths(metainfo_path, target_dir)
-        t = self.daemon.add_download(metainfo_path, target_dir)
-        return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name, "path": t.path}
+        return self.operations.download(metainfo_path, target_dir)
 
     @commands.Status.responder
     def status(self, id):
-        return self.daemon.find(id).summary()
+        return self.operations.status(id)
 
     @commands.List.responder
     def list(self, offset, limit):
-        if offset < 0 or not 0 < limit <= commands.MAX_PAGE:
-            raise UsageError(f"page limit must be 1..{commands.MAX_PAGE}")
-        transfers = sorted(self.daemon.transfers.values(), key=lambda t: t.metainfo.name)
-        page = transfers[offset:offset + limit]
-        return {"transfers": [t.summary() for t in page], "total": len(transfers)}
+        return self.operations.list(offset, limit)
 
     @commands.Peers.responder
     def peers(self, id):
-        transfer = self.daemon.find(id)
-        peers = transfer.swarm.peer_summaries() if transfer.swarm else []
-        return {"peers": peers[:commands.MAX_PEERS_LISTED], "total": len(peers)}
+        return self.operations.peers(id, commands.MAX_PEERS_LISTED)
 
     @commands.Pause.responder
     def pause(self, id):
-        t = self.daemon.find(id)
-        t.pause()
-        return {"info_hash": t.info_hash.hex()}
+        return self.operations.pause(id)
 
     @commands.Resume.responder
     def resume(self, id):
-        t = self.daemon.find(id)
-        t.resume()
-        return {"info_hash": t.info_hash.hex()}
+        return self.operations.resume(id)
 
     @commands.Remove.responder
     def remove(self, id, delete_data):
-        t = self.daemon.find(id)
-        self.daemon.remove(t, delete_data)
-        return {"info_hash": t.info_hash.hex()}
+        return self.operations.remove(id, delete_data)
 
     @commands.NetCheck.responder
     def netcheck(self):
-        netcheck = getattr(self.daemon, "netcheck", None)
-        if netcheck is None:
-            raise PeeritError("this daemon has no UDP socket to check (start it with --udp)")
-        d = netcheck()
+        d = self.operations.netcheck()
         d.addCallback(lambda report: {"report": json.dumps(report)})
         return d
+
+    @commands.WebLogin.responder
+    def web_login(self):
+        web = getattr(self.daemon, "web", None)
+        if web is None:
+            raise PeeritError("this daemon serves no web page (it was started with "
+                              "--web none)")
+        return {"url": web.login_url()}
 
 
 class ControlFactory(Factory):
     def __init__(self, daemon):
         self.daemon = daemon
+        self.operations = getattr(daemon, "operations", None) or Operations(daemon)
         self.sessions = 0
 
     def buildProtocol(self, addr):
         if self.sessions >= MAX_CONTROL_SESSIONS:
             return None
-        protocol = ControlProtocol(self.daemon)
+        protocol = ControlProtocol(self.daemon, self.operations)
         protocol.factory = self
         return protocol
 

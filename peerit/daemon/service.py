@@ -23,6 +23,8 @@ from twisted.python.threadpool import ThreadPool
 from peerit import __version__
 from peerit.addresses import TrackerAddress, format_host_port
 from peerit.daemon.connector import Candidate, Race, link_attempt
+from peerit.daemon.events import EventHub
+from peerit.daemon.operations import Operations
 from peerit.daemon.peerlink import PeerLink
 from peerit.daemon.state import StateDB, SwarmRecord
 from peerit.daemon.transfer import Transfer, file_stamps
@@ -102,6 +104,10 @@ class Daemon(service.MultiService):
         self.writer = None
         self._ports = []
         self._sync_call = None
+        self.operations = Operations(self)
+        # Transfers publish their changes here; the web page and peerit-ctl follow them.
+        self.events = EventHub(reactor, self._event_snapshot, self._event_live)
+        self.web = None  # the web face, when one is attached (it mints login URLs)
 
     # -- lifecycle ------------------------------------------------------------------------
     def startService(self):
@@ -234,6 +240,24 @@ class Daemon(service.MultiService):
             transfer.sync().addErrback(
                 lambda f: log.failure("sync failed", f))
         self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync)
+
+    # -- events ---------------------------------------------------------------------------
+    def _event_snapshot(self, key) -> dict | None:
+        kind, ident = key
+        if kind == "daemon":
+            return self.operations.info() if self.peer_id is not None else None
+        transfer = self.transfers.get(bytes.fromhex(ident))
+        return transfer.summary() if transfer is not None else None
+
+    def _event_live(self):
+        """Keys whose figures move with no event: the totals, and transfers whose rates
+        are still moving (peers connected, or rates decaying after the last one left)."""
+        yield ("daemon", "")
+        for transfer in self.transfers.values():
+            swarm = transfer.swarm
+            if transfer.state == "checking" or swarm is not None and (
+                    swarm.peers or swarm.download.rate > 1 or swarm.upload.rate > 1):
+                yield transfer.event_key
 
     # -- trackers -------------------------------------------------------------------------
     def _tracker(self, address: TrackerAddress):
@@ -441,6 +465,7 @@ class Daemon(service.MultiService):
     def remove(self, transfer: Transfer, delete_data: bool) -> None:
         transfer.stop("removed")
         self.transfers.pop(transfer.info_hash, None)
+        self.events.changed_now(transfer.event_key)
         self.state.remove(transfer.info_hash)
         if delete_data:
             transfer.store.delete_files()

@@ -56,6 +56,7 @@ class Transfer:
         self.clock = daemon.clock
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
+        self.event_key = ("transfer", self.info_hash.hex())
         self.root = root
         self.role = role
         self.store = FileStore(metainfo, root, writable=(role == "download"),
@@ -85,6 +86,12 @@ class Transfer:
             if record.synced:
                 self.synced = Bitfield(metainfo.piece_count, record.synced)
 
+    def _changed(self, now: bool = False) -> None:
+        """Tell the daemon's event hub; ``now``: a moment someone may be waiting for."""
+        events = getattr(self.daemon, "events", None)
+        if events is not None:
+            (events.changed_now if now else events.changed)(self.event_key)
+
     @property
     def short(self) -> str:
         return self.info_hash.hex()[:12]
@@ -105,6 +112,7 @@ class Transfer:
         """Check ``check`` pieces (all if None and nothing is trusted) then join the swarm."""
         if self.paused:
             self.state = "paused"
+            self._changed()
             return defer.succeed(None)
         if check:
             return self._check_then_start(check)
@@ -114,6 +122,7 @@ class Transfer:
     def _check_then_start(self, pieces: list[int]) -> defer.Deferred:
         self.state = "checking"
         self.check_progress = (0, len(pieces))
+        self._changed()
         cancelled = [False]
 
         def work():
@@ -165,6 +174,7 @@ class Transfer:
         log.error("transfer {t}: {message}", t=self.short, message=message)
         self.state = "error"
         self.error = message
+        self._changed(now=True)
 
     def _start_swarm(self) -> None:
         # A fresh PieceHashes per swarm: blocks of an earlier run still in the writer's
@@ -180,6 +190,7 @@ class Transfer:
         self.swarm.start()
         self.state = "seeding" if self.have.complete else "downloading"
         self.error = ""
+        self._changed()
         self.announce("started")
         self._maintain_call = self.clock.callLater(0, self._maintain)
 
@@ -240,6 +251,7 @@ class Transfer:
         # Journaled at once: a SIGKILL a moment later must not cost this piece again.
         self.daemon.state.journal_verified(self.info_hash, piece)
         self._unsynced += 1
+        self._changed()
 
     def sync(self) -> defer.Deferred:
         """Flush written data, then mark the verified pieces as safely on disk."""
@@ -259,6 +271,7 @@ class Transfer:
 
     def _completed(self) -> None:
         self.state = "seeding"
+        self._changed(now=True)  # peerit-ctl download ends on this event
         self.completed_at = time.time()
         self.daemon.state.set_completed(self.info_hash, self.completed_at)
         self.announce("completed")
@@ -376,6 +389,7 @@ class Transfer:
         self.paused = True
         self.state = "paused"
         self.daemon.state.set_paused(self.info_hash, True)
+        self._changed()
 
     def resume(self) -> None:
         if not self.paused and self.state != "error":
