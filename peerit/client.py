@@ -101,6 +101,10 @@ class Client:
         answer = await self._call(commands.NetCheck, timeout=30)
         return json.loads(answer["report"])
 
+    async def web_login(self) -> str:
+        """A one-time sign-in URL for the daemon's web page."""
+        return (await self._call(commands.WebLogin))["url"]
+
     def close(self) -> None:
         self.protocol.transport.loseConnection()
 

@@ -236,14 +236,19 @@ async def netcheck(client, args, reactor):
                                                       sorted(report.items())))
 
 
-def register(subparsers, common) -> None:
+def control_parent() -> argparse.ArgumentParser:
+    """The ``--control`` option every command that talks to the daemon takes."""
     control = argparse.ArgumentParser(add_help=False)
     control.add_argument(
         "--control", metavar="unix:PATH",
         help="the daemon's control socket (default: $PEERIT_CONTROL, else the daemon's "
              "default: $XDG_RUNTIME_DIR/peerit/control.sock or "
              "~/.local/share/peerit/control.sock)")
-    parents = [common, control]
+    return control
+
+
+def register(subparsers, common) -> None:
+    parents = [common, control_parent()]
 
     def add(name, function, help, description=None):
         p = subparsers.add_parser(name, parents=parents, help=help,

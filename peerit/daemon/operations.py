@@ -111,6 +111,9 @@ class Operations:
     def download_metainfo(self, data: bytes, target_dir: str = "") -> dict:
         """Download from the bytes of a .p2p (an upload): checked, kept in the data
         directory (the transfer's record holds it too), then :meth:`download`."""
+        check_paths(target_dir)
+        if target_dir and not os.path.isabs(os.path.expanduser(target_dir)):
+            raise UsageError(f"{target_dir!r}: give an absolute folder on the daemon's machine")
         metainfo = Metainfo.from_bytes(data)  # MetainfoError: one line for the person
         path = self._metainfo_path(metainfo)
         metainfo.write(path, overwrite=True)

@@ -149,6 +149,8 @@ class Daemon(service.MultiService):
         for address in self.tracker_addresses:
             self._tracker(address)
         self._restore()
+        if self.web is not None:
+            await self.web.listen()  # before the control socket, which says "ready"
         await self._listen_control()
         self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync)
         log.info("peer-it daemon {peer} listening for peers on port {port}, control at "

@@ -1,4 +1,8 @@
-"""``twistd peerit-daemon``: options and service construction."""
+"""``twistd peerit-daemon``: options and service construction.
+
+``makeService`` is the daemon's composition root: besides the daemon's own services it attaches
+the faces people use, so it alone may import the top layer (``peerit.web``).
+"""
 
 import os
 
@@ -6,6 +10,7 @@ from twisted.python import usage
 
 from peerit.addresses import TrackerAddress
 from peerit.errors import PeeritError
+from peerit.web.site import DEFAULT_SPEC, WebFace, parse_web_spec, read_password_file
 
 
 class Options(usage.Options):
@@ -40,12 +45,24 @@ class Options(usage.Options):
         ["max-upload-rate", None, "0",
          "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
          "[default: 0]"],
+        ["web", None, DEFAULT_SPEC,
+         "Where to serve the web page, as tcp:PORT[:interface=ADDR], or none. With the "
+         "default, a daemon whose port is taken (another daemon's) takes any free one; "
+         "'peerit-ctl ui' prints the address either way [default: " + DEFAULT_SPEC + "]"],
+        ["web-password-file", None, None,
+         "File (mode 600) holding the password that --web-remote requires"],
+    ]
+    optFlags = [
+        ["web-remote", None,
+         "Allow --web on a non-loopback address (needs --web-password-file; put the page "
+         "behind a TLS reverse proxy, see docs/web.md)"],
     ]
 
     def __init__(self):
         super().__init__()
         self["trackers"] = []
         self["advertise"] = []
+        self["web-allow-host"] = []
 
     def opt_tracker(self, value):
         """Tracker as HOST:PORT#FINGERPRINT (repeatable; trackers in a .p2p are used too)."""
@@ -64,7 +81,35 @@ class Options(usage.Options):
         non-loopback addresses]."""
         self["advertise"].append(value)
 
+    def opt_web_allow_host(self, value):
+        """Also answer to this Host name (repeatable): the name a reverse proxy forwards,
+        e.g. peerit.example.org."""
+        self["web-allow-host"].append(value.strip().lower())
+
+    def _web_options(self):
+        try:
+            spec = parse_web_spec(self["web"])
+        except PeeritError as e:
+            raise usage.UsageError(str(e))
+        self["web-fallback"] = self["web"] == DEFAULT_SPEC
+        self["web-spec"] = spec
+        self["web-password"] = None
+        if spec is not None and not spec.loopback:
+            where = spec.interface or "every interface"
+            if not self["web-remote"]:
+                raise usage.UsageError(
+                    f"--web {self['web']} serves the page on {where}, not only this "
+                    "machine: add --web-remote and --web-password-file to mean it")
+            if not self["web-password-file"]:
+                raise usage.UsageError("--web-remote needs --web-password-file")
+        if self["web-password-file"]:
+            try:
+                self["web-password"] = read_password_file(self["web-password-file"])
+            except PeeritError as e:
+                raise usage.UsageError(str(e))
+
     def postOptions(self):
+        self._web_options()
         from peerit.ctl.offline import parse_size
         from peerit.daemon.service import default_control_path, default_data_dir
         try:
@@ -95,9 +140,16 @@ class Options(usage.Options):
 def makeService(options):
     from twisted.internet import reactor
 
-    from peerit.daemon.service import Daemon
-    return Daemon(reactor, options["data-dir"], options["control"], options["listen"],
-                  options["trackers"], options["advertise"],
-                  max_upload_rate=options["max-upload-rate"], udp=options["udp"],
-                  stun_server=options["stun-server"], paths=options["paths"],
-                  quic_datagram_size=options["quic-datagram-size"])
+    from peerit.daemon.service import Daemon, local_addresses
+    daemon = Daemon(reactor, options["data-dir"], options["control"], options["listen"],
+                    options["trackers"], options["advertise"],
+                    max_upload_rate=options["max-upload-rate"], udp=options["udp"],
+                    stun_server=options["stun-server"], paths=options["paths"],
+                    quic_datagram_size=options["quic-datagram-size"])
+    if options["web-spec"] is not None:
+        web = WebFace(reactor, daemon, options["web-spec"], password=options["web-password"],
+                      allow_hosts=options["web-allow-host"], fallback=options["web-fallback"],
+                      local_hosts=local_addresses)
+        web.setServiceParent(daemon)
+        daemon.web = web
+    return daemon
