@@ -147,9 +147,10 @@ def makeService(options):
                     stun_server=options["stun-server"], paths=options["paths"],
                     quic_datagram_size=options["quic-datagram-size"])
     if options["web-spec"] is not None:
-        web = WebFace(reactor, daemon, options["web-spec"], password=options["web-password"],
-                      allow_hosts=options["web-allow-host"], fallback=options["web-fallback"],
-                      local_hosts=local_addresses)
+        web = WebFace(reactor, daemon.operations, daemon.events, options["web-spec"],
+                      instance=lambda: daemon.peer_id.hex()[:12],
+                      password=options["web-password"], allow_hosts=options["web-allow-host"],
+                      fallback=options["web-fallback"], local_hosts=local_addresses)
         web.setServiceParent(daemon)
         daemon.web = web
     return daemon

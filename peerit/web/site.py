@@ -28,7 +28,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 
 from peerit.errors import PeeritError, UsageError
 from peerit.web.api import Api, write_json
@@ -169,9 +169,10 @@ class WebRequest(server.Request):
 
 class WebSite(server.Site):
     requestFactory = WebRequest
+    noisy = False
 
-    def __init__(self, root, face):
-        super().__init__(root)
+    def __init__(self, root, face, reactor):
+        super().__init__(root, reactor=reactor)
         self.face = face
 
     def log(self, request):
@@ -267,7 +268,7 @@ class Root(resource.Resource):
         self.putChild(b"api", v1)
 
     def getChild(self, name, request):
-        return resource.NoResource("no such page")
+        return pages.notFound("Not found", "No such page.")
 
 
 # -- the face ---------------------------------------------------------------------------------
@@ -277,11 +278,12 @@ class WebFace(service.Service):
 
     name = "web"
 
-    def __init__(self, reactor, daemon, spec: WebSpec, *, password: str | None = None,
-                 allow_hosts=(), fallback: bool = False, max_body: int = MAX_BODY,
-                 local_hosts=lambda: ()):
+    def __init__(self, reactor, operations, events, spec: WebSpec, *, instance,
+                 password: str | None = None, allow_hosts=(), fallback: bool = False,
+                 max_body: int = MAX_BODY, local_hosts=lambda: ()):
         self.reactor = reactor
-        self.daemon = daemon
+        self.operations = operations  # the daemon's Operations (or a fake in tests)
+        self.instance = instance  # () -> a short id of this daemon, for the cookie's name
         self.spec = spec
         self.auth = Auth(reactor, password)
         self.allow_hosts = [h.lower() for h in allow_hosts]
@@ -293,8 +295,8 @@ class WebFace(service.Service):
         self.allowed_hosts: frozenset[str] = frozenset()
         self.allowed_origins: frozenset[str] = frozenset()
         self.cookie_name = "peerit"
-        self.api = Api(daemon.operations, daemon.events, reactor)
-        self.site = WebSite(Root(self, self.api), self)
+        self.api = Api(operations, events, reactor)
+        self.site = WebSite(Root(self, self.api), self, reactor)
 
     async def listen(self) -> None:
         """Start serving (called by the daemon once its identity is loaded)."""
@@ -317,7 +319,8 @@ class WebFace(service.Service):
 
     def configure(self, port: int) -> None:
         """The names this server answers to, once its port is known."""
-        self.cookie_name = f"peerit-{self.daemon.peer_id.hex()[:12]}"
+        # Cookies ignore ports: daemons on one host need cookies of their own names.
+        self.cookie_name = f"peerit-{self.instance()}"
         interface = self.spec.interface
         hosts = set()
         if not interface or ipaddress.ip_address(interface).is_unspecified:
