@@ -107,8 +107,9 @@ class EventHub:
         for key in keys:
             data = self._snapshot(key)
             if data is None:
-                if self._published.pop(key, None) is not None:
-                    events.append({"kind": key[0], "id": key[1], "data": None})
+                # Said even if never published: a subscriber's first snapshot may hold it.
+                self._published.pop(key, None)
+                events.append({"kind": key[0], "id": key[1], "data": None})
             elif self._published.get(key) != data:
                 self._published[key] = data
                 events.append({"kind": key[0], "id": key[1], "data": data})
