@@ -31,6 +31,27 @@ def control_path(explicit: str | None = None) -> str:
     return control_path_of(spec)
 
 
+class ClientProtocol(amp.AMP):
+    """The client's end: also answers the daemon's ``TransferChanged`` (after ``Follow``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.followers = {}  # info-hash -> callback(status dict, or None once removed)
+        self.on_lost = []  # callables, told when the daemon's connection ends
+
+    def connectionLost(self, reason):
+        for callback in self.on_lost:
+            callback()
+        super().connectionLost(reason)
+
+    @commands.TransferChanged.responder
+    def transfer_changed(self, id, transfers):
+        callback = self.followers.get(id)
+        if callback is not None:
+            callback(transfers[0] if transfers else None)
+        return {}
+
+
 class Client:
     def __init__(self, protocol: amp.AMP, path: str, clock):
         self.protocol = protocol
@@ -42,7 +63,7 @@ class Client:
         path = control_path(path)
         endpoint = endpoints.UNIXClientEndpoint(reactor, path, timeout=CONNECT_TIMEOUT)
         try:
-            protocol = await endpoints.connectProtocol(endpoint, amp.AMP())
+            protocol = await endpoints.connectProtocol(endpoint, ClientProtocol())
         except twisted_error.ConnectError as e:
             raise _connect_error(e, path) from None
         return cls(protocol, path, reactor)
@@ -100,6 +121,18 @@ class Client:
     async def netcheck(self) -> dict:
         answer = await self._call(commands.NetCheck, timeout=30)
         return json.loads(answer["report"])
+
+    async def follow(self, ident: str, callback, on_lost=None) -> dict:
+        """Call ``callback(status)`` on each change of the transfer (``None`` once it is
+        removed) and ``on_lost()`` if the daemon goes away; returns its status as of when
+        following began."""
+        info_hash = (await self.status(ident))["info_hash"]
+        self.protocol.followers[info_hash] = callback
+        if on_lost is not None:
+            self.protocol.on_lost.append(on_lost)
+        await self._call(commands.Follow, id=info_hash)
+        # Asked again after subscribing: a change in between is not lost.
+        return await self.status(info_hash)
 
     async def web_login(self) -> str:
         """A one-time sign-in URL for the daemon's web page."""

@@ -148,3 +148,18 @@ class WebLogin(Command):
     """A URL of the daemon's web page carrying a one-time login token (``peerit-ctl ui``)."""
     arguments = []
     response = [(b"url", amp.Unicode())]
+
+
+class Follow(Command):
+    """Send this connection ``TransferChanged`` whenever the transfer changes (the daemon's
+    event stream, at most once a second, at once when it completes or fails)."""
+    arguments = [(b"id", amp.Unicode())]
+    response = [(b"info_hash", amp.Unicode())]
+
+
+class TransferChanged(Command):
+    """Daemon -> client, after ``Follow``: the transfer's new status; ``transfers`` is empty
+    once it has been removed."""
+    arguments = [(b"id", amp.Unicode()), (b"transfers", amp.AmpList(TRANSFER_FIELDS))]
+    response = []
+    requiresAnswer = False

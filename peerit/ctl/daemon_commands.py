@@ -10,10 +10,9 @@ from twisted.internet import defer
 from peerit.addresses import TrackerAddress
 from peerit.client import Client
 from peerit.ctl.offline import _printable, describe, format_size
-from peerit.errors import PeeritError, TimedOut, UsageError
+from peerit.errors import DaemonNotRunning, PeeritError, TimedOut, UsageError
 from peerit.metainfo import Metainfo, create_metainfo_from_share, scan_share
 
-POLL_INTERVAL = 0.5
 FINISHED_STATES = ("seeding",)
 
 
@@ -156,33 +155,53 @@ async def download(client, args, reactor):
 
 
 async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
-    """Poll the daemon until the transfer is complete and verified, with a progress bar."""
-    from twisted.internet.task import deferLater
+    """Follow the daemon's events for the transfer until it is complete and verified (or
+    fails), with a progress bar: it ends the moment the last piece is verified."""
     bar = None
-    started = time.monotonic()
-    last_line = 0.0
+    last_line = [0.0]
+    latest = {}
+    finished = defer.Deferred()
+
+    def show(status):
+        nonlocal bar
+        if bar is None:
+            bar = _bar(status["size"], desc, args)
+        if bar is not None:
+            bar.update(status["done"] - bar.n)
+            bar.set_postfix_str(f"{status['state']}, {status['peers']} peers, "
+                                f"ETA {format_eta(status['eta'])}", refresh=False)
+            bar.refresh()
+        elif not args.json and time.monotonic() - last_line[0] > 5:
+            last_line[0] = time.monotonic()
+            print(status_line(status), file=sys.stderr)
+
+    def changed(status):
+        if finished.called:
+            return
+        if status is None:
+            finished.errback(PeeritError("the download was removed"))
+            return
+        latest.update(status)
+        if status["state"] == "error":
+            finished.errback(PeeritError(f"download failed: {status['error']}"))
+        elif status["state"] in FINISHED_STATES:
+            finished.callback(status)
+        else:
+            show(status)
+
+    def lost():
+        if not finished.called:
+            finished.errback(DaemonNotRunning("the daemon closed the connection"))
+
+    def timed_out(result, timeout):
+        raise TimedOut(f"not complete after {timeout:.0f}s ({latest.get('state')}, "
+                       f"{latest.get('pieces_done')}/{latest.get('pieces')} pieces); "
+                       "the daemon keeps going")
     try:
-        while True:
-            status = await client.status(info_hash)
-            if status["state"] == "error":
-                raise PeeritError(f"download failed: {status['error']}")
-            if status["state"] in FINISHED_STATES:
-                return status
-            if args.timeout and time.monotonic() - started > args.timeout:
-                raise TimedOut(f"not complete after {args.timeout:.0f}s "
-                               f"({status['state']}, {status['pieces_done']}/"
-                               f"{status['pieces']} pieces); the daemon keeps going")
-            if bar is None:
-                bar = _bar(status["size"], desc, args)
-            if bar is not None:
-                bar.update(status["done"] - bar.n)
-                bar.set_postfix_str(f"{status['state']}, {status['peers']} peers, "
-                                    f"ETA {format_eta(status['eta'])}", refresh=False)
-                bar.refresh()
-            elif not args.json and time.monotonic() - last_line > 5:
-                last_line = time.monotonic()
-                print(status_line(status), file=sys.stderr)
-            await deferLater(reactor, POLL_INTERVAL, lambda: None)
+        changed(await client.follow(info_hash, changed, lost))
+        if args.timeout and not finished.called:
+            finished.addTimeout(args.timeout, reactor, onTimeoutCancel=timed_out)
+        return await finished
     finally:
         if bar is not None:
             bar.close()

@@ -19,12 +19,17 @@ class ControlProtocol(amp.AMP):
         super().__init__()
         self.daemon = daemon
         self.operations = operations or Operations(daemon)
+        self._following: set[str] = set()  # info-hashes this client follows
+        self._subscription = None
 
     def connectionMade(self):
         super().connectionMade()
         self.factory.sessions += 1
 
     def connectionLost(self, reason):
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
         self.factory.sessions -= 1
         super().connectionLost(reason)
 
@@ -86,6 +91,21 @@ class ControlProtocol(amp.AMP):
         d = self.operations.netcheck()
         d.addCallback(lambda report: {"report": json.dumps(report)})
         return d
+
+    @commands.Follow.responder
+    def follow(self, id):
+        info_hash = self.operations.status(id)["info_hash"]
+        self._following.add(info_hash)
+        if self._subscription is None:
+            self._subscription = self.daemon.events.subscribe(self._changed)
+        return {"info_hash": info_hash}
+
+    def _changed(self, events) -> None:
+        for event in events:
+            if event["kind"] == "transfer" and event["id"] in self._following:
+                data = event["data"]
+                self.callRemote(commands.TransferChanged, id=event["id"],
+                                transfers=[data] if data is not None else [])
 
     @commands.WebLogin.responder
     def web_login(self):

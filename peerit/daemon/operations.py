@@ -166,6 +166,7 @@ class Operations:
         if swarm is not None:
             in_flight = set(swarm.picker.in_progress) | swarm.picker.verifying
         files = [{"path": f.path, "size": f.size} for f in metainfo.files[:1000]]
+        now = self.daemon.clock.seconds()
         return {
             "transfer": transfer.summary(),
             "peers": self.peers(ident)["peers"],
@@ -173,6 +174,9 @@ class Operations:
             "file_count": len(metainfo.files),
             "piece_length": metainfo.piece_length,
             "piece_map": piece_map(metainfo.piece_count, transfer.have, in_flight),
+            # [seconds ago, down, up], oldest first, sampled while someone watched
+            "rate_history": [[round(now - t, 1), round(down), round(up)]
+                             for t, down, up in transfer.rate_history],
         }
 
     def metainfo(self, ident: str) -> tuple[str, bytes]:

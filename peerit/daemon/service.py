@@ -251,15 +251,22 @@ class Daemon(service.MultiService):
         transfer = self.transfers.get(bytes.fromhex(ident))
         return transfer.summary() if transfer is not None else None
 
-    def _event_live(self):
+    def _event_live(self) -> list:
         """Keys whose figures move with no event: the totals, and transfers whose rates
-        are still moving (peers connected, or rates decaying after the last one left)."""
-        yield ("daemon", "")
+        are still moving (peers connected, or rates decaying after the last one left).
+        Called once per hub tick, so it also samples those rates for the page's chart."""
+        now = self.clock.seconds()
+        keys = [("daemon", "")]
         for transfer in self.transfers.values():
             swarm = transfer.swarm
-            if transfer.state == "checking" or swarm is not None and (
-                    swarm.peers or swarm.download.rate > 1 or swarm.upload.rate > 1):
-                yield transfer.event_key
+            if transfer.state == "checking":
+                keys.append(transfer.event_key)
+            elif swarm is not None:
+                down, up = swarm.download.rate, swarm.upload.rate
+                if swarm.peers or down > 1 or up > 1:
+                    transfer.rate_history.append((now, down, up))
+                    keys.append(transfer.event_key)
+        return keys
 
     # -- trackers -------------------------------------------------------------------------
     def _tracker(self, address: TrackerAddress):

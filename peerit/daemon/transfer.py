@@ -6,6 +6,7 @@ keeps the resume state current, and keeps enough links open: it asks its tracker
 dials the ones it is not connected to, backing off from those that fail.
 """
 
+import collections
 import json
 import os
 import time
@@ -28,6 +29,7 @@ PEER_REFRESH_ALONE = 5.0  # ...or this often while no peer is connected
 MAX_DIALS_AT_ONCE = 8
 WANT_PEERS = 20
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
+RATE_HISTORY = 300  # samples, one per event tick (1 s): five minutes
 
 
 def bytes_left(metainfo, have: Bitfield) -> int:
@@ -73,6 +75,8 @@ class Transfer:
         self.last_peer_request = -1e9
         self.check_progress = (0, 0)
         self.completed_at = record.completed if record else None
+        # (time, down, up) once per event tick while the rates move: the page's rate chart.
+        self.rate_history = collections.deque(maxlen=RATE_HISTORY)
         self._checking = None
         self._maintain_call = None
         self._unsynced = 0

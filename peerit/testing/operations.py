@@ -57,7 +57,8 @@ class FakeOperations:
     def detail(self, ident: str) -> dict:
         t = self._find(ident)
         return {"transfer": t, "peers": [], "files": [{"path": t["name"], "size": t["size"]}],
-                "file_count": 1, "piece_length": 1 << 18, "piece_map": "2100"}
+                "file_count": 1, "piece_length": 1 << 18, "piece_map": "2100",
+                "rate_history": []}
 
     def metainfo(self, ident: str) -> tuple[str, bytes]:
         t = self._find(ident)

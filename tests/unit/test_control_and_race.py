@@ -6,7 +6,8 @@ from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from peerit.client import Client
+from peerit.client import Client, ClientProtocol
+from peerit.daemon.events import EventHub
 from peerit.daemon.connector import Candidate, NoPath, Race
 from peerit.daemon.control import ControlFactory
 from peerit.errors import UnknownSwarm, UsageError
@@ -38,19 +39,25 @@ class FakeTransfer:
 class FakeDaemon:
     """Just what the responders use; the real resolution rule (find) is reused."""
 
-    def __init__(self):
+    def __init__(self, clock=None):
         self.transfers = {bytes.fromhex("ab" * 32): FakeTransfer(bytes.fromhex("ab" * 32), "x"),
                           bytes.fromhex("ac" * 32): FakeTransfer(bytes.fromhex("ac" * 32), "y")}
+        self.clock = clock or Clock()
+        self.events = EventHub(self.clock, self.snapshot)
+
+    def snapshot(self, key):
+        transfer = self.transfers.get(bytes.fromhex(key[1]))
+        return transfer.summary() if transfer is not None else None
 
     from peerit.daemon.service import Daemon
     find = Daemon.find
 
 
 class ControlTests(SynchronousTestCase):
-    def connect(self):
-        factory = ControlFactory(FakeDaemon())
+    def connect(self, daemon=None):
+        factory = ControlFactory(daemon or FakeDaemon())
         client_proto, server_proto, pump = iosim.connectedServerAndClient(
-            lambda: factory.buildProtocol(None), lambda: amp.AMP())
+            lambda: factory.buildProtocol(None), ClientProtocol)
         return Client(client_proto, "memory", Clock()), pump, factory
 
     def result(self, coroutine, pump):
@@ -85,6 +92,47 @@ class ControlTests(SynchronousTestCase):
         self.result(client.pause("ac"), pump)
         listed = self.result(client.list(), pump)
         self.assertEqual([t["state"] for t in listed], ["downloading", "paused"])
+
+
+    def test_follow_delivers_changes_and_completion_without_waiting_for_a_tick(self):
+        """What `peerit-ctl download` waits on: a change arrives at the next tick, the
+        completion (published "now") at the next reactor turn, a removal as None."""
+        daemon = FakeDaemon()
+        client, pump, _ = self.connect(daemon)
+        seen = []
+        first = self.result(client.follow("ab", seen.append), pump)
+        self.assertEqual(first["name"], "x")
+        transfer = daemon.transfers[bytes.fromhex("ab" * 32)]
+        transfer.paused = True
+        daemon.events.changed(("transfer", "ab" * 32))
+        daemon.clock.advance(1)
+        pump.flush()
+        self.assertEqual([s["state"] for s in seen], ["paused"])
+        transfer.paused = False
+        daemon.events.changed_now(("transfer", "ab" * 32))
+        daemon.clock.advance(0)
+        pump.flush()
+        self.assertEqual([s["state"] for s in seen], ["paused", "downloading"])
+        # Another transfer's changes are not sent to this follower.
+        daemon.transfers[bytes.fromhex("ac" * 32)].paused = True
+        daemon.events.changed_now(("transfer", "ac" * 32))
+        daemon.clock.advance(0)
+        pump.flush()
+        self.assertEqual(len(seen), 2)
+        del daemon.transfers[bytes.fromhex("ab" * 32)]
+        daemon.events.changed_now(("transfer", "ab" * 32))
+        daemon.clock.advance(0)
+        pump.flush()
+        self.assertIsNone(seen[-1])
+
+    def test_closing_the_connection_ends_the_subscription(self):
+        daemon = FakeDaemon()
+        client, pump, _ = self.connect(daemon)
+        self.result(client.follow("ab", lambda s: None), pump)
+        self.assertEqual(daemon.events.subscribers, 1)
+        client.close()
+        pump.flush()
+        self.assertEqual(daemon.events.subscribers, 0)
 
 
 class RaceTests(SynchronousTestCase):

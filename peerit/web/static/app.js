@@ -288,6 +288,12 @@ function renderDetail(detail) {
   renderDetailSummary(detail.transfer);
   state.detailMap = detail.piece_map;
   drawPieces(detail.piece_map);
+  if (detail.rate_history) {
+    // The daemon's own samples (kept while anyone watched) replace what this page saw.
+    const now = Date.now() / 1000;
+    state.history.set(state.selected, detail.rate_history.map(([ago, d, u]) => [now - ago, d, u]));
+    renderChart();
+  }
   const body = document.querySelector("#peers tbody");
   body.replaceChildren();
   for (const p of detail.peers) {
@@ -367,7 +373,7 @@ function renderChart() {
     svg.appendChild(line);
   }
   $("rate-peak").textContent = h.length > 1 ? `peak ${rate(peak)} over the last ${Math.round((now - h[0][0]) / 60) || 1} min`
-    : "the chart fills in while this page is open";
+    : "no transfer activity in the last minutes";
 }
 
 // -- setup ----------------------------------------------------------------------------------
