@@ -68,9 +68,12 @@ class Operations:
         d = self.daemon
         down = up = 0.0
         for transfer in d.transfers.values():
-            if transfer.swarm is not None:
-                down += transfer.swarm.download.rate
-                up += transfer.swarm.upload.rate
+            swarm = transfer.swarm
+            if swarm is not None:
+                if swarm.download.above(0):
+                    down += swarm.download.rate
+                if swarm.upload.above(0):
+                    up += swarm.upload.rate
         report = d.nat.report if d.nat is not None else None
         public = None
         if report is not None and report.public_host:

@@ -27,3 +27,9 @@ class RateMeter:
         """Bytes per second over roughly the last ``window`` seconds."""
         self._decay(self.clock.seconds())
         return self._rate
+
+    def above(self, floor: float) -> bool:
+        """``rate > floor``, answered without the decay arithmetic when the meter is idle
+        (the stored rate only decays, so it bounds the current one): a thousand idle
+        transfers are checked every second while a page is open."""
+        return self._rate > floor and self.rate > floor

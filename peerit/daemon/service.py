@@ -261,11 +261,10 @@ class Daemon(service.MultiService):
             swarm = transfer.swarm
             if transfer.state == "checking":
                 keys.append(transfer.event_key)
-            elif swarm is not None:
-                down, up = swarm.download.rate, swarm.upload.rate
-                if swarm.peers or down > 1 or up > 1:
-                    transfer.rate_history.append((now, down, up))
-                    keys.append(transfer.event_key)
+            elif swarm is not None and (swarm.peers or swarm.download.above(1)
+                                        or swarm.upload.above(1)):
+                transfer.rate_history.append((now, swarm.download.rate, swarm.upload.rate))
+                keys.append(transfer.event_key)
         return keys
 
     # -- trackers -------------------------------------------------------------------------
