@@ -1,7 +1,7 @@
 """The web page's cost: a 1->1 transfer with the page open vs not, and a daemon with 1,000
 transfers (first render in Chromium, reactor time of one event tick).
 
-    .venv/bin/python bench/bench_web.py                        # 512 MiB, 3 runs each way, 1,000 transfers
+    .venv/bin/python bench/bench_web.py                       # 512 MiB, 3 runs each way
     .venv/bin/python bench/bench_web.py --size 128M --runs 1   # a quick look
 
 Transfer: real tracker and daemons (twistd) on loopback, timed from the download call to
@@ -190,9 +190,9 @@ def many_transfers(count: int, playwright, ticks: int) -> dict:
                 node.call(touch_all)
                 time.sleep(1.05)
             worst = [(c, w) for c, w, events in costs if events]
-            page.wait_for_function(
-                "[...document.querySelectorAll('.row-error')].every(e => e.textContent === 'all 2')",
-                timeout=30_000)
+            page.wait_for_function(  # the page kept up: every row shows the last change
+                "[...document.querySelectorAll('.row-error')]"
+                ".every(e => e.textContent === 'all 2')", timeout=30_000)
             hub.flush = original
             context.close()
         finally:

@@ -126,10 +126,11 @@ class Operations:
         """Share a file or directory on this machine, as ``peerit-ctl share PATH`` does:
         hash it (in a thread), keep its .p2p in the data directory, seed it in place."""
         path = check_share_path(path)
-        local = scan_share(path)  # refuses links and special files inside, names the first
         trackers = tuple(self.daemon.tracker_addresses)
+        # Walking a tree and hashing it both take time: off the reactor. scan_share refuses
+        # links and special files inside a directory, naming the first.
         metainfo = await self.daemon.in_thread(
-            lambda: create_metainfo_from_share(local, trackers=trackers))
+            lambda: create_metainfo_from_share(scan_share(path), trackers=trackers))
         metainfo_path = self._metainfo_path(metainfo)
         metainfo.write(metainfo_path, overwrite=True)
         return {**self.share(path, metainfo_path, check=False), "metainfo": metainfo_path}

@@ -102,6 +102,10 @@ class Options(usage.Options):
                     "machine: add --web-remote and --web-password-file to mean it")
             if not self["web-password-file"]:
                 raise usage.UsageError("--web-remote needs --web-password-file")
+        if self["web-allow-host"] and not self["web-password-file"]:
+            raise usage.UsageError(
+                "--web-allow-host lets other names (a reverse proxy) reach the page: it "
+                "needs --web-password-file too")
         if self["web-password-file"]:
             try:
                 self["web-password"] = read_password_file(self["web-password-file"])

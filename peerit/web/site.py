@@ -238,9 +238,11 @@ class Login(resource.Resource):
         return self._signed_in(request, session)
 
     def _signed_in(self, request, session):
+        # Behind a TLS reverse proxy (which says so) the cookie is also Secure.
+        secure = request.getHeader("x-forwarded-proto") == "https"
         request.addCookie(self.face.cookie_name, session.key, path="/", httpOnly=True,
                           sameSite="strict", max_age=str(int(SESSION_IDLE)),
-                          secure=self.face.secure_cookie or None)
+                          secure=secure or None)
         request.setResponseCode(303)
         request.setHeader("location", "/")
         request.setHeader("cache-control", "no-store")
@@ -290,7 +292,6 @@ class WebFace(service.Service):
         self.fallback = fallback  # the default port is taken: any free port instead
         self.max_body = max_body
         self.local_hosts = local_hosts  # () -> this host's addresses, for an all-interfaces bind
-        self.secure_cookie = False
         self.port = None
         self.allowed_hosts: frozenset[str] = frozenset()
         self.allowed_origins: frozenset[str] = frozenset()
@@ -371,8 +372,7 @@ class WebFace(service.Service):
     def stopService(self):
         super().stopService()
         for stream in list(self.api.streams):
-            if not stream.closed:
-                stream.request.finish()
+            stream.finish()
         if self.port is not None:
             return self.port.stopListening()
 

@@ -97,6 +97,14 @@ class EventStream:
     def stopProducing(self) -> None:
         self.close()
 
+    def finish(self) -> None:
+        """End the stream from our side (the daemon is stopping)."""
+        if self.closed:
+            return
+        self.request.unregisterProducer()
+        self.close()
+        self.request.finish()
+
     def close(self) -> None:
         if self.closed:
             return

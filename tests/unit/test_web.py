@@ -358,6 +358,17 @@ class WebTests(SynchronousTestCase):
         self.assertEqual(ours, [])
 
 
+    def test_stopping_the_service_ends_open_streams_cleanly(self):
+        cookie, _ = self.login()
+        channel, transport = self.request("GET", "/api/v1/events", cookie=cookie, keep=True)
+        self.face.port = None
+        self.face.stopService()
+        self.assertEqual(self.hub.subscribers, 0)
+        self.assertEqual(self.face.api.streams, set())
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertTrue(transport.value().endswith(b"0\r\n\r\n"))  # last chunk sent
+
+
 class WebSpecTests(SynchronousTestCase):
     def test_forms(self):
         self.assertIsNone(parse_web_spec("none"))
@@ -421,3 +432,46 @@ class EventHubTests(SynchronousTestCase):
         self.assertEqual(len(got), 1)
         self.assertEqual(hub.subscribers, 1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class PieceMapTests(SynchronousTestCase):
+    def test_one_cell_per_piece_up_to_the_cap_then_groups(self):
+        from peerit.daemon.operations import piece_map
+        self.assertEqual(piece_map(5, {0, 1}, {3}), "22010")
+        self.assertEqual(piece_map(0, set(), set()), "")
+        # 10 pieces in 4 cells: 3 per cell; a cell is 2 only when all of it is verified.
+        self.assertEqual(piece_map(10, {0, 1, 2, 3}, set(), cells=4), "2100")
+        self.assertTrue(1000 <= len(piece_map(100_000, set(), set())) <= 1024)
+
+
+class DaemonWebOptionTests(SynchronousTestCase):
+    def parse(self, *argv):
+        from peerit.daemon.tap import Options
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_default_is_loopback_with_a_fallback_port(self):
+        options = self.parse()
+        self.assertEqual(options["web-spec"], WebSpec(9880, "127.0.0.1"))
+        self.assertTrue(options["web-fallback"])
+        self.assertFalse(self.parse("--web", "tcp:9999:interface=127.0.0.1")["web-fallback"])
+        self.assertIsNone(self.parse("--web", "none")["web-spec"])
+
+    def test_other_interfaces_and_names_need_an_explicit_option_and_a_password(self):
+        from twisted.python.usage import UsageError as OptionsError
+        for argv in (["--web", "tcp:8080"], ["--web", "tcp:8080:interface=0.0.0.0"],
+                     ["--web", "tcp:8080:interface=10.0.0.1", "--web-remote"],
+                     ["--web-allow-host", "peerit.example.org"]):
+            with self.assertRaises(OptionsError):
+                self.parse(*argv)
+        password = self.mktemp()
+        with open(password, "w") as f:
+            f.write("a long enough password\n")
+        os.chmod(password, 0o600)
+        options = self.parse("--web", "tcp:8080:interface=0.0.0.0", "--web-remote",
+                             "--web-password-file", password)
+        self.assertEqual(options["web-password"], "a long enough password")
+        os.chmod(password, 0o640)
+        with self.assertRaises(OptionsError):
+            self.parse("--web-allow-host", "x.example", "--web-password-file", password)
