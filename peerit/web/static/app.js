@@ -378,15 +378,18 @@ function renderChart() {
   const now = Date.now() / 1000;
   let peak = 1;
   for (const [, d, u] of h) peak = Math.max(peak, d, u);
+  // The x axis spans what there is, from one minute up to HISTORY_SECONDS.
+  const span = Math.min(HISTORY_SECONDS, Math.max(60, h.length ? now - h[0][0] : 0));
   for (const [index, cls] of [[1, "down"], [2, "up"]]) {
-    const points = h.map((s) => `${(300 - (now - s[0]) * 300 / HISTORY_SECONDS).toFixed(1)},${(78 - 74 * s[index] / peak).toFixed(1)}`);
+    const points = h.filter((s) => now - s[0] <= span).map((s) =>
+      `${(300 - (now - s[0]) * 300 / span).toFixed(1)},${(78 - 74 * s[index] / peak).toFixed(1)}`);
     if (points.length < 2) continue;
     const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
     line.setAttribute("class", cls); line.setAttribute("points", points.join(" "));
     line.setAttribute("vector-effect", "non-scaling-stroke");
     svg.appendChild(line);
   }
-  $("rate-peak").textContent = h.length > 1 ? `peak ${rate(peak)} over the last ${Math.round((now - h[0][0]) / 60) || 1} min`
+  $("rate-peak").textContent = h.length > 1 ? `peak ${rate(peak)} over the last ${Math.round(span / 60)} min`
     : "no transfer activity in the last minutes";
 }
 
