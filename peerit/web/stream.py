@@ -38,6 +38,7 @@ class EventStream:
         self.stale = False
         self.closed = False
         self.sent_events = 0
+        self._files_sent = False
         self._keepalive = None
         request.setHeader("content-type", "text/event-stream; charset=utf-8")
         request.setHeader("cache-control", "no-store")
@@ -65,6 +66,10 @@ class EventStream:
             detail = self.operations.detail(self.detail)
         except Exception:
             detail = {"transfer": None}  # removed since: the page closes its detail view
+        if self._files_sent:
+            detail.pop("files", None)  # they never change: sent once per stream
+        elif detail.get("transfer") is not None:
+            self._files_sent = True
         self._send("detail", detail)
 
     def events(self, events: list[dict]) -> None:

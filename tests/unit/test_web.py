@@ -317,7 +317,9 @@ class WebTests(SynchronousTestCase):
         cookie, _ = self.login()
         channel, transport = self.request("GET", "/api/v1/events?detail=ab", cookie=cookie,
                                           keep=True)
-        self.assertEqual([n for n, _ in self.events_of(transport)], ["snapshot", "detail"])
+        events = self.events_of(transport)
+        self.assertEqual([n for n, _ in events], ["snapshot", "detail"])
+        self.assertEqual(events[1][1]["files"], [{"path": "alpha.iso", "size": 4 << 20}])
         transport.clear()
         self.ops.transfers[B]["done"] = 5
         self.hub.changed(("transfer", B))
@@ -327,7 +329,9 @@ class WebTests(SynchronousTestCase):
         self.ops.transfers[A]["done"] = 7
         self.hub.changed(("transfer", A))
         self.clock.advance(1)
-        self.assertEqual([n for n, _ in self.events_of(transport)], ["update", "detail"])
+        events = self.events_of(transport)
+        self.assertEqual([n for n, _ in events], ["update", "detail"])
+        self.assertNotIn("files", events[1][1])  # sent with the first detail only
 
     def test_paused_stream_queues_nothing_and_resyncs_on_resume(self):
         cookie, _ = self.login()

@@ -269,6 +269,7 @@ async function share(path) {
 // -- the detail view ------------------------------------------------------------------------
 function select(id) {
   state.selected = id;
+  state.peersKey = state.filesOf = null;
   for (const [other, row] of state.rows) row.tr.classList.toggle("selected", other === id);
   const t = state.transfers.get(id);
   $("detail").hidden = false;
@@ -308,9 +309,19 @@ function renderDetail(detail) {
     state.history.set(state.selected, detail.rate_history.map(([ago, d, u]) => [now - ago, d, u]));
     renderChart();
   }
+  renderPeers(detail.peers);
+  if (detail.files && state.filesOf !== detail.transfer.info_hash) {  // sent once
+    state.filesOf = detail.transfer.info_hash;
+    renderFiles(detail);
+  }
+}
+function renderPeers(peers) {
+  const key = JSON.stringify(peers);
+  if (key === state.peersKey) return;  // unchanged since the last tick: no DOM work
+  state.peersKey = key;
   const body = document.querySelector("#peers tbody");
   body.replaceChildren();
-  for (const p of detail.peers) {
+  for (const p of peers) {
     const tr = document.createElement("tr");
     const add = (text, cls, title) => { const td = cell(tr, cls); td.textContent = text; if (title) td.title = title; return td; };
     add(p.peer_id.slice(0, 12), "mono", p.peer_id);
@@ -325,9 +336,11 @@ function renderDetail(detail) {
     add((p.choking_us ? "choking us" : "sends to us") + " · " + (p.choked_by_us ? "we choke" : "we send"));
     body.appendChild(tr);
   }
-  $("peer-count").textContent = `(${detail.peers.length})`;
-  $("peers").hidden = detail.peers.length === 0;
-  $("no-peers").hidden = detail.peers.length > 0;
+  $("peer-count").textContent = `(${peers.length})`;
+  $("peers").hidden = peers.length === 0;
+  $("no-peers").hidden = peers.length > 0;
+}
+function renderFiles(detail) {
   const list = $("files");
   list.replaceChildren();
   for (const f of detail.files) {
