@@ -47,6 +47,23 @@ def make_file(path: Path, size: int) -> None:
             chunk = chunk[1:] + chunk[:1]
 
 
+def browser_cpu(profile: str) -> float:
+    """CPU seconds of the Chromium processes using ``profile`` (its renderers and GPU and
+    network helpers carry the same --user-data-dir)."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if profile.encode() not in f.read():
+                    continue
+            total += sum(proc_cpu_times(int(pid)))
+        except OSError:
+            continue  # ended meanwhile
+    return total
+
+
 def chromium(playwright, profile: str):
     # bypass_csp: Playwright's wait_for_function evaluates strings, which the page's CSP
     # (rightly) forbids; the page itself runs unchanged.
@@ -75,6 +92,8 @@ def transfer_run(size: int, with_page: bool, deadline: float, playwright) -> dic
             page.wait_for_selector("#live.on")
         pid = swarm.daemons["dl"].process.pid
         cpu_before = sum(proc_cpu_times(pid))
+        profile = str(Path(work) / "profile")
+        browser_before = browser_cpu(profile) if with_page else 0.0
         started = time.monotonic()
         client.download(shared["metainfo"], str(Path(work) / "out"))
         if page is not None:
@@ -85,6 +104,7 @@ def transfer_run(size: int, with_page: bool, deadline: float, playwright) -> dic
             time.sleep(0.02)  # the same 50 Hz status poll with or without the page
         seconds = time.monotonic() - started
         cpu = sum(proc_cpu_times(pid)) - cpu_before
+        browser = browser_cpu(profile) - browser_before if with_page else 0.0
         if page is not None:
             rows = page.locator("#peers tbody tr").count()
             assert page.locator(".pct").first.inner_text() in ("100%", "99.9%"), "page lagged"
@@ -92,7 +112,7 @@ def transfer_run(size: int, with_page: bool, deadline: float, playwright) -> dic
         else:
             rows = None
         client.close()
-        return {"seconds": seconds, "cpu": cpu, "peer_rows": rows}
+        return {"seconds": seconds, "cpu": cpu, "browser": browser, "peer_rows": rows}
 
 
 # -- 1,000 transfers --------------------------------------------------------------------------
@@ -243,7 +263,8 @@ def main() -> int:
                   f"CPU {statistics.median(r['cpu'] for r in plain):.2f} s; runs "
                   + ", ".join(f"{r['seconds']:.2f}" for r in plain))
             print(f"  page open: median {b:.2f} s ({size / b / 1e6:.0f} MB/s), downloader "
-                  f"CPU {statistics.median(r['cpu'] for r in paged):.2f} s; runs "
+                  f"CPU {statistics.median(r['cpu'] for r in paged):.2f} s, Chromium CPU "
+                  f"{statistics.median(r['browser'] for r in paged):.2f} s; runs "
                   + ", ".join(f"{r['seconds']:.2f}" for r in paged))
             print(f"  speed with the page / without: {a / b:.3f} (target >= 0.97)")
         if args.only != "transfer":

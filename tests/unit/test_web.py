@@ -3,6 +3,8 @@ the event stream, against a fake of the daemon's operations and a real EventHub 
 
 import json
 import os
+import shutil
+import tempfile
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -87,6 +89,11 @@ class WebTests(SynchronousTestCase):
         if keep:
             return channel, transport
         return Response(transport.value())
+
+    def directory(self) -> str:
+        path = tempfile.mkdtemp(prefix="peerit-test-web-")
+        self.addCleanup(shutil.rmtree, path)
+        return path
 
     def login(self):
         token = self.face.auth.mint_token()
@@ -240,7 +247,7 @@ class WebTests(SynchronousTestCase):
 
     def test_share_answers_when_hashing_is_done(self):
         cookie, csrf = self.login()
-        path = os.path.abspath(self.mktemp())
+        path = os.path.join(self.directory(), "shared.bin")
         open(path, "wb").close()
         channel, transport = self.post("/api/v1/shares", json.dumps({"path": path}).encode(),
                                        cookie=cookie, csrf=csrf, keep=True)
@@ -469,7 +476,8 @@ class DaemonWebOptionTests(SynchronousTestCase):
                      ["--web-allow-host", "peerit.example.org"]):
             with self.assertRaises(OptionsError):
                 self.parse(*argv)
-        password = self.mktemp()
+        password = os.path.join(tempfile.mkdtemp(), "password")
+        self.addCleanup(shutil.rmtree, os.path.dirname(password))
         with open(password, "w") as f:
             f.write("a long enough password\n")
         os.chmod(password, 0o600)
