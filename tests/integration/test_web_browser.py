@@ -330,7 +330,7 @@ def test_web_on_a_non_loopback_address_needs_remote_and_a_password(tmp_path):
 def test_default_web_port_is_loopback_only_and_each_daemon_gets_its_own(swarm):
     """Two daemons with the default --web: each serves its own page (the second on a free
     port when the default one is taken), and neither answers on this host's other
-    addresses."""
+    addresses. An explicit port that is taken is an error; --web none serves nothing."""
     swarm.start_daemon("a")
     swarm.start_daemon("b")
     urls = [login_url(swarm, name) for name in ("a", "b")]
@@ -345,6 +345,13 @@ def test_default_web_port_is_loopback_only_and_each_daemon_gets_its_own(swarm):
         for address in local_addresses():
             with pytest.raises(OSError):
                 socket.create_connection((address, port), timeout=5).close()
+    # An explicit --web whose port is taken stops the daemon with one line.
+    taken = bases[0].removeprefix("http://127.0.0.1:")
+    with pytest.raises(RuntimeError):
+        swarm.start_daemon("d", "--web", f"tcp:{taken}:interface=127.0.0.1")
+    log = swarm.daemons["d"].process.log()
+    assert f"cannot serve the web page on tcp:{taken}:interface=127.0.0.1" in log
+    assert "Traceback" not in log
     swarm.start_daemon("c", "--web", "none")
     result = swarm.ctl("c", "ui", check=False)
     assert result.returncode == 1
