@@ -34,7 +34,7 @@ from peerit.errors import MalformedMessage, PeeritError
 from peerit.wire import framing
 from peerit.wire import peer as wire
 
-log = Logger(namespace="peerit.daemon.peerlink")
+log = Logger()
 
 HANDSHAKE_TIMEOUT = 15.0
 KEEPALIVE_INTERVAL = 30.0
