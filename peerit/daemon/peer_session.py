@@ -8,8 +8,10 @@ Twisted protocol that feeds it.
 
 States (``TRANSITIONS`` lists every move there is; ``_move`` refuses the rest)::
 
-    CONNECTING -> SECURED -> HANDSHAKEN -> AUTHORIZED -> ATTACHED
-         \\___________\\____________\\____________\\___________\\__-> CLOSING -> CLOSED
+    CONNECTING -> SECURED -> HANDSHAKEN -> AUTHORIZED -> ATTACHED -> CLOSING -> CLOSED
+
+and from any state before CLOSING straight to CLOSING (we close) or CLOSED (the transport
+went first).
 
 - CONNECTING: the transport is up, its TLS handshake may still be running; nothing is
   accepted from the peer yet.
