@@ -1,7 +1,8 @@
 """The one interface a peer session writes to, whatever carries it (TCP+TLS, QUIC, relay).
 
 Each adapter binds the underlying transport's own methods as its attributes: a block written
-by the upload pump costs no extra call on the way to the socket (the data path was tuned: see ``peerit.daemon.peerlink``).
+by the upload pump costs no extra call on the way to the socket (the data path was tuned:
+see ``peerit.daemon.peerlink``).
 """
 
 from twisted.internet.interfaces import ITransport
@@ -51,8 +52,7 @@ class _Bound:
         self.transport = transport
         self.path = path
         self.remote = _remote_of(transport)
-        # Bound once: the session calls the real transport with no frame in between.
-        self.write = transport.write
+        # Bound once: an uploaded block reaches the real transport with no frame in between.
         self.writeSequence = transport.writeSequence
         self.registerProducer = transport.registerProducer
         self.unregisterProducer = transport.unregisterProducer
@@ -62,6 +62,11 @@ class _Bound:
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+
+    def write(self, data) -> None:
+        # Looked up at each call: Twisted's TLS transport swaps its ``write`` when the
+        # connection is lost. Only small messages come this way.
+        self.transport.write(data)
 
 
 @implementer(IPeerTransport)
