@@ -28,37 +28,14 @@ from peerit.addresses import TrackerAddress
 from peerit.daemon.control import ControlSocket
 from peerit.daemon.node import Node
 from peerit.daemon.operations import DaemonOperations
+from peerit.daemon.paths import control_path_of
 from peerit.daemon.peers import PeerLinks
 from peerit.daemon.trackers import TrackerSessions, make_tracker_client
 from peerit.daemon.transfers import Transfers
 from peerit.daemon.udp_paths import UdpPaths
-from peerit.errors import PeeritError, UsageError
+from peerit.errors import PeeritError
 
 log = Logger()
-
-
-def default_data_dir() -> str:
-    return os.path.join(os.path.expanduser("~"), ".local", "share", "peerit")
-
-
-def default_control_path(data_dir: str | None = None) -> str:
-    """Where the control socket lives unless told otherwise (peerit-ctl uses the same rule)."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and data_dir in (None, default_data_dir()):
-        return os.path.join(runtime, "peerit", "control.sock")
-    return os.path.join(data_dir or default_data_dir(), "control.sock")
-
-
-def control_path_of(spec: str) -> str:
-    """The socket path in ``unix:PATH`` (or a bare path)."""
-    if spec.startswith("unix:"):
-        spec = spec[len("unix:"):]
-        if spec.startswith("address="):
-            spec = spec[len("address="):]
-        spec = spec.split(":", 1)[0]
-    if not spec:
-        raise UsageError("empty control socket path")
-    return os.path.abspath(os.path.expanduser(spec))
 
 
 class OrderedMultiService(service.MultiService):

@@ -5,7 +5,8 @@ import os
 from twisted.python import usage
 
 from peerit.addresses import TrackerAddress
-from peerit.daemon.service import Daemon, default_control_path, default_data_dir
+from peerit.daemon.paths import default_control_path, default_data_dir
+from peerit.daemon.service import Daemon
 from peerit.errors import PeeritError
 
 
