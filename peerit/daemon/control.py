@@ -69,7 +69,7 @@ class ControlProtocol(amp.AMP):
 
     @commands.Peers.responder
     def peers(self, id):
-        return self.operations.peers_of(id)
+        return self.operations.peers(id)
 
     @commands.Pause.responder
     def pause(self, id):

@@ -28,7 +28,7 @@ class DaemonOperations:
     def __init__(self, node, transfers, peers, trackers, udp=None):
         self.node = node
         self.transfers = transfers
-        self.peers = peers
+        self.peer_links = peers
         self.trackers = trackers
         self.udp = udp
 
@@ -38,7 +38,7 @@ class DaemonOperations:
             "version": __version__,
             "peer_id": self.node.peer_id.hex(),
             "data_dir": self.node.data_dir,
-            "listen_port": self.peers.listen_port,
+            "listen_port": self.peer_links.listen_port,
             "trackers": [str(a) for a in clients],
             "trackers_connected": [str(a) for a, c in clients.items() if c.connected],
         }
@@ -64,7 +64,7 @@ class DaemonOperations:
         page = transfers[offset:offset + limit]
         return {"transfers": [t.summary() for t in page], "total": len(transfers)}
 
-    def peers_of(self, ident: str) -> dict:
+    def peers(self, ident: str) -> dict:
         transfer = self.transfers.find(ident)
         peers = transfer.swarm.peer_summaries() if transfer.swarm else []
         return {"peers": peers[:commands.MAX_PEERS_LISTED], "total": len(peers)}

@@ -15,8 +15,10 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from peerit.daemon.node import Node
+from peerit.daemon.peer_session import IPeerRouter
 from peerit.daemon.ratelimit import TokenBucket
 from peerit.daemon.state import SwarmRecord
 from peerit.daemon.transfer import Transfer, TransferHost, file_stamps
@@ -29,6 +31,7 @@ log = Logger()
 SYNC_INTERVAL = 5.0
 
 
+@implementer(IPeerRouter)
 class Transfers(service.Service):
     """``trackers_for(metainfo)`` gives a transfer its tracker sessions;
     ``connect_peer(info_hash, peer_info)`` races a peer's paths to a ready link."""

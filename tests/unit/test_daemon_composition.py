@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.daemon import tap
 from peerit.daemon.service import Daemon, OrderedMultiService
-from peerit.errors import PeeritError
+from peerit.errors import PeeritError, UnknownSwarm, UsageError
 
 
 class Child(service.Service):
@@ -92,3 +92,13 @@ class DaemonCompositionTests(SynchronousTestCase):
         self.assertNotIn("udp", [child.name for child in daemon])
         failure = self.failureResultOf(daemon.operations.netcheck(), PeeritError)
         self.assertIn("no UDP socket", failure.getErrorMessage())
+
+    def test_operations_raise_the_error_classes_every_front_maps(self):
+        """What the AMP responders (and any other front) get from the one implementation."""
+        ops = Daemon(MemoryReactorClock(), self.mktemp(), "unix:/nonexistent/c.sock",
+                     udp=None).operations
+        self.assertRaises(UnknownSwarm, ops.status, "ff")
+        self.assertRaises(UsageError, ops.pause, "not hex")
+        self.assertRaises(UsageError, ops.list, 0, 0)
+        self.assertRaises(UsageError, ops.download, "/tmp/x\x00.p2p", "")
+        self.assertEqual(ops.list(0, 10), {"transfers": [], "total": 0})
