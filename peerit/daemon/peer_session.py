@@ -81,6 +81,7 @@ TRANSITIONS = {
 }
 # A peer that sent a valid handshake gets an orderly TLS close; before that, an abort.
 _GRACEFUL = {State.HANDSHAKEN, State.AUTHORIZED, State.ATTACHED}
+_ATTACHED = State.ATTACHED  # per block: a module global is cheaper than an enum attribute
 
 
 class PeerSession:
@@ -165,7 +166,7 @@ class PeerSession:
         try:
             frames = decode(data)
             for body in frames:
-                if self.state is State.ATTACHED:
+                if self.state is _ATTACHED:
                     self.swarm.handle(self.peer, wire.parse(body))
                 elif self.state in _ENDING:
                     return
@@ -312,7 +313,7 @@ class PeerSession:
         sent = 0
         limiter = self.router.upload_limiter
         write_sequence = self.transport.writeSequence
-        while not self._paused and self.state is State.ATTACHED and self.peer is not None:
+        while not self._paused and self.state is _ATTACHED and self.peer is not None:
             if limiter is not None and self.peer.upload_queue:
                 length = self.peer.upload_queue[0][2]
                 if not limiter.take(length):
