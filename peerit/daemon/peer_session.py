@@ -186,12 +186,11 @@ class PeerSession:
                 self.close(f"malformed message: {e}")
 
     def connection_lost(self, why: str) -> None:
-        previous = self.state
-        if previous is not State.CLOSED:
-            if previous is not State.CLOSING:
+        if self.state is not State.CLOSED:
+            if self.state is not State.CLOSING:
                 self._move(State.CLOSING)
             self._move(State.CLOSED)
-        if previous is not State.ATTACHED and self.on_failed is not None:
+        if self.peer is None and self.on_failed is not None:  # it never joined its swarm
             failed, self.on_failed = self.on_failed, None
             failed(self.close_reason if self.close_reason != "connection lost" else why)
         for timer in self._timers.values():

@@ -264,6 +264,16 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(served, [(0, 0)])
         self.assertIsInstance(frames(link.transport)[-1], wire.Block)
 
+    def test_a_dialer_that_joined_its_swarm_is_no_failed_attempt_when_closed_later(self):
+        failed = []
+        link = self.link(info_hash=self.metainfo.info_hash, expected_peer_id=THEM,
+                         on_failed=failed.append)  # no on_ready: it attaches by itself
+        link.dataReceived(handshake(self.metainfo.info_hash))
+        self.assertIs(link.session.state, State.ATTACHED)
+        link.close("both sides complete")
+        link.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(failed, [])
+
 
 class TransportTests(SynchronousTestCase):
     def test_every_peer_transport_provides_the_one_interface(self):
