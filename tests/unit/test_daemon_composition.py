@@ -1,6 +1,9 @@
 """The daemon as a MultiService of child services: their order, and how they start and
 stop (each after the one before has finished)."""
 
+import os
+import tempfile
+
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
@@ -74,6 +77,12 @@ class OrderedMultiServiceTests(SynchronousTestCase):
 
 
 class DaemonCompositionTests(SynchronousTestCase):
+    def mktemp(self) -> str:
+        """A data folder that does not exist yet (nothing here starts the daemon)."""
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        return os.path.join(directory.name, "daemon")
+
     def daemon(self, *extra) -> Daemon:
         options = tap.Options()
         options.parseOptions(["--data-dir", self.mktemp(), *extra])

@@ -3,6 +3,7 @@ with the daemon reduced to the narrow ``TransferHost`` it is given."""
 
 import os
 import random
+import tempfile
 
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
@@ -28,8 +29,9 @@ class Tracker:
 
 class TransferLifecycleTests(SynchronousTestCase):
     def setUp(self):
-        self.root = self.mktemp()
-        os.makedirs(self.root)
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        self.root = directory.name
         self.data = os.urandom(3 * PIECE + 100)
         self.metainfo = make_metainfo(self.data, PIECE)
         self.tracker = Tracker()
