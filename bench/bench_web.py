@@ -131,9 +131,8 @@ class InProcessDaemon:
                              ["127.0.0.1"], udp=None)
         self.web = WebFace(reactor, self.daemon.operations, self.daemon.events,
                            parse_web_spec("tcp:0:interface=127.0.0.1"),
-                           instance=lambda: self.daemon.peer_id.hex()[:12])
-        self.web.setServiceParent(self.daemon)
-        self.daemon.web = self.web
+                           instance=lambda: self.daemon.node.peer_id.hex()[:12])
+        self.daemon.add_face(self.web)
         BlockingClient._start_reactor()  # one reactor thread, shared with the clients
         self.call(self.daemon.startService)
 
@@ -200,12 +199,13 @@ def many_transfers(count: int, playwright, ticks: int) -> dict:
                 costs.append((time.thread_time() - c0, time.perf_counter() - t0, len(events)))
                 return events
             hub.flush = timed_flush
-            keys = [t.event_key for t in node.daemon.transfers.values()]
+            registry = node.daemon.transfers.transfers  # info-hash -> Transfer
+            keys = [t.event_key for t in registry.values()]
             # Usual ticks: the totals plus 10 transfers changed (a busy evening).
             for n in range(ticks):
                 def touch(n=n):
                     for key in keys[n * 10 % count:n * 10 % count + 10]:
-                        node.daemon.transfers[bytes.fromhex(key[1])].error = f"tick {n}"
+                        registry[bytes.fromhex(key[1])].error = f"tick {n}"
                         hub.changed(key)
                 node.call(touch)
                 time.sleep(1.05)
@@ -215,7 +215,7 @@ def many_transfers(count: int, playwright, ticks: int) -> dict:
             for n in range(3):
                 def touch_all(n=n):
                     for key in keys:
-                        node.daemon.transfers[bytes.fromhex(key[1])].error = f"all {n}"
+                        registry[bytes.fromhex(key[1])].error = f"all {n}"
                         hub.changed(key)
                 node.call(touch_all)
                 time.sleep(1.05)

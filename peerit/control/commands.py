@@ -9,7 +9,6 @@ lists are paged (``List``) or capped (``Peers``).
 from twisted.protocols import amp
 
 from peerit import errors
-from peerit.daemon import operations
 
 # Most specific first: AMP picks the first class that matches.
 ERRORS = {
@@ -22,9 +21,8 @@ ERRORS = {
     errors.PeeritError: b"FAILED",
 }
 
-# The operations define the limits; the contract states them to the client.
-MAX_PAGE = operations.MAX_PAGE
-MAX_PEERS_LISTED = operations.MAX_PEERS_LISTED
+MAX_PAGE = 100
+MAX_PEERS_LISTED = 100
 
 TRANSFER_FIELDS = [
     (b"info_hash", amp.Unicode()),

@@ -1,24 +1,26 @@
-"""AMP responders for the control socket: each one a thin call into the daemon's
-``Operations`` (the web's JSON API calls the same ones)."""
+"""The control socket: a child service listening on a UNIX socket, and its AMP responders,
+each one a thin call into the :class:`~peerit.daemon.operations.DaemonOperations`."""
 
 import json
+import os
 
-from twisted.internet import defer
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
 from peerit.control import commands
-from peerit.daemon.operations import Operations
+from peerit.daemon.operations import DaemonOperations
 from peerit.errors import PeeritError, UsageError
 
 MAX_CONTROL_SESSIONS = 32
 
 
 class ControlProtocol(amp.AMP):
-    def __init__(self, daemon, operations=None):
+    def __init__(self, operations: DaemonOperations):
         super().__init__()
-        self.daemon = daemon
-        self.operations = operations or Operations(daemon)
+        self.operations = operations
         self._following: set[str] = set()  # info-hashes this client follows
         self._subscription = None
 
@@ -72,7 +74,7 @@ class ControlProtocol(amp.AMP):
 
     @commands.Peers.responder
     def peers(self, id):
-        return self.operations.peers(id, commands.MAX_PEERS_LISTED)
+        return self.operations.peers(id)
 
     @commands.Pause.responder
     def pause(self, id):
@@ -97,7 +99,7 @@ class ControlProtocol(amp.AMP):
         info_hash = self.operations.status(id)["info_hash"]
         self._following.add(info_hash)
         if self._subscription is None:
-            self._subscription = self.daemon.events.subscribe(self._changed)
+            self._subscription = self.operations.events.subscribe(self._changed)
         return {"info_hash": info_hash}
 
     def _changed(self, events) -> None:
@@ -109,26 +111,57 @@ class ControlProtocol(amp.AMP):
 
     @commands.WebLogin.responder
     def web_login(self):
-        web = getattr(self.daemon, "web", None)
-        if web is None:
-            raise PeeritError("this daemon serves no web page (it was started with "
-                              "--web none)")
-        return {"url": web.login_url()}
+        return {"url": self.operations.web_login()}
 
 
 class ControlFactory(Factory):
-    def __init__(self, daemon):
-        self.daemon = daemon
-        self.operations = getattr(daemon, "operations", None) or Operations(daemon)
+    def __init__(self, operations: DaemonOperations):
+        self.operations = operations
         self.sessions = 0
 
     def buildProtocol(self, addr):
         if self.sessions >= MAX_CONTROL_SESSIONS:
             return None
-        protocol = ControlProtocol(self.daemon, self.operations)
+        protocol = ControlProtocol(self.operations)
         protocol.factory = self
         return protocol
 
 
-def control_factory(daemon) -> Factory:
-    return ControlFactory(daemon)
+def control_factory(operations: DaemonOperations) -> Factory:
+    return ControlFactory(operations)
+
+
+class ControlSocket(service.Service):
+    """Listens on ``path`` for peerit-ctl; the last child to start, the first to stop."""
+
+    name = "control"
+
+    def __init__(self, reactor, path: str, operations: DaemonOperations):
+        self.reactor = reactor
+        self.path = path
+        self.operations = operations
+        self._port = None
+
+    def startService(self):
+        super().startService()
+        return defer.ensureDeferred(self._listen())
+
+    async def _listen(self):
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Permissions come from the directory (Twisted's advice): only we may enter it.
+        os.chmod(directory, 0o700)
+        endpoint = endpoints.UNIXServerEndpoint(self.reactor, self.path, mode=0o600,
+                                                wantPID=True)
+        try:
+            self._port = await endpoint.listen(control_factory(self.operations))
+        except CannotListenError as e:
+            if "lock" in str(e):
+                raise PeeritError(f"another peer-it daemon already uses the control socket "
+                                  f"{self.path} (give this one its own --control)") from None
+            raise PeeritError(f"cannot listen on {self.path}: {e.socketError}") from None
+
+    def stopService(self):
+        super().stopService()
+        if self._port is not None:
+            return self._port.stopListening()

@@ -9,6 +9,8 @@ import os
 from twisted.python import usage
 
 from peerit.addresses import TrackerAddress
+from peerit.daemon.paths import default_control_path, default_data_dir
+from peerit.daemon.service import Daemon
 from peerit.errors import PeeritError
 from peerit.web.site import DEFAULT_SPEC, WebFace, parse_web_spec, read_password_file
 
@@ -57,6 +59,7 @@ class Options(usage.Options):
          "Allow --web on a non-loopback address (needs --web-password-file; put the page "
          "behind a TLS reverse proxy, see docs/web.md)"],
     ]
+
 
     def __init__(self):
         super().__init__()
@@ -115,7 +118,6 @@ class Options(usage.Options):
     def postOptions(self):
         self._web_options()
         from peerit.ctl.offline import parse_size
-        from peerit.daemon.service import default_control_path, default_data_dir
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
@@ -141,20 +143,21 @@ class Options(usage.Options):
             self["control"] = "unix:" + default_control_path(self["data-dir"])
 
 
-def makeService(options):
-    from twisted.internet import reactor
-
-    from peerit.daemon.service import Daemon, local_addresses
+def makeService(options, reactor=None) -> Daemon:
+    """The daemon's child services (see ``peerit.daemon.service``) on ``reactor``."""
+    if reactor is None:
+        from twisted.internet import reactor
     daemon = Daemon(reactor, options["data-dir"], options["control"], options["listen"],
                     options["trackers"], options["advertise"],
                     max_upload_rate=options["max-upload-rate"], udp=options["udp"],
                     stun_server=options["stun-server"], paths=options["paths"],
                     quic_datagram_size=options["quic-datagram-size"])
-    if options["web-spec"] is not None:
+    if options.get("web-spec") is not None:
+        node = daemon.node
         web = WebFace(reactor, daemon.operations, daemon.events, options["web-spec"],
-                      instance=lambda: daemon.peer_id.hex()[:12],
+                      instance=lambda: node.peer_id.hex()[:12],
                       password=options["web-password"], allow_hosts=options["web-allow-host"],
-                      fallback=options["web-fallback"], local_hosts=local_addresses)
-        web.setServiceParent(daemon)
-        daemon.web = web
+                      fallback=options["web-fallback"], local_hosts=node.addresses)
+        daemon.add_face(web)
+        daemon.operations.web_sign_in = web.login_url
     return daemon

@@ -25,7 +25,7 @@ import stat
 from dataclasses import dataclass
 
 from twisted.application import service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web import pages, resource, server
@@ -299,8 +299,12 @@ class WebFace(service.Service):
         self.api = Api(operations, events, reactor)
         self.site = WebSite(Root(self, self.api), self, reactor)
 
+    def startService(self):
+        super().startService()
+        return defer.ensureDeferred(self.listen())
+
     async def listen(self) -> None:
-        """Start serving (called by the daemon once its identity is loaded)."""
+        """Start serving (the daemon starts its faces after its identity is loaded)."""
         try:
             self.port = await endpoints.serverFromString(
                 self.reactor, self.spec.endpoint()).listen(self.site)

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from peerit.daemon.service import local_addresses
+from peerit.daemon.node import local_addresses
 from peerit.testing.files import random_file, sha256_of
 from peerit.testing.localswarm import LocalSwarm
 from peerit.testing.processes import environment, twistd_argv

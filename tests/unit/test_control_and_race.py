@@ -10,6 +10,8 @@ from peerit.client import Client, ClientProtocol
 from peerit.daemon.events import EventHub
 from peerit.daemon.connector import Candidate, NoPath, Race
 from peerit.daemon.control import ControlFactory
+from peerit.daemon.operations import DaemonOperations
+from peerit.daemon.transfers import Transfers
 from peerit.errors import UnknownSwarm, UsageError
 
 
@@ -36,29 +38,36 @@ class FakeTransfer:
         self.paused = True
 
 
-class FakeDaemon:
-    """Just what the responders use; the real resolution rule (find) is reused."""
+class FakeTransfers:
+    """Just what the operations use of the registry; its real resolution rule (find) is
+    reused."""
 
-    def __init__(self, clock=None):
+    def __init__(self):
         self.transfers = {bytes.fromhex("ab" * 32): FakeTransfer(bytes.fromhex("ab" * 32), "x"),
                           bytes.fromhex("ac" * 32): FakeTransfer(bytes.fromhex("ac" * 32), "y")}
-        self.clock = clock or Clock()
-        self.events = EventHub(self.clock, self.snapshot)
 
-    def snapshot(self, key):
-        transfer = self.transfers.get(bytes.fromhex(key[1]))
-        return transfer.summary() if transfer is not None else None
+    def all(self):
+        return list(self.transfers.values())
 
-    from peerit.daemon.service import Daemon
-    find = Daemon.find
+    def get(self, info_hash):
+        return self.transfers.get(info_hash)
+
+    find = Transfers.find
 
 
 class ControlTests(SynchronousTestCase):
-    def connect(self, daemon=None):
-        factory = ControlFactory(daemon or FakeDaemon())
+    def connect(self, transfers=None, events=None):
+        factory = ControlFactory(DaemonOperations(None, transfers or FakeTransfers(), None,
+                                                  None, events=events))
         client_proto, server_proto, pump = iosim.connectedServerAndClient(
             lambda: factory.buildProtocol(None), ClientProtocol)
         return Client(client_proto, "memory", Clock()), pump, factory
+
+    def hub(self, transfers):
+        def snapshot(key):
+            transfer = transfers.get(bytes.fromhex(key[1]))
+            return transfer.summary() if transfer is not None else None
+        return EventHub(Clock(), snapshot)
 
     def result(self, coroutine, pump):
         d = ensureDeferred(coroutine)
@@ -97,42 +106,44 @@ class ControlTests(SynchronousTestCase):
     def test_follow_delivers_changes_and_completion_without_waiting_for_a_tick(self):
         """What `peerit-ctl download` waits on: a change arrives at the next tick, the
         completion (published "now") at the next reactor turn, a removal as None."""
-        daemon = FakeDaemon()
-        client, pump, _ = self.connect(daemon)
+        transfers = FakeTransfers()
+        hub = self.hub(transfers)
+        client, pump, _ = self.connect(transfers, hub)
         seen = []
         first = self.result(client.follow("ab", seen.append), pump)
         self.assertEqual(first["name"], "x")
-        transfer = daemon.transfers[bytes.fromhex("ab" * 32)]
+        transfer = transfers.transfers[bytes.fromhex("ab" * 32)]
         transfer.paused = True
-        daemon.events.changed(("transfer", "ab" * 32))
-        daemon.clock.advance(1)
+        hub.changed(("transfer", "ab" * 32))
+        hub.clock.advance(1)
         pump.flush()
         self.assertEqual([s["state"] for s in seen], ["paused"])
         transfer.paused = False
-        daemon.events.changed_now(("transfer", "ab" * 32))
-        daemon.clock.advance(0)
+        hub.changed_now(("transfer", "ab" * 32))
+        hub.clock.advance(0)
         pump.flush()
         self.assertEqual([s["state"] for s in seen], ["paused", "downloading"])
         # Another transfer's changes are not sent to this follower.
-        daemon.transfers[bytes.fromhex("ac" * 32)].paused = True
-        daemon.events.changed_now(("transfer", "ac" * 32))
-        daemon.clock.advance(0)
+        transfers.transfers[bytes.fromhex("ac" * 32)].paused = True
+        hub.changed_now(("transfer", "ac" * 32))
+        hub.clock.advance(0)
         pump.flush()
         self.assertEqual(len(seen), 2)
-        del daemon.transfers[bytes.fromhex("ab" * 32)]
-        daemon.events.changed_now(("transfer", "ab" * 32))
-        daemon.clock.advance(0)
+        del transfers.transfers[bytes.fromhex("ab" * 32)]
+        hub.changed_now(("transfer", "ab" * 32))
+        hub.clock.advance(0)
         pump.flush()
         self.assertIsNone(seen[-1])
 
     def test_closing_the_connection_ends_the_subscription(self):
-        daemon = FakeDaemon()
-        client, pump, _ = self.connect(daemon)
+        transfers = FakeTransfers()
+        hub = self.hub(transfers)
+        client, pump, _ = self.connect(transfers, hub)
         self.result(client.follow("ab", lambda s: None), pump)
-        self.assertEqual(daemon.events.subscribers, 1)
+        self.assertEqual(hub.subscribers, 1)
         client.close()
         pump.flush()
-        self.assertEqual(daemon.events.subscribers, 0)
+        self.assertEqual(hub.subscribers, 0)
 
 
 class RaceTests(SynchronousTestCase):
