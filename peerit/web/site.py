@@ -284,7 +284,6 @@ class WebFace(service.Service):
                  password: str | None = None, allow_hosts=(), fallback: bool = False,
                  max_body: int = MAX_BODY, local_hosts=lambda: ()):
         self.reactor = reactor
-        self.operations = operations  # the daemon's Operations (or a fake in tests)
         self.instance = instance  # () -> a short id of this daemon, for the cookie's name
         self.spec = spec
         self.auth = Auth(reactor, password)
@@ -296,6 +295,8 @@ class WebFace(service.Service):
         self.allowed_hosts: frozenset[str] = frozenset()
         self.allowed_origins: frozenset[str] = frozenset()
         self.cookie_name = "peerit"
+        self.url_host = ""
+        # operations: the daemon's DaemonOperations (a fake in tests); events: its EventHub
         self.api = Api(operations, events, reactor)
         self.site = WebSite(Root(self, self.api), self, reactor)
 
