@@ -17,7 +17,7 @@ import pytest
 from peerit.daemon.node import local_addresses
 from peerit.testing.files import random_file, sha256_of
 from peerit.testing.localswarm import LocalSwarm
-from peerit.testing.processes import environment, twistd_argv
+from peerit.testing.processes import environment, run_ctl, twistd_argv
 
 pytestmark = pytest.mark.integration
 
@@ -157,6 +157,41 @@ def test_page_on_a_phone_sized_screen_in_dark_mode(swarm, browser, shots, tmp_pa
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(17, 21, 27)"
     page.screenshot(path=str(shots / "phone-dark.png"), full_page=True)
+
+
+def test_dropped_p2p_starts_a_download_and_the_keyboard_drives_the_detail(swarm, browser,
+                                                                           tmp_path):
+    """A .p2p dropped on the page starts a download (here waiting for peers: nobody seeds
+    it); Tab reaches the row's name, Enter opens its detail, Escape closes it."""
+    from playwright.sync_api import expect
+    swarm.start_daemon("a", "--web", WEB)
+    src = random_file(tmp_path / "src" / "dropped.bin", MiB, seed=7)
+    p2p = tmp_path / "dropped.p2p"
+    created = run_ctl("create", str(src), "-o", str(p2p), "--tracker", swarm.tracker_endpoint)
+    assert created.returncode == 0, created.stderr
+    page = browser.new_page()
+    page.goto(login_url(swarm, "a"))
+    expect(page.locator("#app")).to_be_visible()
+    data = list(p2p.read_bytes())
+    transfer = page.evaluate_handle("""(bytes) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(bytes)], "dropped.p2p"));
+        return dt; }""", data)
+    page.dispatch_event("body", "drop", {"dataTransfer": transfer})
+    row = page.locator("#transfers tr", has_text="dropped.bin")
+    expect(row.locator(".state")).to_have_text("waiting for peers")
+    assert swarm.ctl_json("a", "list")[0]["role"] == "download"
+    button = row.locator(".name-button")
+    for _ in range(12):  # the header's buttons come first
+        page.keyboard.press("Tab")
+        if button.evaluate("b => b === document.activeElement"):
+            break
+    assert button.evaluate("b => b === document.activeElement")
+    page.keyboard.press("Enter")
+    expect(page.locator("#detail")).to_be_visible()
+    expect(page.locator("#no-peers")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.locator("#detail")).to_be_hidden()
 
 
 # -- defences ---------------------------------------------------------------------------------
