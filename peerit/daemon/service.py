@@ -27,6 +27,7 @@ from peerit.daemon.peerlink import PeerLink
 from peerit.daemon.state import StateDB, SwarmRecord
 from peerit.daemon.transfer import Transfer, file_stamps
 from peerit.daemon.writer import BlockWriter
+from peerit.control.paths import control_path_of
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
 from peerit.identity import Identity
 from peerit.metainfo import Metainfo
@@ -38,30 +39,6 @@ log = Logger()
 SYNC_INTERVAL = 5.0
 ANNOUNCE_RETRY = 10.0  # seconds (plus jitter) before re-announcing after a load refusal
 ANNOUNCE_OPCODE = tracker_wire.messages.opcode_of(tracker_wire.Announce)
-
-
-def default_data_dir() -> str:
-    return os.path.join(os.path.expanduser("~"), ".local", "share", "peerit")
-
-
-def default_control_path(data_dir: str | None = None) -> str:
-    """Where the control socket lives unless told otherwise (peerit-ctl uses the same rule)."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and data_dir in (None, default_data_dir()):
-        return os.path.join(runtime, "peerit", "control.sock")
-    return os.path.join(data_dir or default_data_dir(), "control.sock")
-
-
-def control_path_of(spec: str) -> str:
-    """The socket path in ``unix:PATH`` (or a bare path)."""
-    if spec.startswith("unix:"):
-        spec = spec[len("unix:"):]
-        if spec.startswith("address="):
-            spec = spec[len("address="):]
-        spec = spec.split(":", 1)[0]
-    if not spec:
-        raise UsageError("empty control socket path")
-    return os.path.abspath(os.path.expanduser(spec))
 
 
 class Daemon(service.MultiService):
@@ -150,7 +127,7 @@ class Daemon(service.MultiService):
                  control=self.control_path)
 
     def _start_nat(self):
-        from peerit.nat.manager import NatManager
+        from peerit.daemon.nat.manager import NatManager
         from peerit.nat.quic import QuicSettings
         self.nat = NatManager(
             self.reactor, self.identity,

@@ -66,13 +66,13 @@ class Options(usage.Options):
 
     def postOptions(self):
         from peerit.ctl.offline import parse_size
-        from peerit.daemon.service import default_control_path, default_data_dir
+        from peerit.control.paths import default_control_path, default_data_dir
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
             raise usage.UsageError(f"--max-upload-rate: {e}")
         from peerit.addresses import parse_host_port
-        from peerit.nat.manager import parse_paths, parse_udp_spec
+        from peerit.daemon.nat.manager import parse_paths, parse_udp_spec
         try:
             parse_udp_spec(self["udp"])
             self["paths"] = parse_paths(self["paths"])

@@ -1,6 +1,6 @@
 """The daemon's tracker sessions: a ``TrackerClient`` wired to the daemon's state."""
 
-from peerit.tracker.client import TrackerClient
+from peerit.daemon.tracker_client import TrackerClient
 from peerit.wire import tracker as wire
 
 

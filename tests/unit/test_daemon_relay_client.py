@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.daemon.connector import NoPath
 from peerit.identity import Identity
-from peerit.nat.relay_client import (
+from peerit.daemon.nat.relay_client import (
     RELAY_PREAMBLE, accept_through_relay, dial_through_relay, relay_hello)
 from peerit.testing.datagrams import run_until
 from peerit.testing.fakes_nat import FakeRelay, ProbeLink
