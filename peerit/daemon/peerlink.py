@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from peerit.errors import MalformedMessage, PeeritError
+from peerit.shims import twisted_tcp
 from peerit.tls import peer_id_of_transport
 from peerit.wire import framing
 from peerit.wire import peer as wire
@@ -82,7 +83,7 @@ class PeerLink(Protocol):
         tcp = getattr(self.transport, "transport", None)
         if tcp is not None and hasattr(tcp, "bufferSize"):
             tcp.bufferSize = TCP_BUFFER
-            tcp.SEND_LIMIT = TCP_SEND_LIMIT
+            twisted_tcp.set_send_limit(tcp, TCP_SEND_LIMIT)
         if getattr(self.transport, "peer_id", None) is not None:
             self._secured(self.transport.peer_id)  # QUIC/relay: proven before we start
 

@@ -1,4 +1,4 @@
-"""The relay client (peerit.nat.relay_client) against an in-memory relay: the hello it sends,
+"""The relay client (peerit.daemon.nat.relay_client) against an in-memory relay: the hello it sends,
 TLS end to end inside the splice with the initiator pinning the other peer, refusals."""
 
 from twisted.internet import task
