@@ -195,11 +195,16 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
 
     def _flushSendBIO(self):
         if not _DIRECT:
-            try:
-                records = self._tlsConnection.bio_read(SEND_BIO_READ)
-            except WantReadError:
-                return
-            self._send(records)
+            # All of it here too: a gathered write can leave more than one read's worth of
+            # records, and nothing else would flush the rest before the next write.
+            chunks = []
+            while True:
+                try:
+                    chunks.append(self._tlsConnection.bio_read(SEND_BIO_READ))
+                except WantReadError:
+                    break
+            if chunks:
+                self._send(b"".join(chunks) if len(chunks) > 1 else chunks[0])
             return
         # All of it (a memory BIO read returns <= 0 only when empty).
         bio = self._tlsConnection._from_ssl
