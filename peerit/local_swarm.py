@@ -1,8 +1,8 @@
 """A tracker and daemons as real processes on loopback, in one work directory.
 
-Used by the README demo (bin/demo), the integration tests and the benchmarks. Every process is started
-here and ended here by PID; ``close()`` (or the context manager) ends them even after a
-failure.
+Used by the README demo (bin/demo), the integration tests and the benchmarks. Every process
+is started here and ended here by PID; ``close()`` (or the context manager) ends them even
+after a failure.
 """
 
 import hashlib

@@ -368,3 +368,21 @@ class PunchedQuicTests(NatManagerTestCase):
         self.assertFalse(world.a.manager.handle_push(object()))
         error = self.wire.Error("rate_limited", "slow down", 4, INFO_HASH)
         self.assertFalse(world.a.manager.handle_push(error))
+
+
+class DialTimingTests(SynchronousTestCase):
+    """The path dialer's start times come from its one table."""
+
+    def test_the_relay_waits_for_the_table_time_or_a_running_birthday_punch(self):
+        dial = path_dialer.Dial(INFO_HASH, b"p" * 32, started_at=100.0)
+        self.assertEqual(dial.relay_start_at(), 100.0 + path_dialer.DIAL_TIMING["relay"])
+        dial.birthday_deadline = 110.0
+        self.assertEqual(dial.relay_start_at(), 110.0)
+        dial.birthday_deadline = 101.0  # a deadline before the table time changes nothing
+        self.assertEqual(dial.relay_start_at(), 100.0 + path_dialer.DIAL_TIMING["relay"])
+
+    def test_punched_quic_starts_after_direct_tcp_and_before_the_relay(self):
+        self.assertEqual((QUIC_START, RELAY_START),
+                         (path_dialer.DIAL_TIMING["quic"], path_dialer.DIAL_TIMING["relay"]))
+        self.assertLess(0.25, QUIC_START)
+        self.assertLess(QUIC_START, RELAY_START)
