@@ -22,12 +22,12 @@ from twisted.python.threadpool import ThreadPool
 
 from peerit import __version__
 from peerit.addresses import TrackerAddress, format_host_port
+from peerit.control.paths import control_path_of
 from peerit.daemon.connector import Candidate, Race, link_attempt
 from peerit.daemon.peerlink import PeerLink
 from peerit.daemon.state import StateDB, SwarmRecord
 from peerit.daemon.transfer import Transfer, file_stamps
 from peerit.daemon.writer import BlockWriter
-from peerit.control.paths import control_path_of
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
 from peerit.identity import Identity
 from peerit.metainfo import Metainfo
