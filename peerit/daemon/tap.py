@@ -5,7 +5,7 @@ import os
 from twisted.python import usage
 
 from peerit.addresses import TrackerAddress
-from peerit.daemon.paths import default_control_path, default_data_dir
+from peerit.control.paths import default_control_path, default_data_dir
 from peerit.daemon.service import Daemon
 from peerit.errors import PeeritError
 
@@ -73,7 +73,7 @@ class Options(usage.Options):
         except PeeritError as e:
             raise usage.UsageError(f"--max-upload-rate: {e}")
         from peerit.addresses import parse_host_port
-        from peerit.nat.manager import parse_paths, parse_udp_spec
+        from peerit.daemon.nat.manager import parse_paths, parse_udp_spec
         try:
             parse_udp_spec(self["udp"])
             self["paths"] = parse_paths(self["paths"])

@@ -47,19 +47,12 @@ from zope.interface import implementer
 
 from peerit.identity import format_fingerprint
 from peerit.wire.tracker import RELAY_TOKEN_SIZE
+from peerit.wire.relay import (  # noqa: F401 (relay_hello: the tracker's re-export)
+    RELAY_HELLO_MAGIC, RELAY_HELLO_SIZE, could_be_relay_hello, parse_relay_hello, relay_hello)
 
 log = Logger(namespace="peerit.tracker.relay")
 
-RELAY_HELLO_MAGIC = b"PEERIT-RELAY\x01"
-RELAY_HELLO_SIZE = len(RELAY_HELLO_MAGIC) + RELAY_TOKEN_SIZE
 CLOSE_GRACE = 10.0
-
-
-def relay_hello(token: bytes) -> bytes:
-    """What a client sends first: the magic and its token."""
-    if len(token) != RELAY_TOKEN_SIZE:
-        raise ValueError(f"relay token must be {RELAY_TOKEN_SIZE} bytes")
-    return RELAY_HELLO_MAGIC + token
 
 
 @dataclass(frozen=True)
@@ -333,8 +326,7 @@ class RelayConnection(Protocol):
 
     def _preamble(self, data: bytes) -> None:
         hello = self._hello + data
-        magic = RELAY_HELLO_MAGIC
-        if hello[:len(magic)] != magic[:len(hello)]:
+        if not could_be_relay_hello(hello):
             log.info("relay connection from {source}: not a relay hello; closed",
                      source=self.source)
             self.close()
@@ -344,7 +336,7 @@ class RelayConnection(Protocol):
             return
         self._hello = b""
         self._cancel_timer()
-        token, rest = hello[len(magic):RELAY_HELLO_SIZE], hello[RELAY_HELLO_SIZE:]
+        token, rest = parse_relay_hello(hello), hello[RELAY_HELLO_SIZE:]
         if rest:
             self._hold(rest)
         if not self.broker.present(token, self):

@@ -139,7 +139,7 @@ class TrackerClientRetriesOftenEnoughAfterLongOutages(SynchronousTestCase):
 
         from peerit.addresses import TrackerAddress
         from peerit.identity import Identity
-        from peerit.tracker.client import TrackerClient
+        from peerit.daemon.tracker_client import TrackerClient
         from peerit.wire import tracker as tracker_wire
 
         clock = Clock()
