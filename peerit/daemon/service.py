@@ -30,6 +30,7 @@ from peerit.daemon.writer import BlockWriter
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
 from peerit.identity import Identity
 from peerit.metainfo import Metainfo
+from peerit.ratelimit import TokenBucket
 from peerit import tls
 from peerit.wire import tracker as tracker_wire
 
@@ -89,8 +90,9 @@ class Daemon(service.MultiService):
         self._tracker_client_factory = tracker_client_factory
         self.upload_limiter = None
         if max_upload_rate:
-            from peerit.daemon.ratelimit import TokenBucket
-            self.upload_limiter = TokenBucket(reactor, max_upload_rate)
+            # Depth: a quarter second at the rate, at least 128 KiB (a few blocks).
+            self.upload_limiter = TokenBucket(reactor, max_upload_rate,
+                                              max(max_upload_rate / 4, 1 << 17))
         self.transfers: dict[bytes, Transfer] = {}
         self.trackers = {}  # TrackerAddress -> tracker client
         self.identity = None
