@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (install_sigterm_exit, proc_cpu_seconds, proc_peak_rss_mib,  # noqa: E402
                     write_result)
 from peerit.client import BlockingClient  # noqa: E402
-from peerit.metainfo import create_metainfo  # noqa: E402
+from peerit.share_builder import create_metainfo  # noqa: E402
 from peerit.testing.localswarm import LocalSwarm  # noqa: E402
 
 SHARE_SIZE = 4096

@@ -1,7 +1,7 @@
 """One seeder -> one downloader (or N downloaders) over loopback with the real daemons.
 
-    .venv/bin/python bench/bench_transfer.py --size 512M --runs 3
-    .venv/bin/python bench/bench_transfer.py --size 128M --downloaders 8 --runs 3
+    .venv/bin/python bench/bench_transfer.py --size 512Mi --runs 3
+    .venv/bin/python bench/bench_transfer.py --size 128Mi --downloaders 8 --runs 3
 
 Times from the download command to "every piece verified" (for a swarm: until the last
 downloader has it all), and reads each daemon's peak RSS (VmHWM) from /proc. Loopback only,
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import proc_cpu_times  # noqa: E402
 from peerit.client import BlockingClient  # noqa: E402
-from peerit.ctl.offline import parse_size  # noqa: E402
+from peerit.units import parse_size  # noqa: E402
 from peerit.testing.localswarm import LocalSwarm  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="512M")
+    parser.add_argument("--size", default="512Mi")
     parser.add_argument("--downloaders", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=300)

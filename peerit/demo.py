@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from peerit.ctl.offline import format_size, parse_size
+from peerit.units import format_size, parse_size
 from peerit.testing.localswarm import LocalSwarm
 from peerit.testing.files import sha256_of
 
@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="bin/demo", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="256M", help="sample file size [default: 256M]")
+    parser.add_argument("--size", default="256Mi", help="sample file size (k, M, G = powers of 1000; Ki, Mi, Gi = of 1024) [default: 256Mi]")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work folder (logs, data) instead of deleting it")
     args = parser.parse_args(argv)

@@ -27,6 +27,7 @@ from peerit.daemon.peerlink import PeerLink
 from peerit.daemon.state import StateDB, SwarmRecord
 from peerit.daemon.transfer import Transfer, file_stamps
 from peerit.daemon.writer import BlockWriter
+from peerit.endpoints import tcp_description
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
 from peerit.identity import Identity
 from peerit.metainfo import Metainfo
@@ -136,7 +137,7 @@ class Daemon(service.MultiService):
     async def _start(self):
         factory = Factory()
         factory.buildProtocol = lambda addr: PeerLink(self, self.clock, self.peer_id)
-        endpoint = endpoints.serverFromString(self.reactor, self._tcp_spec(self.listen_spec))
+        endpoint = endpoints.serverFromString(self.reactor, tcp_description(self.listen_spec))
         port = await endpoint.listen(tls.server_factory(self.identity, factory))
         self._ports.append(port)
         self.listen_port = port.getHost().port
@@ -172,10 +173,6 @@ class Daemon(service.MultiService):
             return defer.fail(PeeritError(
                 "this daemon has no UDP socket to check (start it with --udp)"))
         return self.nat.netcheck()
-
-    @staticmethod
-    def _tcp_spec(spec: str) -> str:
-        return "tcp:" + spec[len("ssl:"):] if spec.startswith("ssl:") else spec
 
     async def _listen_control(self):
         from peerit.daemon.control import control_factory

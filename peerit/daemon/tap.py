@@ -65,19 +65,20 @@ class Options(usage.Options):
         self["advertise"].append(value)
 
     def postOptions(self):
-        from peerit.ctl.offline import parse_size
+        from peerit.units import parse_size
         from peerit.daemon.service import default_control_path, default_data_dir
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
             raise usage.UsageError(f"--max-upload-rate: {e}")
         from peerit.addresses import parse_host_port
-        from peerit.nat.manager import parse_paths, parse_udp_spec
+        from peerit.endpoints import DEFAULT_STUN_PORT, parse_udp_endpoint
+        from peerit.nat.manager import parse_paths
         try:
-            parse_udp_spec(self["udp"])
+            parse_udp_endpoint(self["udp"], "--udp")
             self["paths"] = parse_paths(self["paths"])
             if self["stun-server"]:
-                self["stun-server"] = parse_host_port(self["stun-server"], 3478)
+                self["stun-server"] = parse_host_port(self["stun-server"], DEFAULT_STUN_PORT)
         except PeeritError as e:
             raise usage.UsageError(str(e))
         try:

@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 
 from peerit.daemon.connector import Candidate, NoPath, link_attempt
 from peerit.errors import PeeritError, TimedOut, UsageError
+from peerit.endpoints import DEFAULT_STUN_ALT_PORT, DEFAULT_STUN_PORT, parse_udp_endpoint
 from peerit.nat import netcheck as nc
 from peerit.nat import punch
 from peerit.nat.quic import QuicEndpoint, QuicSettings
@@ -63,8 +64,6 @@ log = Logger()
 
 Address = tuple[str, int]
 
-DEFAULT_STUN_PORT = 3478
-DEFAULT_STUN_ALT_PORT = 3479
 STUN_INFO_WAIT = 2.0  # how long the first netcheck waits for the tracker's StunInfo
 QUIC_START = 0.5  # seconds after the dial began (direct TCP has t = 0 and 0.25)
 RELAY_START = 3.0  # relay at the latest, unless a punch is still within its deadline
@@ -89,22 +88,6 @@ def wire_filtering(netcheck_filtering: str) -> str:
     # "endpoint-independent or address-dependent" has no wire value: unknown says no more
     # than was measured.
     return _WIRE_FILTERING.get(netcheck_filtering, "unknown")
-
-
-def parse_udp_spec(spec: str) -> tuple[int, str]:
-    """``udp:PORT[:interface=ADDR]`` (or a bare port) -> (port, interface)."""
-    parts = spec.split(":")
-    if parts[0] == "udp":
-        parts = parts[1:]
-    if not parts or not parts[0].isdigit() or not 0 <= int(parts[0]) <= 65535:
-        raise UsageError(f"bad UDP endpoint {spec!r}: expected udp:PORT[:interface=ADDR]")
-    interface = ""
-    for option in parts[1:]:
-        key, _, value = option.partition("=")
-        if key != "interface" or not value:
-            raise UsageError(f"bad UDP endpoint option {option!r} in {spec!r}")
-        interface = value
-    return int(parts[0]), interface
 
 
 def parse_paths(spec: str) -> frozenset[str]:
@@ -220,7 +203,7 @@ class NatManager:
         self._trackers = trackers
         self._swarm_trackers = swarm_trackers
         self._inbound_link = inbound_link
-        self._udp_port, self._udp_interface = parse_udp_spec(udp)
+        self._udp_port, self._udp_interface = parse_udp_endpoint(udp, "--udp")
         self._stun_server = stun_server
         self._local_hosts = local_hosts
         self.rng = rng or random.SystemRandom()

@@ -200,31 +200,6 @@ class InspectCommandTests(CtlTestCase):
         self.assertOneLineError(Run(["inspect", str(self.root)]), 2, "")
 
 
-class SizeParsingTests(SynchronousTestCase):
-    def test_sizes(self):
-        self.assertEqual(offline.parse_size("262144"), 262144)
-        self.assertEqual(offline.parse_size("256K"), 256 * 1024)
-        self.assertEqual(offline.parse_size("256kib"), 256 * 1024)
-        self.assertEqual(offline.parse_size("1M"), 1 << 20)
-        self.assertEqual(offline.parse_size("4MiB"), 4 << 20)
-        self.assertEqual(offline.parse_size("1G"), 1 << 30)
-        for bad in ("", "1.5M", "-1", "M", "1X"):
-            self.assertRaises(UsageError, offline.parse_size, bad)
-
-    def test_piece_lengths(self):
-        self.assertEqual(offline.parse_piece_length("16K"), 16384)
-        self.assertEqual(offline.parse_piece_length("64M"), 64 << 20)
-        for bad in ("8K", "128M", "100000", "0"):
-            self.assertRaises(UsageError, offline.parse_piece_length, bad)
-
-    def test_format_size(self):
-        self.assertEqual(offline.format_size(0), "0 B")
-        self.assertEqual(offline.format_size(1023), "1023 B")
-        self.assertEqual(offline.format_size(1024), "1 KiB")
-        self.assertEqual(offline.format_size(1536), "1.5 KiB")
-        self.assertEqual(offline.format_size(100 << 30), "100 GiB")
-
-
 class SubprocessTests(CtlTestCase):
     """The installed entry point as users run it: exit codes and one-line errors."""
 

@@ -17,7 +17,7 @@ from peerit.identity import Identity
 from peerit.nat import manager as manager_module
 from peerit.nat import punch
 from peerit.nat.manager import (
-    NatManager, QUIC_START, RELAY_START, STUN_INFO_WAIT, parse_paths, parse_udp_spec,
+    NatManager, QUIC_START, RELAY_START, STUN_INFO_WAIT, parse_paths,
     wire_filtering, wire_mapping)
 from peerit.nat.quic import QuicSettings
 from peerit.errors import UsageError
@@ -218,11 +218,7 @@ class StunAndReportTests(NatManagerTestCase):
         self.assertEqual(wire_filtering("endpoint-independent-or-address-dependent"),
                          "unknown")
 
-    def test_options(self):
-        self.assertEqual(parse_udp_spec("udp:0"), (0, ""))
-        self.assertEqual(parse_udp_spec("udp:4000:interface=127.0.0.1"), (4000, "127.0.0.1"))
-        self.assertRaises(UsageError, parse_udp_spec, "tcp:4000")
-        self.assertRaises(UsageError, parse_udp_spec, "udp:70000")
+    def test_paths_option_takes_known_paths_only(self):
         self.assertEqual(parse_paths("quic,relay"), {"quic", "relay"})
         self.assertRaises(UsageError, parse_paths, "quic,carrier-pigeon")
 
