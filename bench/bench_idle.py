@@ -1,6 +1,6 @@
 """CPU of an idle daemon with many shares and open peer links (real daemons on loopback).
 
-Issue 6 wants an idle daemon with 1,000 shares and 50 open peer links under 2% of a core:
+The target: an idle daemon with 1,000 shares and 50 open peer links under 2% of a core:
 no polling loops. Set-up, with a local tracker:
 
 - daemon ``idle`` (the one measured) shares ``--shares`` small files;

@@ -1,6 +1,6 @@
 """peer-it side by side with what its users would pick instead, in one run on one machine.
 
-Runs every benchmark of issue 6 on loopback (and the NAT lab when root and
+Runs every benchmark of docs/benchmarks.md on loopback (and the NAT lab when root and
 ``bench/bench_natlab.py`` exists), each tool in its own processes, several runs interleaved so
 that a noisy moment hits peer-it and its references alike, and prints one table: median and
 range of each figure, the ratio peer-it / reference per round (median and range), CPU seconds

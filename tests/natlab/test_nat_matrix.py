@@ -24,18 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # when run as the foll
 
 from lab import HOSTS, NAT_TYPES, ROUTER_PUBLIC, TRACKER_IP
 from peerit.testing.processes import ctl_argv, environment, twistd_argv
-from peerit.wire import tracker as tracker_wire
 
-from peerit.daemon.tap import Options as _DaemonOptions  # noqa: E402
 from peerit.testing.files import random_file, sha256_of  # noqa: F401
 
-_DAEMON_WIRED = any(option[0] == "paths" for option in _DaemonOptions.optParameters)
-pytestmark = [
-    pytest.mark.skipif(not hasattr(tracker_wire, "Punch"),
-                       reason="the tracker side of NAT traversal is not in this tree"),
-    pytest.mark.skipif(not _DAEMON_WIRED, reason="the daemon is not wired to the NAT manager "
-                       "yet (docs/helpers/daemon-nat.patch)"),
-]
 
 MiB = 1 << 20
 TRACKER_PORT, RELAY_PORT = 59000, 59001

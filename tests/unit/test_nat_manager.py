@@ -2,7 +2,7 @@
 QUIC links, the relay fallback, both-symmetric, cancellation and cleanup, netcheck's answer.
 
 Everything real but the network: the manager's muxes, STUN client, punch attempts, QUIC
-endpoints and relay client run over ``peerit.testing.fakenat`` and an in-memory relay, on a
+endpoints and relay client run over ``peerit.testing.fake_internet`` and an in-memory relay, on a
 ``task.Clock``, with a tracker stand-in that follows docs/nat-protocol.md.
 """
 
@@ -21,10 +21,9 @@ from peerit.nat.manager import (
     wire_filtering, wire_mapping)
 from peerit.nat.quic import QuicSettings
 from peerit.errors import UsageError
-from peerit.testing import fakes_nat
-from peerit.testing.fakenat import FakeNetwork
-from peerit.testing.fakes_nat import (
-    FakeRelay, FakeStunServer, FakeTracker, FakeUdpReactor, ProbeLink, contract_wire)
+from peerit.testing.fake_internet import (
+    FakeNetwork, FakeRelay, FakeStunServer, FakeTracker, FakeUdpReactor, ProbeLink)
+from peerit.wire import tracker as tracker_wire
 
 TRACKER_IP = "192.0.2.7"
 INFO_HASH = bytes(range(32))
@@ -104,10 +103,7 @@ class World:
 
 class NatManagerTestCase(SynchronousTestCase):
     def setUp(self):
-        wire = contract_wire()
-        self.patch(manager_module, "wire", wire)
-        self.patch(fakes_nat, "wire", wire)
-        self.wire = wire
+        self.wire = tracker_wire
 
     def connect(self, a_type, b_type, **options):
         world = World(a_type, b_type, **options)
