@@ -1,11 +1,10 @@
-"""peerit-ctl create and inspect, in process through main() and as real subprocesses."""
+"""peerit-ctl create and inspect, in process through main()."""
 
 import contextlib
 import hashlib
 import io
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from peerit.ctl import offline
 from peerit.ctl.main import main
 from peerit.errors import UsageError
 from peerit.metainfo import Metainfo
-from peerit.testing.processes import run_ctl
 
 FINGERPRINT = "ab" * 32
 
@@ -198,43 +196,3 @@ class InspectCommandTests(CtlTestCase):
         self.assertOneLineError(Run(["inspect", str(self.root / "none.p2p")]), 2,
                                 "no such file")
         self.assertOneLineError(Run(["inspect", str(self.root)]), 2, "")
-
-
-class SubprocessTests(CtlTestCase):
-    """The installed entry point as users run it: exit codes and one-line errors."""
-
-    def test_create_then_inspect(self):
-        output = self.root / "s.p2p"
-        created = run_ctl("create", str(self.share), "-o", str(output), "--json")
-        self.assertEqual(created.returncode, 0, created.stderr)
-        self.assertEqual(created.stderr, "")
-        inspected = run_ctl("inspect", "--json", str(output))
-        self.assertEqual(inspected.returncode, 0, inspected.stderr)
-        self.assertEqual(json.loads(inspected.stdout)["info_hash"],
-                         json.loads(created.stdout)["info_hash"])
-
-    def test_errors_exit_codes(self):
-        bad = self.root / "bad.p2p"
-        bad.write_bytes(b"\x89P2P\r\n\x1a\n\x00\x01garbage")
-        for argv, code in ((("inspect", str(bad)), 5),
-                           (("create", str(self.root / "missing")), 2),
-                           (("create", str(self.share), "--piece-length", "3K"), 2)):
-            result = run_ctl(*argv)
-            self.assertEqual(result.returncode, code, result.stderr)
-            self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
-            self.assertTrue(result.stderr.startswith("peerit-ctl: "), result.stderr)
-
-    def test_permission_denied(self):
-        """An unreadable .p2p exits with the permission code (run as an unprivileged user)."""
-        if os.geteuid() != 0 or not shutil.which("setpriv"):
-            raise self.skipTest("needs root and setpriv to become an unprivileged user")
-        os.chmod(self.root, 0o755)
-        locked = self.root / "locked.p2p"
-        created = run_ctl("create", str(self.share), "-o", str(locked))
-        self.assertEqual(created.returncode, 0, created.stderr)
-        os.chmod(locked, 0o600)
-        result = run_ctl("inspect", str(locked),
-                         prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
-        self.assertEqual(result.returncode, 7, result.stderr)
-        self.assertEqual(result.stderr.strip(),
-                         f"peerit-ctl: cannot read {locked}: permission denied")
