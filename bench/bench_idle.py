@@ -106,11 +106,11 @@ def run(shares: int, links: int, window: float, windows: int, timeout: float) ->
         for i in range(links):
             data, p2p = make_p2p(work / "orphans", f"orphan-{i:03d}.bin")
             data.unlink()  # nobody has it: the two downloaders only have each other
-            hashes.append(idle.download(str(p2p), str(work / "idle-dl"))["info_hash"])
+            hashes.append(idle.download(str(p2p), str(work / "idle-dl")).info_hash)
             partner.download(str(p2p), str(work / "partner-dl"))
 
         def linked() -> int:
-            return sum(idle.status(h)["peers"] for h in hashes)
+            return sum(idle.status(h).peers for h in hashes)
         try:
             wait_until(lambda: linked() >= links, max(10.0, deadline - time.monotonic() -
                                                        2 * windows * window - 10),

@@ -83,9 +83,9 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
                 if name in finish:
                     continue
                 status = clients[name].status(shared["info_hash"])
-                if name not in first_piece and status.get("done"):
+                if name not in first_piece and status.done:
                     first_piece[name] = time.monotonic() - started
-                if status["state"] == "seeding":
+                if status.state == "seeding":
                     finish[name] = time.monotonic() - started
             if time.monotonic() - started > deadline:
                 raise TimeoutError(f"not done within {deadline}s")

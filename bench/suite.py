@@ -214,15 +214,15 @@ def sample_peerit(args) -> None:
 
     class FinishNotingClient(bench_transfer.BlockingClient):
         def status(self, *a, **kw):
-            status = self.__getattr__("status")(*a, **kw)
-            if status.get("state") == "seeding" and id(self) not in finished:
+            status = super().status(*a, **kw)
+            if status.state == "seeding" and id(self) not in finished:
                 finished[id(self)] = time.monotonic() - started[0]
             return status
 
         def download(self, *a, **kw):
             if not started:
                 started.append(time.monotonic())
-            return self.__getattr__("download")(*a, **kw)
+            return super().download(*a, **kw)
     bench_transfer.BlockingClient = FinishNotingClient
 
     if args.profile:

@@ -65,13 +65,13 @@ def main(argv=None) -> int:
             while pending:
                 for name in sorted(pending):
                     status = clients[name].status(shared["info_hash"])
-                    bars[name].update(status["done"] - bars[name].n)
+                    bars[name].update(status.done - bars[name].n)
                     bars[name].set_postfix_str(
-                        f"{status['peers']} peers, {status['state']}", refresh=True)
-                    if status["state"] == "seeding":
+                        f"{status.peers} peers, {status.state}", refresh=True)
+                    if status.state == "seeding":
                         pending.discard(name)
-                    elif status["state"] == "error":
-                        raise SystemExit(f"{name}: {status['error']}")
+                    elif status.state == "error":
+                        raise SystemExit(f"{name}: {status.error}")
                 time.sleep(0.2)
             for bar in bars.values():
                 bar.close()

@@ -39,7 +39,10 @@ def run_reactor(coroutine_function):
 
 
 def with_client(function):
-    """An argparse ``run`` that connects to the daemon and calls ``function(client, args)``."""
+    """An argparse ``run`` that connects to the daemon and calls ``function(client, args)``.
+
+    The commands print what the daemon answered, as text or JSON: they take the client's
+    typed answers as JSON-ready values (:func:`peerit.client.as_json`) from the start."""
     def run(args):
         from peerit.client import Client
 
@@ -66,6 +69,12 @@ def status_line(s: dict) -> str:
 
 # -- share ---------------------------------------------------------------------------------
 
+def as_json(result):
+    # peerit.client (Twisted, AMP) loads only when a daemon command runs: see above.
+    from peerit.client import as_json
+    return as_json(result)
+
+
 async def share(client, args, reactor):
     from peerit.addresses import TrackerAddress
     from peerit.metainfo import Metainfo
@@ -77,7 +86,7 @@ async def share(client, args, reactor):
         metainfo = Metainfo.read(args.p2p)
         metainfo_path, check = os.path.abspath(args.p2p), True
     else:
-        info = await client.info()
+        info = as_json(await client.info())
         trackers = [TrackerAddress.parse(t) for t in info["trackers"]]
         trackers += [TrackerAddress.parse(t) for t in args.tracker
                      if TrackerAddress.parse(t) not in trackers]
@@ -102,7 +111,7 @@ async def share(client, args, reactor):
                                  "(use -o elsewhere or --force)")
         metainfo.write(metainfo_path, overwrite=True)
         check = False
-    answer = await client.share(data_path, metainfo_path, check=check)
+    answer = as_json(await client.share(data_path, metainfo_path, check=check))
     result = {"metainfo": metainfo_path, "info_hash": answer["info_hash"],
               "name": answer["name"], "state": answer["state"], **describe(metainfo)}
     emit(args, result, f"sharing {printable(answer['name'])} in place\n"
@@ -119,7 +128,7 @@ async def reactor_thread(reactor, function):
 async def download(client, args, reactor):
     from peerit.metainfo import Metainfo
     Metainfo.read(args.file)  # a bad .p2p is reported here, in the user's terms
-    answer = await client.download(args.file, args.to or "")
+    answer = as_json(await client.download(args.file, args.to or ""))
     info_hash = answer["info_hash"]
     if args.detach:
         emit(args, answer, f"downloading {printable(answer['name'])} to "
@@ -139,7 +148,7 @@ async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
     last_line = 0.0
     try:
         while True:
-            status = await client.status(info_hash)
+            status = as_json(await client.status(info_hash))
             if status["state"] == "error":
                 raise PeeritError(f"download failed: {status['error']}")
             if status["state"] in FINISHED_STATES:
@@ -168,11 +177,11 @@ async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
 
 async def status(client, args, reactor):
     if args.id:
-        s = await client.status(args.id)
+        s = as_json(await client.status(args.id))
         emit(args, s, status_line(s))
     else:
-        transfers = await client.list()
-        info = await client.info()
+        transfers = as_json(await client.list())
+        info = as_json(await client.info())
         emit(args, {"daemon": info, "transfers": transfers},
              f"peer id {info['peer_id'][:16]}, listening on port {info['listen_port']}, "
              f"trackers connected {len(info['trackers_connected'])}/{len(info['trackers'])}"
@@ -180,12 +189,12 @@ async def status(client, args, reactor):
 
 
 async def list_(client, args, reactor):
-    transfers = await client.list()
+    transfers = as_json(await client.list())
     emit(args, transfers, "\n".join(status_line(s) for s in transfers) or "nothing shared")
 
 
 async def peers(client, args, reactor):
-    answer = await client.peers(args.id)
+    answer = as_json(await client.peers(args.id))
     lines = [f"{p['peer_id'][:16]}  {p['path']:<5} {p['address']:<22} "
              f"connected in {p['connect_seconds'] * 1000:.0f} ms  pieces {p['pieces']:>6}  "
              f"down {format_rate(p['download_rate']):>11}  "
@@ -195,13 +204,13 @@ async def peers(client, args, reactor):
 
 def simple(method: str, verb: str):
     async def run(client, args, reactor):
-        answer = await getattr(client, method)(args.id)
+        answer = as_json(await getattr(client, method)(args.id))
         emit(args, answer, f"{verb} {answer['info_hash']}")
     return run
 
 
 async def remove(client, args, reactor):
-    answer = await client.remove(args.id, delete_data=args.delete_data)
+    answer = as_json(await client.remove(args.id, delete_data=args.delete_data))
     emit(args, answer, f"removed {answer['info_hash']}"
                        + (" and deleted its files" if args.delete_data else ""))
 

@@ -126,18 +126,18 @@ def follow(dl_control: str, seed_control: str, metainfo: str, target: str,
     """Download ``metainfo`` on one daemon and follow it over persistent control
     connections: first byte (from the command, polled every 10 ms), the peer lists of
     both daemons once the downloader has a peer, the final status."""
-    from peerit.client import BlockingClient
+    from peerit.client import BlockingClient, as_json
     dl, seed = BlockingClient(dl_control), BlockingClient(seed_control)
     try:
         started = time.monotonic()
-        info_hash = dl.download(metainfo, target)["info_hash"]
+        info_hash = dl.download(metainfo, target).info_hash
         first_byte = peers = seed_peers = None
         while True:
-            status = dl.status(info_hash)
+            status = as_json(dl.status(info_hash))
             now = time.monotonic()
             if peers is None and status["peers"] > 0:
-                peers = dl.peers(info_hash)["peers"]
-                seed_peers = seed.peers(info_hash)["peers"]
+                peers = as_json(dl.peers(info_hash).peers)
+                seed_peers = as_json(seed.peers(info_hash).peers)
             if first_byte is None and status["downloaded"] > 0:
                 first_byte = now - started
             if status["state"] == "seeding":
