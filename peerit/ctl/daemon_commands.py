@@ -5,6 +5,7 @@ import sys
 import time
 
 from peerit.ctl import options
+from peerit.ctl.offline import describe
 from peerit.ctl.output import emit, format_eta, format_rate, format_size, printable, progress_bar
 from peerit.errors import PeeritError, TimedOut, UsageError
 

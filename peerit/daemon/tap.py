@@ -38,8 +38,8 @@ class Options(usage.Options):
          "Largest QUIC datagram (1200 fits every path; 1452 suits 1500-byte MTU paths) "
          "[default: 1200]"],
         ["max-upload-rate", None, "0",
-         "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
-         "[default: 0]"],
+         "Cap on upload bytes per second over all peers, e.g. 5M (5,000,000) or 4Mi "
+         "(4 MiB); k, M, G = powers of 1000, Ki, Mi, Gi = of 1024; 0 = no cap [default: 0]"],
     ]
 
     def __init__(self):

@@ -12,7 +12,6 @@ from twisted.logger import Logger
 
 from peerit.addresses import TrackerAddress
 from peerit.endpoints import parse_udp_endpoint, tcp_description
-from peerit.errors import UsageError
 from peerit.identity import Identity
 from peerit.tracker.protocol import tls_factory
 from peerit.tracker.relay import RelayBroker, RelayFactory

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class SubprocessTests(CtlTestCase):
     """The installed entry point as users run it: exit codes and one-line errors."""
 
-    def test_create_then_inspect(self):
+    def test_create_then_inspect_agree_on_the_info_hash(self):
         output = self.root / "s.p2p"
         created = run_ctl("create", str(self.share), "-o", str(output), "--json")
         self.assertEqual(created.returncode, 0, created.stderr)
@@ -31,7 +31,7 @@ class SubprocessTests(CtlTestCase):
         self.assertEqual(json.loads(inspected.stdout)["info_hash"],
                          json.loads(created.stdout)["info_hash"])
 
-    def test_errors_exit_codes(self):
+    def test_errors_exit_with_their_codes_and_one_line(self):
         bad = self.root / "bad.p2p"
         bad.write_bytes(b"\x89P2P\r\n\x1a\n\x00\x01garbage")
         for argv, code in ((("inspect", str(bad)), 5),
@@ -42,7 +42,7 @@ class SubprocessTests(CtlTestCase):
             self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
             self.assertTrue(result.stderr.startswith("peerit-ctl: "), result.stderr)
 
-    def test_permission_denied(self):
+    def test_an_unreadable_p2p_exits_with_the_permission_code(self):
         """An unreadable .p2p exits with the permission code (run as an unprivileged user)."""
         if os.geteuid() != 0 or not shutil.which("setpriv"):
             raise self.skipTest("needs root and setpriv to become an unprivileged user")

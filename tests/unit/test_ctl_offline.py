@@ -10,9 +10,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from peerit.ctl import offline
 from peerit.ctl.main import main
-from peerit.errors import UsageError
 from peerit.metainfo import Metainfo
 
 FINGERPRINT = "ab" * 32
@@ -79,7 +77,7 @@ class CreateCommandTests(CtlTestCase):
         self.assertEqual(run.code, 0, run.stderr)
         Metainfo.read(str(self.root / "share.p2p"))
 
-    def test_options_and_json(self):
+    def test_options_are_recorded_and_json_describes_the_result(self):
         output = self.root / "out" / "x.p2p"
         output.parent.mkdir()
         run = Run(["create", str(self.share / "b.txt"), "-o", str(output), "--json",
@@ -114,7 +112,7 @@ class CreateCommandTests(CtlTestCase):
             self.assertOneLineError(Run(argv), code, text)
         self.assertFalse((self.root / "share.p2p").exists())
 
-    def test_symlink_inside_share(self):
+    def test_a_symlink_inside_the_share_is_refused(self):
         (self.share / "link").symlink_to(self.share / "b.txt")
         self.assertOneLineError(Run(["create", str(self.share)]), 2, "symbolic link")
 
@@ -128,7 +126,7 @@ class CreateCommandTests(CtlTestCase):
         self.assertIn("hashing share", run.stderr)
         self.assertTrue(run.stdout.startswith("created share.p2p\n"))
 
-    def test_help(self):
+    def test_help_explains_the_command_and_its_options(self):
         run = Run(["create", "--help"])
         self.assertEqual(run.code, 0)
         for text in ("--piece-length", "--tracker", "--force", "symbolic links", "FINGERPRINT"):
@@ -142,7 +140,7 @@ class InspectCommandTests(CtlTestCase):
         self.assertEqual(run.code, 0, run.stderr)
         return output
 
-    def test_text(self):
+    def test_text_lists_every_field_of_the_p2p(self):
         path = self.create("--tracker", f"10.0.0.1:7#{FINGERPRINT}", "--comment", "hi",
                            "--piece-length", "32K")
         metainfo = Metainfo.read(str(path))
@@ -160,7 +158,7 @@ class InspectCommandTests(CtlTestCase):
         self.assertIn("  sub/empty  0 B (0 bytes)", lines)
         self.assertTrue(any(line.startswith("created:      20") for line in lines))
 
-    def test_json(self):
+    def test_json_has_every_field_of_the_p2p(self):
         path = self.create("--tracker", "127.0.0.1:1")
         run = Run(["inspect", "--json", str(path)])
         self.assertEqual(run.code, 0, run.stderr)
@@ -186,7 +184,7 @@ class InspectCommandTests(CtlTestCase):
         self.assertNotIn("\x1b", run.stdout)
         self.assertIn("evil\\x1b[2Jname", run.stdout)
 
-    def test_damaged_files(self):
+    def test_damaged_files_are_refused_with_exit_code_5_or_2(self):
         path = self.create()
         data = path.read_bytes()
         path.write_bytes(data[:-3])
