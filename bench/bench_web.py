@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import proc_cpu_times  # noqa: E402
 from peerit.client import BlockingClient  # noqa: E402
-from peerit.ctl.offline import parse_size  # noqa: E402
+from peerit.units import parse_size  # noqa: E402
 from peerit.testing.localswarm import LocalSwarm  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -147,7 +147,7 @@ class InProcessDaemon:
 
 
 def many_transfers(count: int, playwright, ticks: int) -> dict:
-    from peerit.metainfo import create_metainfo
+    from peerit.share_builder import create_metainfo
     with tempfile.TemporaryDirectory(prefix="peerit-bench-web-many-",
                                      ignore_cleanup_errors=True) as work, \
             LocalSwarm(Path(work) / "swarm") as swarm:

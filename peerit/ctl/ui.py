@@ -1,12 +1,13 @@
 """``peerit-ctl ui``: a one-time sign-in URL for the daemon's web page (and opening it)."""
 
-import webbrowser
-
-from peerit.ctl.daemon_commands import control_parent, emit, with_client
+from peerit.ctl import options
+from peerit.ctl.daemon_commands import with_client
+from peerit.ctl.output import emit
 from peerit.errors import PeeritError
 
 
 async def ui(client, args, reactor):
+    import webbrowser
     url = await client.web_login()
     if args.open and not webbrowser.open(url):
         raise PeeritError(f"no browser to open here; open this link yourself:\n{url}")
@@ -15,7 +16,7 @@ async def ui(client, args, reactor):
 
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
-        "ui", parents=[common, control_parent()], help="open the daemon's web page",
+        "ui", parents=[common, options.control_parent()], help="open the daemon's web page",
         description="Print a link to the daemon's web page carrying a one-time sign-in "
                     "token (good once, for 10 minutes); the page trades it for a session "
                     "cookie. With --open, open it in the default browser too.")

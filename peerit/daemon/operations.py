@@ -13,7 +13,8 @@ from twisted.internet import defer
 from peerit import __version__
 from peerit.control import commands
 from peerit.errors import PeeritError, UsageError
-from peerit.metainfo import Metainfo, create_metainfo_from_share, scan_share
+from peerit.metainfo import Metainfo
+from peerit.share_builder import create_metainfo_from_share, scan_share
 
 PIECE_MAP_CELLS = 1024  # a piece map longer than this shows groups of pieces per cell
 MAX_FILES_LISTED = 1000

@@ -1,18 +1,16 @@
-"""``twistd peerit-daemon``: options and service construction.
-
-``makeService`` is the daemon's composition root: besides the daemon's own services it attaches
-the faces people use, so it alone may import the top layer (``peerit.web``).
-"""
+"""``twistd peerit-daemon``: options and service construction."""
 
 import os
 
 from twisted.python import usage
 
-from peerit.addresses import TrackerAddress
-from peerit.daemon.paths import default_control_path, default_data_dir
+from peerit.addresses import TrackerAddress, parse_host_port
+from peerit.control.paths import default_control_path, default_data_dir
+from peerit.daemon.nat.manager import parse_paths
 from peerit.daemon.service import Daemon
+from peerit.endpoints import DEFAULT_STUN_PORT, parse_udp_endpoint
 from peerit.errors import PeeritError
-from peerit.web.site import DEFAULT_SPEC, WebFace, parse_web_spec, read_password_file
+from peerit.units import parse_size
 
 
 class Options(usage.Options):
@@ -45,27 +43,14 @@ class Options(usage.Options):
          "Largest QUIC datagram (1200 fits every path; 1452 suits 1500-byte MTU paths) "
          "[default: 1200]"],
         ["max-upload-rate", None, "0",
-         "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
-         "[default: 0]"],
-        ["web", None, DEFAULT_SPEC,
-         "Where to serve the web page, as tcp:PORT[:interface=ADDR], or none. With the "
-         "default, a daemon whose port is taken (another daemon's) takes any free one; "
-         "'peerit-ctl ui' prints the address either way [default: " + DEFAULT_SPEC + "]"],
-        ["web-password-file", None, None,
-         "File (mode 600) holding the password that --web-remote requires"],
+         "Cap on upload bytes per second over all peers, e.g. 5M (5,000,000) or 4Mi "
+         "(4 MiB); k, M, G = powers of 1000, Ki, Mi, Gi = of 1024; 0 = no cap [default: 0]"],
     ]
-    optFlags = [
-        ["web-remote", None,
-         "Allow --web on a non-loopback address (needs --web-password-file; put the page "
-         "behind a TLS reverse proxy, see docs/web.md)"],
-    ]
-
 
     def __init__(self):
         super().__init__()
         self["trackers"] = []
         self["advertise"] = []
-        self["web-allow-host"] = []
 
     def opt_tracker(self, value):
         """Tracker as HOST:PORT#FINGERPRINT (repeatable; trackers in a .p2p are used too)."""
@@ -84,51 +69,16 @@ class Options(usage.Options):
         non-loopback addresses]."""
         self["advertise"].append(value)
 
-    def opt_web_allow_host(self, value):
-        """Also answer to this Host name (repeatable): the name a reverse proxy forwards,
-        e.g. peerit.example.org."""
-        self["web-allow-host"].append(value.strip().lower())
-
-    def _web_options(self):
-        try:
-            spec = parse_web_spec(self["web"])
-        except PeeritError as e:
-            raise usage.UsageError(str(e))
-        self["web-fallback"] = self["web"] == DEFAULT_SPEC
-        self["web-spec"] = spec
-        self["web-password"] = None
-        if spec is not None and not spec.loopback:
-            where = spec.interface or "every interface"
-            if not self["web-remote"]:
-                raise usage.UsageError(
-                    f"--web {self['web']} serves the page on {where}, not only this "
-                    "machine: add --web-remote and --web-password-file to mean it")
-            if not self["web-password-file"]:
-                raise usage.UsageError("--web-remote needs --web-password-file")
-        if self["web-allow-host"] and not self["web-password-file"]:
-            raise usage.UsageError(
-                "--web-allow-host lets other names (a reverse proxy) reach the page: it "
-                "needs --web-password-file too")
-        if self["web-password-file"]:
-            try:
-                self["web-password"] = read_password_file(self["web-password-file"])
-            except PeeritError as e:
-                raise usage.UsageError(str(e))
-
     def postOptions(self):
-        self._web_options()
-        from peerit.ctl.offline import parse_size
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
             raise usage.UsageError(f"--max-upload-rate: {e}")
-        from peerit.addresses import parse_host_port
-        from peerit.nat.manager import parse_paths, parse_udp_spec
         try:
-            parse_udp_spec(self["udp"])
+            parse_udp_endpoint(self["udp"], "--udp")
             self["paths"] = parse_paths(self["paths"])
             if self["stun-server"]:
-                self["stun-server"] = parse_host_port(self["stun-server"], 3478)
+                self["stun-server"] = parse_host_port(self["stun-server"], DEFAULT_STUN_PORT)
         except PeeritError as e:
             raise usage.UsageError(str(e))
         try:
@@ -147,17 +97,8 @@ def makeService(options, reactor=None) -> Daemon:
     """The daemon's child services (see ``peerit.daemon.service``) on ``reactor``."""
     if reactor is None:
         from twisted.internet import reactor
-    daemon = Daemon(reactor, options["data-dir"], options["control"], options["listen"],
-                    options["trackers"], options["advertise"],
-                    max_upload_rate=options["max-upload-rate"], udp=options["udp"],
-                    stun_server=options["stun-server"], paths=options["paths"],
-                    quic_datagram_size=options["quic-datagram-size"])
-    if options.get("web-spec") is not None:
-        node = daemon.node
-        web = WebFace(reactor, daemon.operations, daemon.events, options["web-spec"],
-                      instance=lambda: node.peer_id.hex()[:12],
-                      password=options["web-password"], allow_hosts=options["web-allow-host"],
-                      fallback=options["web-fallback"], local_hosts=node.addresses)
-        daemon.add_face(web)
-        daemon.operations.web_sign_in = web.login_url
-    return daemon
+    return Daemon(reactor, options["data-dir"], options["control"], options["listen"],
+                  options["trackers"], options["advertise"],
+                  max_upload_rate=options["max-upload-rate"], udp=options["udp"],
+                  stun_server=options["stun-server"], paths=options["paths"],
+                  quic_datagram_size=options["quic-datagram-size"])

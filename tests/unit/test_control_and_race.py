@@ -82,7 +82,7 @@ class ControlTests(SynchronousTestCase):
     def test_status_by_unique_prefix(self):
         client, pump, _ = self.connect()
         status = self.result(client.status("ab"), pump)
-        self.assertEqual(status["name"], "x")
+        self.assertEqual(status.name, "x")
 
     def test_ambiguous_prefix_is_a_usage_error_with_its_message(self):
         client, pump, _ = self.connect()
@@ -100,7 +100,7 @@ class ControlTests(SynchronousTestCase):
         client, pump, _ = self.connect()
         self.result(client.pause("ac"), pump)
         listed = self.result(client.list(), pump)
-        self.assertEqual([t["state"] for t in listed], ["downloading", "paused"])
+        self.assertEqual([t.state for t in listed], ["downloading", "paused"])
 
 
     def test_follow_delivers_changes_and_completion_without_waiting_for_a_tick(self):
@@ -111,18 +111,18 @@ class ControlTests(SynchronousTestCase):
         client, pump, _ = self.connect(transfers, hub)
         seen = []
         first = self.result(client.follow("ab", seen.append), pump)
-        self.assertEqual(first["name"], "x")
+        self.assertEqual(first.name, "x")
         transfer = transfers.transfers[bytes.fromhex("ab" * 32)]
         transfer.paused = True
         hub.changed(("transfer", "ab" * 32))
         hub.clock.advance(1)
         pump.flush()
-        self.assertEqual([s["state"] for s in seen], ["paused"])
+        self.assertEqual([s.state for s in seen], ["paused"])
         transfer.paused = False
         hub.changed_now(("transfer", "ab" * 32))
         hub.clock.advance(0)
         pump.flush()
-        self.assertEqual([s["state"] for s in seen], ["paused", "downloading"])
+        self.assertEqual([s.state for s in seen], ["paused", "downloading"])
         # Another transfer's changes are not sent to this follower.
         transfers.transfers[bytes.fromhex("ac" * 32)].paused = True
         hub.changed_now(("transfer", "ac" * 32))

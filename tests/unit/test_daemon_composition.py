@@ -91,20 +91,9 @@ class DaemonCompositionTests(SynchronousTestCase):
     def test_children_in_the_order_they_depend_on_each_other(self):
         daemon = self.daemon()
         self.assertEqual([child.name for child in daemon],
-                         ["node", "peers", "udp", "trackers", "transfers", "web", "control"])
+                         ["node", "peers", "udp", "trackers", "transfers", "control"])
         self.assertIs(daemon.control.operations, daemon.operations)
         self.assertIs(daemon.peers.router, daemon.transfers)
-        web = daemon.getServiceNamed("web")
-        self.assertIs(web.api.operations, daemon.operations)
-        self.assertIs(web.api.hub, daemon.events)
-        self.assertIs(daemon.transfers.events, daemon.events)
-
-    def test_web_none_leaves_the_page_out_and_sign_in_says_why(self):
-        daemon = self.daemon("--web", "none")
-        self.assertNotIn("web", [child.name for child in daemon])
-        with self.assertRaises(PeeritError) as caught:
-            daemon.operations.web_login()
-        self.assertIn("serves no web page", str(caught.exception))
 
     def test_without_udp_there_is_no_udp_child_and_netcheck_says_why(self):
         daemon = Daemon(MemoryReactorClock(), self.mktemp(), "unix:/nonexistent/c.sock",

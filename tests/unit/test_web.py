@@ -457,7 +457,7 @@ class PieceMapTests(SynchronousTestCase):
 
 class DaemonWebOptionTests(SynchronousTestCase):
     def parse(self, *argv):
-        from peerit.daemon.tap import Options
+        from peerit.web.tap import Options
         options = Options()
         options.parseOptions(list(argv))
         return options
@@ -487,3 +487,35 @@ class DaemonWebOptionTests(SynchronousTestCase):
         os.chmod(password, 0o640)
         with self.assertRaises(OptionsError):
             self.parse("--web-allow-host", "x.example", "--web-password-file", password)
+
+
+class DaemonWithPageTests(SynchronousTestCase):
+    """``twistd peerit-daemon`` (peerit.web.tap): the daemon's children plus the page."""
+
+    def daemon(self, *extra):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from peerit.web import tap
+        directory = tempfile.mkdtemp(prefix="peerit-test-web-")
+        self.addCleanup(shutil.rmtree, directory)
+        options = tap.Options()
+        options.parseOptions(["--data-dir", os.path.join(directory, "d"), *extra])
+        return tap.makeService(options, reactor=MemoryReactorClock())
+
+    def test_the_page_starts_after_the_transfers_and_before_the_control_socket(self):
+        daemon = self.daemon()
+        self.assertEqual([child.name for child in daemon],
+                         ["node", "peers", "udp", "trackers", "transfers", "web", "control"])
+        web = daemon.getServiceNamed("web")
+        self.assertIs(web.api.operations, daemon.operations)
+        self.assertIs(web.api.hub, daemon.events)
+        self.assertIs(daemon.transfers.events, daemon.events)
+        self.assertEqual(daemon.operations.web_sign_in, web.login_url)
+
+    def test_web_none_leaves_the_page_out_and_sign_in_says_why(self):
+        from peerit.errors import PeeritError
+        daemon = self.daemon("--web", "none")
+        self.assertNotIn("web", [child.name for child in daemon])
+        with self.assertRaises(PeeritError) as caught:
+            daemon.operations.web_login()
+        self.assertIn("serves no web page", str(caught.exception))
