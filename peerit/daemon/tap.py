@@ -1,4 +1,8 @@
-"""``twistd peerit-daemon``: options and service construction."""
+"""``twistd peerit-daemon``: options and service construction.
+
+The daemon's faces (the web page; ``peerit.daemon.faces``) add their options to these and
+join the composed daemon; the daemon does not import them.
+"""
 
 import os
 
@@ -6,11 +10,15 @@ from twisted.python import usage
 
 from peerit.addresses import TrackerAddress, parse_host_port
 from peerit.control.paths import default_control_path, default_data_dir
+from peerit.daemon.faces import daemon_faces
 from peerit.daemon.nat.manager import parse_paths
 from peerit.daemon.service import Daemon
 from peerit.endpoints import DEFAULT_STUN_PORT, parse_udp_endpoint
 from peerit.errors import PeeritError
 from peerit.units import parse_size
+
+
+FACES = daemon_faces()
 
 
 class Options(usage.Options):
@@ -45,7 +53,8 @@ class Options(usage.Options):
         ["max-upload-rate", None, "0",
          "Cap on upload bytes per second over all peers, e.g. 5M (5,000,000) or 4Mi "
          "(4 MiB); k, M, G = powers of 1000, Ki, Mi, Gi = of 1024; 0 = no cap [default: 0]"],
-    ]
+    ] + [row for face in FACES for row in face.optParameters]
+    optFlags = [row for face in FACES for row in face.optFlags]
 
     def __init__(self):
         super().__init__()
@@ -91,14 +100,20 @@ class Options(usage.Options):
             self["data-dir"] or default_data_dir()))
         if not self["control"]:
             self["control"] = "unix:" + default_control_path(self["data-dir"])
+        for face in FACES:
+            face.check(self)
 
 
 def makeService(options, reactor=None) -> Daemon:
-    """The daemon's child services (see ``peerit.daemon.service``) on ``reactor``."""
+    """The daemon's child services (see ``peerit.daemon.service``) on ``reactor``, with
+    its faces."""
     if reactor is None:
         from twisted.internet import reactor
-    return Daemon(reactor, options["data-dir"], options["control"], options["listen"],
-                  options["trackers"], options["advertise"],
-                  max_upload_rate=options["max-upload-rate"], udp=options["udp"],
-                  stun_server=options["stun-server"], paths=options["paths"],
-                  quic_datagram_size=options["quic-datagram-size"])
+    daemon = Daemon(reactor, options["data-dir"], options["control"], options["listen"],
+                    options["trackers"], options["advertise"],
+                    max_upload_rate=options["max-upload-rate"], udp=options["udp"],
+                    stun_server=options["stun-server"], paths=options["paths"],
+                    quic_datagram_size=options["quic-datagram-size"])
+    for face in FACES:
+        face.attach(daemon, options, reactor)
+    return daemon

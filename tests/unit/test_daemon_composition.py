@@ -91,7 +91,7 @@ class DaemonCompositionTests(SynchronousTestCase):
     def test_children_in_the_order_they_depend_on_each_other(self):
         daemon = self.daemon()
         self.assertEqual([child.name for child in daemon],
-                         ["node", "peers", "udp", "trackers", "transfers", "control"])
+                         ["node", "peers", "udp", "trackers", "transfers", "web", "control"])
         self.assertIs(daemon.control.operations, daemon.operations)
         self.assertIs(daemon.peers.router, daemon.transfers)
 

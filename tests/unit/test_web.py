@@ -457,7 +457,7 @@ class PieceMapTests(SynchronousTestCase):
 
 class DaemonWebOptionTests(SynchronousTestCase):
     def parse(self, *argv):
-        from peerit.web.tap import Options
+        from peerit.daemon.tap import Options
         options = Options()
         options.parseOptions(list(argv))
         return options
@@ -490,12 +490,13 @@ class DaemonWebOptionTests(SynchronousTestCase):
 
 
 class DaemonWithPageTests(SynchronousTestCase):
-    """``twistd peerit-daemon`` (peerit.web.tap): the daemon's children plus the page."""
+    """``twistd peerit-daemon``: the daemon's children plus the page, a face found as a
+    Twisted plugin (the daemon does not import it)."""
 
     def daemon(self, *extra):
         from twisted.internet.testing import MemoryReactorClock
 
-        from peerit.web import tap
+        from peerit.daemon import tap
         directory = tempfile.mkdtemp(prefix="peerit-test-web-")
         self.addCleanup(shutil.rmtree, directory)
         options = tap.Options()
