@@ -98,7 +98,7 @@ def transfer_run(size: int, with_page: bool, deadline: float, playwright) -> dic
         client.download(shared["metainfo"], str(Path(work) / "out"))
         if page is not None:
             page.click(f'#transfers tr[data-id="{shared["info_hash"]}"] .name-button')
-        while client.status(shared["info_hash"])["state"] != "seeding":
+        while client.status(shared["info_hash"]).state != "seeding":
             if time.monotonic() - started > deadline:
                 raise TimeoutError(f"not done within {deadline}s")
             time.sleep(0.02)  # the same 50 Hz status poll with or without the page
