@@ -278,7 +278,8 @@ function select(id) {
   $("detail-p2p").setAttribute("download", (t ? t.name : id) + ".p2p");
   renderChart();
   connect();  // the stream now also carries this transfer's detail
-  $("detail").scrollIntoView({ behavior: "smooth", block: "nearest" });
+  // No smooth scrolling: an animation repaints the whole page for every frame of it.
+  $("detail").scrollIntoView({ block: "nearest" });
   $("detail-close").focus({ preventScroll: true });
 }
 function closeDetail() {
@@ -368,10 +369,15 @@ function drawPieces(map) {
   const canvas = $("piece-map");
   const width = canvas.clientWidth || 600, height = canvas.clientHeight || 60;
   const ratio = window.devicePixelRatio || 1;
-  canvas.width = Math.round(width * ratio); canvas.height = Math.round(height * ratio);
+  const w0 = Math.round(width * ratio), h0 = Math.round(height * ratio);
+  if (canvas.width !== w0 || canvas.height !== h0) { canvas.width = w0; canvas.height = h0; }
   const ctx = canvas.getContext("2d");
-  ctx.scale(ratio, ratio);
-  const colors = { "0": cssVar("--missing"), "1": cssVar("--flight"), "2": cssVar("--verified") };
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  if (!state.colors) {  // read once per theme: getComputedStyle makes the browser restyle
+    state.colors = { "0": cssVar("--missing"), "1": cssVar("--flight"), "2": cssVar("--verified") };
+  }
+  const colors = state.colors;
+  ctx.clearRect(0, 0, width, height);
   const n = map.length;
   if (!n) return;
   const rows = n > 256 ? 4 : n > 64 ? 2 : 1, perRow = Math.ceil(n / rows);
@@ -414,6 +420,10 @@ function signedOut() {
   if (state.source) { state.source.close(); state.source = null; }
 }
 function theme() {
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+    state.colors = null;
+    if (state.selected && state.detailMap) drawPieces(state.detailMap);
+  });
   const saved = localStorage.getItem("peerit-theme");
   if (saved) document.documentElement.dataset.theme = saved;
   $("theme-button").addEventListener("click", () => {
@@ -422,6 +432,7 @@ function theme() {
     const next = dark ? "light" : "dark";
     document.documentElement.dataset.theme = next;
     localStorage.setItem("peerit-theme", next);
+    state.colors = null;
     if (state.selected && state.detailMap) drawPieces(state.detailMap);
   });
 }
