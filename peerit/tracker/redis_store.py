@@ -1,0 +1,583 @@
+"""The swarm table shared by several tracker processes (on one host or many) through Redis.
+
+Each process answers from a local view (a :class:`MemorySwarmStore` holding every entry of
+every process), so the hot path stays synchronous; each change a process makes is written to
+Redis by a Lua script that changes the table and appends the change to a stream in one atomic
+step, and every process applies the others' changes from that stream (``XREAD BLOCK``: a
+change is in the other views within milliseconds, well inside the one-second bound).
+
+Layout (chihaya's, with the seeder flag as the value)::
+
+    PREFIX s:<info hash>  hash   peer id -> "0" leecher / "1" seeder         one per swarm
+    PREFIX p:<peer id>    hash   "c" -> contact (an encoded PeerInfo), "o" -> owning process,
+                                 info hash -> "0"/"1" (the swarms it is in)  one per peer
+    PREFIX seen           zset   peer id -> last seen (the owner refreshes its live peers)
+    PREFIX ev             stream the changes: C contact, A entry, R entry gone, P peer gone
+    PREFIX q:<owner>      stream signals to one process (peerit.tracker.signals)
+
+A peer is written only by the process that holds its session (its *owner*): the scripts
+check the owner, so a session that lingers on one process after its daemon reconnected to
+another cannot undo the newer session's entries. Garbage collection is one script that
+picks the peers last seen before the cutoff and deletes them in the same atomic step, so it
+deletes only what is still stale when it runs (an entry refreshed between a scan and a
+delete cannot be lost, there is no between).
+
+Faults: while Redis is unreachable the view keeps answering and sessions stay up; writes
+are not queued (a lost write needs no replay): on every (re)connection the process writes
+back every peer it owns from its view, then reloads the rest of the view from Redis and
+follows the stream from the point it noted before. That also makes the table whole after a
+Redis restart that lost everything, without waiting for daemons.
+"""
+
+import os
+import random
+from typing import Callable
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from peerit.identity import format_fingerprint
+from peerit.tracker.resp import RedisError, RedisUnavailable, RedisURL, connect
+from peerit.tracker.store import Contact, ISwarmStore, MemorySwarmStore
+from peerit.wire import tracker as wire
+
+log = Logger(namespace="peerit.tracker.redis")
+
+_DELETE_PEER = """
+local function delete_peer(key, peer, prefix)
+  local fields = redis.call('HKEYS', key)
+  for _, field in ipairs(fields) do
+    if #field == 32 then redis.call('HDEL', prefix .. 's:' .. field, peer) end
+  end
+  redis.call('DEL', key)
+end
+"""
+
+# KEYS: peer hash, seen, events. ARGV: peer id, contact, owner, now, max stream length,
+# fresh ("1": a new session, whose daemon replays its announces), prefix, then pairs of
+# (info hash, seeder) the owner knows of. Returns 1, or -2 when another process owns the peer
+# and this is not a fresh session (the caller's session has been superseded).
+PUT_PEER = _DELETE_PEER + """
+local prev_c, prev_o = unpack(redis.call('HMGET', KEYS[1], 'c', 'o'))
+if prev_o and prev_o ~= ARGV[3] then
+  if ARGV[6] ~= '1' then return -2 end
+  delete_peer(KEYS[1], ARGV[1], ARGV[7])
+  prev_c = false
+end
+redis.call('HSET', KEYS[1], 'c', ARGV[2], 'o', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+if prev_c ~= ARGV[2] then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
+             'k', 'C', 'p', ARGV[1], 'c', ARGV[2], 'o', ARGV[3])
+end
+for i = 8, #ARGV, 2 do
+  local h, s = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', KEYS[1], h) ~= s then
+    redis.call('HSET', KEYS[1], h, s)
+    redis.call('HSET', ARGV[7] .. 's:' .. h, ARGV[1], s)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
+               'k', 'A', 'p', ARGV[1], 'h', h, 's', s, 'o', ARGV[3])
+  end
+end
+return 1
+"""
+
+# KEYS: peer hash, swarm hash, seen, events. ARGV: peer id, info hash, seeder, now, owner,
+# max stream length. Returns 1 new, 2 changed, 0 unchanged, -1 no such peer, -2 not the owner.
+ANNOUNCE = """
+local owner = redis.call('HGET', KEYS[1], 'o')
+if not owner then return -1 end
+if owner ~= ARGV[5] then return -2 end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+local was = redis.call('HGET', KEYS[1], ARGV[2])
+if was == ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*',
+           'k', 'A', 'p', ARGV[1], 'h', ARGV[2], 's', ARGV[3], 'o', ARGV[5])
+if was then return 2 end
+return 1
+"""
+
+# KEYS: peer hash, swarm hash, events. ARGV: peer id, info hash, owner, max stream length.
+REMOVE = """
+if redis.call('HGET', KEYS[1], 'o') ~= ARGV[3] then return -2 end
+if redis.call('HDEL', KEYS[1], ARGV[2]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+           'k', 'R', 'p', ARGV[1], 'h', ARGV[2], 'o', ARGV[3])
+return 1
+"""
+
+# KEYS: peer hash, seen, events. ARGV: peer id, owner, max stream length, prefix.
+REMOVE_PEER = _DELETE_PEER + """
+if redis.call('HGET', KEYS[1], 'o') ~= ARGV[2] then return 0 end
+delete_peer(KEYS[1], ARGV[1], ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'k', 'P', 'p', ARGV[1], 'o', ARGV[2])
+return 1
+"""
+
+# KEYS: seen, events. ARGV: cutoff, most peers per run, max stream length, prefix.
+# The stale peers are picked and deleted in this one atomic step.
+EXPIRE = _DELETE_PEER + """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, peer in ipairs(stale) do
+  delete_peer(ARGV[4] .. 'p:' .. peer, peer, ARGV[4])
+  redis.call('ZREM', KEYS[1], peer)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'k', 'P', 'p', peer, 'o', '')
+end
+return #stale
+"""
+
+SCRIPTS = {"put_peer": PUT_PEER, "announce": ANNOUNCE, "remove": REMOVE,
+           "remove_peer": REMOVE_PEER, "expire": EXPIRE}
+
+_FLAG = (b"0", b"1")
+EXPIRE_BATCH = 1000
+READ_BATCH = 1000
+READ_BLOCK_MS = 1000
+RESYNC_BATCH = 500
+
+
+def encode_contact(contact: Contact) -> bytes:
+    return wire.encode_peer_info(contact.peer_info(False))
+
+
+def decode_contact(data: bytes) -> Contact:
+    info = wire.PEER_INFO.parse(data)
+    return Contact(bytes(info.peer_id), info.tcp_port, info.udp_port, info.public_address,
+                   tuple(info.lan_addresses))
+
+
+def _pairs(flat: list) -> dict:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _short(peer_id: bytes) -> str:
+    return format_fingerprint(peer_id)[:16]
+
+
+@implementer(ISwarmStore)
+class RedisSwarmStore:
+    """The swarm table in Redis, answered from a local view.
+
+    ``owner`` names this process (unique per run: a restarted process is a new owner).
+    Hooks the tracker sets: ``on_new_entry(info_hash, peer_id)`` when another process adds
+    an entry (to push PeerJoined to members here), ``on_superseded(peer_id)`` when a peer
+    whose session is here opened a newer one elsewhere, ``on_signal(fields)`` for each
+    message to this process (``peerit.tracker.signals``).
+    """
+
+    def __init__(self, clock, url: RedisURL, owner: bytes, password: bytes | None = None, *,
+                 prefix: bytes = b"peerit:", refresh_interval: float = 15.0,
+                 stream_length: int = 200_000, reply_timeout: float = 5.0,
+                 rng: random.Random | None = None, connect=connect):
+        self.clock = clock
+        self.url = url
+        self.owner = owner
+        self.password = password
+        self.prefix = prefix
+        self.refresh_interval = refresh_interval
+        self.stream_length = stream_length
+        self.reply_timeout = reply_timeout
+        self.view = MemorySwarmStore(rng)
+        self._rng = rng or random.Random()
+        self._connect = connect
+        self._owned: set[bytes] = set()           # peers whose session is in this process
+        self._owners: dict[bytes, bytes] = {}     # every known peer -> its owner
+        self._shas: dict[str, bytes] = {}
+        self.connection = None                    # commands
+        self._reader = None                       # XREAD BLOCK on its own connection
+        self.ready = False
+        self.running = False
+        self.syncs = 0
+        self._events_key = prefix + b"ev"
+        self._queue_key = prefix + b"q:" + owner
+        self._seen_key = prefix + b"seen"
+        self._refresher = None
+        self._loop = None
+        self.on_new_entry: Callable[[bytes, bytes], None] = lambda info_hash, peer_id: None
+        self.on_superseded: Callable[[bytes], None] = lambda peer_id: None
+        self.on_signal: Callable[[dict], None] = lambda fields: None
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.running = True
+        self._loop = defer.Deferred.fromCoroutine(self._maintain())
+        self._loop.addErrback(lambda f: log.failure("Redis store loop failed", f))
+        self._refresher = task.LoopingCall(self._refresh)
+        self._refresher.clock = self.clock
+        self._refresher.start(self.refresh_interval, now=False)
+
+    def stop(self) -> None:
+        self.running = False
+        if self._refresher is not None and self._refresher.running:
+            self._refresher.stop()
+        for connection in (self.connection, self._reader):
+            if connection is not None:
+                connection.close()
+
+    async def _maintain(self) -> None:
+        """Connect, synchronise, follow the stream; on any loss, back off and do it again."""
+        delay, failures = 0.5, 0
+        while self.running:
+            try:
+                self.connection = await self._connect(self.clock, self.url, self.password,
+                                                      self.reply_timeout)
+                self._reader = await self._connect(self.clock, self.url, self.password,
+                                                   self.reply_timeout)
+                # Either one lost ends both: writes and the stream must resume together.
+                for one, other in ((self.connection, self._reader),
+                                   (self._reader, self.connection)):
+                    one.lost.addCallback(lambda _, other=other: other.close())
+                await self._synchronise()
+                if failures:
+                    log.info("Redis at {url} is back; table synchronised", url=self.url.display)
+                delay, failures = 0.5, 0
+                await self._follow()
+            except (RedisUnavailable, RedisError) as e:
+                if failures == 0 and self.running:
+                    log.warn("Redis at {url} unavailable ({error}); serving from this "
+                             "process's view, reconnecting", url=self.url.display, error=e)
+                failures += 1
+            finally:
+                self.ready = False
+                for connection in (self.connection, self._reader):
+                    if connection is not None:
+                        connection.close()
+                self.connection = self._reader = None
+            if self.running:
+                await task.deferLater(self.clock, delay * (0.75 + self._rng.random() / 2),
+                                      lambda: None)
+                delay = min(delay * 2, 30.0)
+
+    async def _synchronise(self) -> None:
+        connection = self.connection
+        for name, source in SCRIPTS.items():
+            self._shas[name] = await connection.command("SCRIPT", "LOAD", source)
+        # Where to follow the streams from: noted first, so nothing written while the table
+        # is reloaded is missed (changes seen twice are harmless: applying one is idempotent).
+        events_from = await self._last_id(self._events_key)
+        queue_from = await self._last_id(self._queue_key)
+        now = self.clock.seconds()
+        for peer_id in list(self._owned):
+            self._write_back(peer_id, now)
+        await self._reload()
+        self._events_from, self._queue_from = events_from, queue_from
+        self.ready = True
+        self.syncs += 1
+
+    async def _last_id(self, key: bytes) -> bytes:
+        last = await self.connection.command("XREVRANGE", key, "+", "-", "COUNT", 1)
+        return last[0][0] if last else b"0-0"
+
+    async def _reload(self) -> None:
+        """Replace every peer this process does not own with what Redis holds."""
+        found: dict[bytes, tuple[Contact, bytes, dict]] = {}
+        cursor = b"0"
+        pattern = self.prefix + b"p:*"
+        start = len(self.prefix) + 2
+        while True:
+            cursor, keys = await self.connection.command("SCAN", cursor, "MATCH", pattern,
+                                                         "COUNT", RESYNC_BATCH)
+            keys = [k for k in keys if len(k) == start + 32 and k[start:] not in self._owned]
+            records = await defer.gatherResults(
+                [self.connection.command("HGETALL", key) for key in keys], consumeErrors=True)
+            for key, flat in zip(keys, records):
+                fields = _pairs(flat)
+                if b"c" not in fields or b"o" not in fields:
+                    continue
+                swarms = {f: v == b"1" for f, v in fields.items() if len(f) == 32}
+                found[key[start:]] = (decode_contact(fields[b"c"]), fields[b"o"], swarms)
+            if cursor == b"0":
+                break
+        now = self.clock.seconds()
+        for peer_id in [p for p in self._owners if p not in self._owned and p not in found]:
+            self._forget(peer_id)
+        for peer_id, (contact, owner, swarms) in found.items():
+            if peer_id in self._owned:
+                continue
+            self._forget(peer_id)
+            self.view.put_contact(contact, now)
+            self._owners[peer_id] = owner
+            for info_hash, seeder in swarms.items():
+                self.view.announce(info_hash, peer_id, seeder, now)
+
+    async def _follow(self) -> None:
+        """Apply the stream of changes and this process's signals until the connection ends."""
+        reader = self._reader
+        while self.running and reader is self._reader:
+            reply = await reader.command(
+                "XREAD", "COUNT", READ_BATCH, "BLOCK", READ_BLOCK_MS, "STREAMS",
+                self._events_key, self._queue_key, self._events_from, self._queue_from)
+            for key, entries in reply or ():
+                if not entries:
+                    continue
+                if key == self._events_key:
+                    self._events_from = entries[-1][0]
+                    if len(entries) == READ_BATCH and await self._fell_behind(entries[0][0]):
+                        return
+                    for _, flat in entries:
+                        self._apply(_pairs(flat))
+                else:
+                    self._queue_from = entries[-1][0]
+                    for _, flat in entries:
+                        self.on_signal(_pairs(flat))
+
+    async def _fell_behind(self, first_read: bytes) -> bool:
+        """True (and a reload is due) when the stream was trimmed past what was read."""
+        oldest = await self.connection.command("XRANGE", self._events_key, "-", "+",
+                                               "COUNT", 1)
+        if oldest and _stream_id(oldest[0][0]) > _stream_id(first_read):
+            log.warn("fell behind the Redis change stream; reloading the table")
+            self.connection.close()
+            return True
+        return False
+
+    # -- applying other processes' changes ----------------------------------------------------
+
+    def _apply(self, event: dict) -> None:
+        owner = event.get(b"o", b"")
+        if owner == self.owner:
+            return
+        kind, peer_id = event.get(b"k"), event.get(b"p")
+        view = self.view
+        if kind == b"P":
+            if peer_id in self._owned:
+                # Expired in Redis while its session is alive here (Redis was out of reach
+                # longer than the idle timeout): write it back.
+                self._write_back(peer_id, self.clock.seconds())
+            elif self._owners.get(peer_id) == owner or not owner:
+                self._forget(peer_id)
+            return
+        if peer_id in self._owned:
+            if kind == b"C":
+                # The daemon opened a newer session on another process.
+                self.on_superseded(peer_id)
+                self._owned.discard(peer_id)
+            else:
+                return
+        now = self.clock.seconds()
+        if kind == b"C":
+            if self._owners.get(peer_id) != owner:
+                self.view.remove_peer(peer_id)
+            view.put_contact(decode_contact(event[b"c"]), now)
+            self._owners[peer_id] = owner
+        elif kind == b"A":
+            if self._owners.get(peer_id) != owner:
+                return      # an entry of a session that is no longer the peer's
+            info_hash = event[b"h"]
+            if view.announce(info_hash, peer_id, event[b"s"] == b"1", now):
+                self.on_new_entry(info_hash, peer_id)
+        elif kind == b"R":
+            if self._owners.get(peer_id) == owner:
+                view.remove(event[b"h"], peer_id)
+
+    def _forget(self, peer_id: bytes) -> None:
+        self.view.remove_peer(peer_id)
+        self._owners.pop(peer_id, None)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _script(self, name: str, keys: list, args: list) -> defer.Deferred | None:
+        connection = self.connection
+        if connection is None or name not in self._shas:
+            return None     # written back on reconnection
+        d = connection.command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        d.addErrback(self._write_failed, name)
+        return d
+
+    def _write_failed(self, failure, name):
+        if failure.check(RedisUnavailable):
+            return None     # the reconnection writes everything back
+        log.failure("Redis {script} failed", failure, script=name)
+        return None
+
+    def _peer_key(self, peer_id: bytes) -> bytes:
+        return self.prefix + b"p:" + peer_id
+
+    def _swarm_key(self, info_hash: bytes) -> bytes:
+        return self.prefix + b"s:" + info_hash
+
+    def _write_back(self, peer_id: bytes, now: float, fresh: bool = False) -> None:
+        contact = self.view.contact(peer_id)
+        if contact is None:
+            return
+        pairs = []
+        for info_hash, seeder in self.view.swarms_of(peer_id).items():
+            pairs += (info_hash, _FLAG[seeder])
+        d = self._script("put_peer", [self._peer_key(peer_id), self._seen_key,
+                                      self._events_key],
+                         [peer_id, encode_contact(contact), self.owner, now,
+                          self.stream_length, b"1" if fresh else b"0", self.prefix, *pairs])
+        if d is not None:
+            d.addCallback(self._written_back, peer_id)
+
+    def _written_back(self, result, peer_id: bytes) -> None:
+        if result == -2 and peer_id in self._owned:
+            # Another process took the peer over while this one could not hear it.
+            self._owned.discard(peer_id)
+            self.on_superseded(peer_id)
+
+    def _refresh(self) -> None:
+        """Keep the owned peers' last-seen times fresh in Redis (one command per 500)."""
+        connection = self.connection
+        if connection is None or not self.ready or not self._owned:
+            return
+        now = self.clock.seconds()
+        owned = list(self._owned)
+        for start in range(0, len(owned), 500):
+            args = []
+            for peer_id in owned[start:start + 500]:
+                args += (now, peer_id)
+            # XX: a peer expired meanwhile is not recreated half (its P event writes it back).
+            connection.command("ZADD", self._seen_key, "XX", "GT", *args).addErrback(
+                self._write_failed, "refresh")
+
+    def collect_garbage(self, cutoff: float) -> defer.Deferred | None:
+        """Delete, in Redis, the peers last seen before ``cutoff`` (at most one batch)."""
+        if not self.ready:
+            return None
+        return self._script("expire", [self._seen_key, self._events_key],
+                            [cutoff, EXPIRE_BATCH, self.stream_length, self.prefix])
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def owner_of(self, peer_id: bytes) -> bytes | None:
+        return self._owners.get(peer_id)
+
+    def send_signal(self, owner: bytes, fields: dict) -> bool:
+        """Append a message to another process's queue; False while Redis is unreachable.
+        At most once: the sender retries, the receiver ignores repeats."""
+        connection = self.connection
+        if connection is None or not self.ready:
+            return False
+        args = []
+        for key, value in fields.items():
+            args += (key, value)
+        queue = self.prefix + b"q:" + owner
+        connection.command("XADD", queue, "MAXLEN", "~", 10_000, "*", *args).addErrback(
+            self._write_failed, "signal")
+        # A queue whose reader is gone (a process that died) goes away by itself.
+        connection.command("EXPIRE", queue, 300).addErrback(self._write_failed, "signal")
+        return True
+
+    # -- ISwarmStore -------------------------------------------------------------------------
+
+    def put_contact(self, contact: Contact, now: float) -> None:
+        peer_id = contact.peer_id
+        self.view.put_contact(contact, now)
+        self._owned.add(peer_id)
+        self._owners[peer_id] = self.owner
+        self._write_back(peer_id, now, fresh=True)
+
+    def touch(self, peer_id: bytes, now: float) -> None:
+        self.view.touch(peer_id, now)
+
+    def announce(self, info_hash: bytes, peer_id: bytes, seeder: bool, now: float) -> bool:
+        view = self.view
+        was = view.role(info_hash, peer_id)
+        new = view.announce(info_hash, peer_id, seeder, now)
+        if was is not bool(seeder):
+            d = self._script("announce", [self._peer_key(peer_id), self._swarm_key(info_hash),
+                                          self._seen_key, self._events_key],
+                             [peer_id, info_hash, _FLAG[bool(seeder)], now, self.owner,
+                              self.stream_length])
+            if d is not None:
+                d.addCallback(self._announced, peer_id)
+        return new
+
+    def _announced(self, result, peer_id: bytes) -> None:
+        if result == -1 and peer_id in self._owned:
+            self._write_back(peer_id, self.clock.seconds())
+
+    def remove(self, info_hash: bytes, peer_id: bytes) -> bool:
+        if not self.view.remove(info_hash, peer_id):
+            return False
+        self._script("remove", [self._peer_key(peer_id), self._swarm_key(info_hash),
+                                self._events_key],
+                     [peer_id, info_hash, self.owner, self.stream_length])
+        return True
+
+    def remove_peer(self, peer_id: bytes) -> list[bytes]:
+        swarms = self.view.remove_peer(peer_id)
+        if peer_id in self._owned:
+            self._owned.discard(peer_id)
+            self._owners.pop(peer_id, None)
+            self._script("remove_peer", [self._peer_key(peer_id), self._seen_key,
+                                         self._events_key],
+                         [peer_id, self.owner, self.stream_length, self.prefix])
+        return swarms
+
+    def swarm_count(self, peer_id: bytes) -> int:
+        return self.view.swarm_count(peer_id)
+
+    def role(self, info_hash: bytes, peer_id: bytes) -> bool | None:
+        return self.view.role(info_hash, peer_id)
+
+    def sample(self, info_hash: bytes, count: int, asker: bytes,
+               prefer_seeders: bool) -> list[bytes]:
+        return self.view.sample(info_hash, count, asker, prefer_seeders)
+
+    def members(self, info_hash: bytes, count: int, exclude: bytes) -> list[bytes]:
+        return self.view.members(info_hash, count, exclude)
+
+    def peer_info(self, info_hash: bytes, peer_id: bytes) -> wire.PeerInfo | None:
+        return self.view.peer_info(info_hash, peer_id)
+
+    def encoded_peer_info(self, info_hash: bytes, peer_id: bytes) -> bytes | None:
+        return self.view.encoded_peer_info(info_hash, peer_id)
+
+    def expire(self, cutoff: float) -> list[bytes]:
+        """Owned peers silent since ``cutoff`` leave (as in memory); in Redis, any process's
+        peers not refreshed since then go (a process that died stops refreshing its own)."""
+        stale = [p for p in self._owned if self.view.last_seen(p) < cutoff]
+        for peer_id in stale:
+            self.remove_peer(peer_id)
+        self.collect_garbage(cutoff)
+        return stale
+
+    def stats(self) -> dict:
+        return {**self.view.stats(), "owned": len(self._owned), "redis": self.ready}
+
+
+class RedisStoreService(service.Service):
+    """Runs a :class:`RedisSwarmStore` for ``tracker`` (hooks set, started, stopped)."""
+
+    name = "peerit-tracker-redis"
+
+    def __init__(self, store: RedisSwarmStore, tracker):
+        self.store = store
+        store.on_new_entry = tracker.peer_joined
+        store.on_superseded = lambda peer_id: _supersede(tracker, peer_id)
+
+    def startService(self):
+        super().startService()
+        self.store.start()
+        log.info("swarm table in Redis at {url} as {owner}", url=self.store.url.display,
+                 owner=self.store.owner.decode())
+
+    def stopService(self):
+        super().stopService()
+        self.store.stop()
+
+
+def _supersede(tracker, peer_id: bytes) -> None:
+    session = tracker.session_of(peer_id)
+    if session is not None:
+        session.fail("superseded", "a newer session for this peer id opened on another "
+                     "tracker process")
+
+
+def _stream_id(text: bytes) -> tuple[int, int]:
+    ms, _, seq = text.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def new_owner(label: str) -> bytes:
+    """A name for this process in Redis: its label and 6 random bytes (a restart is new)."""
+    return f"{label}-{os.urandom(6).hex()}".encode()
