@@ -408,8 +408,9 @@ class RedisSwarmStore:
         if contact is None:
             return
         pairs = []
-        for info_hash, seeder in self.view.swarms_of(peer_id).items():
-            pairs += (info_hash, _FLAG[seeder])
+        if not fresh:
+            for info_hash, seeder in self.view.swarms_of(peer_id).items():
+                pairs += (info_hash, _FLAG[seeder])
         d = self._script("put_peer", [self._peer_key(peer_id), self._seen_key,
                                       self._events_key],
                          [peer_id, encode_contact(contact), self.owner, now,
@@ -470,6 +471,10 @@ class RedisSwarmStore:
 
     def put_contact(self, contact: Contact, now: float) -> None:
         peer_id = contact.peer_id
+        if peer_id not in self._owned:
+            # A session here for a peer whose entries (in the view) are another process's
+            # older session's: they go (in Redis too, in the script); this one replays its own.
+            self.view.remove_peer(peer_id)
         self.view.put_contact(contact, now)
         self._owned.add(peer_id)
         self._owners[peer_id] = self.owner
@@ -504,13 +509,16 @@ class RedisSwarmStore:
         return True
 
     def remove_peer(self, peer_id: bytes) -> list[bytes]:
+        if peer_id not in self._owned:
+            # A session here that another process's newer session replaced: the view holds
+            # that one's entries now, and they are not this process's to drop.
+            return []
         swarms = self.view.remove_peer(peer_id)
-        if peer_id in self._owned:
-            self._owned.discard(peer_id)
-            self._owners.pop(peer_id, None)
-            self._script("remove_peer", [self._peer_key(peer_id), self._seen_key,
-                                         self._events_key],
-                         [peer_id, self.owner, self.stream_length, self.prefix])
+        self._owned.discard(peer_id)
+        self._owners.pop(peer_id, None)
+        self._script("remove_peer", [self._peer_key(peer_id), self._seen_key,
+                                     self._events_key],
+                     [peer_id, self.owner, self.stream_length, self.prefix])
         return swarms
 
     def swarm_count(self, peer_id: bytes) -> int:
