@@ -17,7 +17,8 @@ from peerit.tracker.session import Limits, Tracker
 from peerit.tracker.signals import Delivery
 from peerit.tracker.stun_server import DEFAULT_STUN_PORT, split_unescaped, parse_udp_endpoint
 from peerit.tracker.store import MemorySwarmStore
-from peerit.tracker.workers import WorkerPool, listen_tcp_shared, listen_udp_shared, worker_argv
+from peerit.tracker.workers import (
+    ParentWatch, WorkerPool, listen_tcp_shared, listen_udp_shared, worker_argv)
 
 _DEFAULTS = Limits()
 _RELAY = RelayLimits()
@@ -288,6 +289,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     broker = RelayBroker(reactor, options.relay_limits) if relay else None
     NatCoordinator(tracker, broker, options.nat_limits, remote=remote)
     shared = worker is not None
+    if shared:
+        ParentWatch(reactor).setServiceParent(top)
     # Before the tracker's port: its ports are bound (and tracker.stun_info set) before the
     # tracker says it is ready, so the first session already learns them.
     NatPortsService(reactor, tracker, stun, stun_alt_port, relay, broker,

@@ -234,6 +234,37 @@ class WorkerPool(service.Service):
         return task.deferLater(self.reactor, 0.1, self._wait_stopped, deadline)
 
 
+class ParentWatch(service.Service):
+    """A worker ends when its parent is gone (SIGKILLed: it cannot stop its workers), so a
+    restarted tracker does not find the old workers still holding its ports."""
+
+    name = "peerit-tracker-parent-watch"
+
+    def __init__(self, reactor, interval: float = 1.0, getppid=os.getppid):
+        self.reactor = reactor
+        self.interval = interval
+        self.getppid = getppid
+        self.parent = getppid()
+        self._loop = None
+
+    def startService(self):
+        super().startService()
+        self._loop = task.LoopingCall(self._check)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=False)
+
+    def _check(self):
+        if self.getppid() != self.parent:
+            log.warn("the tracker's parent process is gone; this worker stops")
+            self._loop.stop()
+            self.reactor.stop()
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+
 def worker_argv(options, index: int, port: int, stun, relay: str | None) -> list[str]:
     """``twistd peerit-tracker`` with the parent's options, as worker ``index``."""
     overridden = {"listen", "stun", "stun-alt-port", "relay", "workers", "worker"}

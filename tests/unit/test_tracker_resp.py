@@ -5,7 +5,7 @@ import os
 import tempfile
 
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -13,7 +13,7 @@ from peerit.tracker import tap
 from peerit.tracker.resp import (
     RedisConnection, RedisError, RedisUnavailable, ReplyParser, encode_command,
     parse_redis_url)
-from peerit.tracker.workers import worker_argv
+from peerit.tracker.workers import ParentWatch, worker_argv
 
 REPLIES = (b"+OK\r\n-ERR wrong\r\n:42\r\n$5\r\nab\r\nc\r\n$-1\r\n*-1\r\n"
            b"*2\r\n*2\r\n$1\r\na\r\n:1\r\n*0\r\n$0\r\n\r\n")
@@ -144,3 +144,16 @@ class StoreOptionTests(SynchronousTestCase):
         self.assertFalse([a for a in tail if a.startswith("--workers")])
         reparsed = self.parse(*tail)
         self.assertEqual((reparsed["worker"], reparsed["max-peers"]), (2, 80))
+
+
+class ParentWatchTests(SynchronousTestCase):
+    def test_a_worker_stops_once_its_parent_is_gone(self):
+        reactor = MemoryReactorClock()
+        parents = [100]
+        watch = ParentWatch(reactor, interval=1.0, getppid=lambda: parents[0])
+        watch.startService()
+        reactor.advance(5)
+        self.assertFalse(reactor.hasStopped)
+        parents[0] = 1          # re-parented to init: the parent died
+        reactor.advance(1)
+        self.assertTrue(reactor.hasStopped)
