@@ -76,14 +76,29 @@ def ready_path(data_dir: str, index: int) -> str:
 
 
 class _Worker(ProcessProtocol):
+    """One worker. Its log (stdout) and anything on its stderr come back through the
+    parent's log, line by line, so there is one log wherever the parent's goes."""
+
+    MAX_LINE = 64 * 1024
+
     def __init__(self, pool: "WorkerPool", index: int):
         self.pool = pool
         self.index = index
         self.pid = None
-        self.ended = None
+        self._partial = {1: b"", 2: b""}
 
     def connectionMade(self):
         self.pid = self.transport.pid
+
+    def childDataReceived(self, fd, data):
+        lines = (self._partial.get(fd, b"") + data).split(b"\n")
+        self._partial[fd] = lines.pop()[-self.MAX_LINE:]
+        for line in lines:
+            text = line.decode("utf8", "replace")
+            stamp, _, rest = text.partition(" ")
+            if stamp[:4].isdigit() and rest:
+                text = rest     # the parent's line has the time already
+            log.info("worker {index}: {line}", index=self.index, line=text)
 
     def processEnded(self, reason):
         self.pool._ended(self, reason.value.exitCode, reason.value.signal)
@@ -148,7 +163,7 @@ class WorkerPool(service.Service):
         worker = _Worker(self, index)
         argv = self.argv(index, self.port, self.stun)
         self.reactor.spawnProcess(worker, argv[0], argv, env=os.environ.copy(),
-                                  childFDs={0: "w", 1: 1, 2: 2})
+                                  childFDs={0: "w", 1: "r", 2: "r"})
         self.workers[index] = worker
         log.info("tracker worker {index} started (pid {pid})", index=index, pid=worker.pid)
 
@@ -244,7 +259,7 @@ class ParentWatch(service.Service):
         self.reactor = reactor
         self.interval = interval
         self.getppid = getppid
-        self.parent = getppid()
+        self.parent_pid = getppid()
         self._loop = None
 
     def startService(self):
@@ -254,7 +269,7 @@ class ParentWatch(service.Service):
         self._loop.start(self.interval, now=False)
 
     def _check(self):
-        if self.getppid() != self.parent:
+        if self.getppid() != self.parent_pid:
             log.warn("the tracker's parent process is gone; this worker stops")
             self._loop.stop()
             self.reactor.stop()
@@ -286,4 +301,4 @@ def worker_argv(options, index: int, port: int, stun, relay: str | None) -> list
     args.append(f"--relay={relay or 'none'}")
     args.append(f"--worker={index}")
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "--nodaemon", "--pidfile=", "peerit-tracker", *args]
+            "--nodaemon", "--pidfile=", "--logfile=-", "peerit-tracker", *args]

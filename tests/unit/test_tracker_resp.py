@@ -4,6 +4,7 @@ Redis URLs, and the tracker options that choose the store and the workers (no so
 import os
 import tempfile
 
+from twisted.application.service import MultiService
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
@@ -150,8 +151,9 @@ class ParentWatchTests(SynchronousTestCase):
     def test_a_worker_stops_once_its_parent_is_gone(self):
         reactor = MemoryReactorClock()
         parents = [100]
-        watch = ParentWatch(reactor, interval=1.0, getppid=lambda: parents[0])
-        watch.startService()
+        top = MultiService()
+        ParentWatch(reactor, interval=1.0, getppid=lambda: parents[0]).setServiceParent(top)
+        top.startService()
         reactor.advance(5)
         self.assertFalse(reactor.hasStopped)
         parents[0] = 1          # re-parented to init: the parent died
