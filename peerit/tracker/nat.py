@@ -173,6 +173,11 @@ class NatCoordinator:
         target = self._pair(session, request)
         if target is None:
             return
+        if target is _REMOTE and not self.remote.same_host(request.peer_id):
+            # RelayOffer names a port, not a host: the two could not find one relay.
+            session.refuse(request, "relay_unavailable",
+                           "that peer's session is on another tracker host")
+            return
         try:
             token = self.relay.offer(session.peer_id, request.peer_id)
         except RelayRefused as e:

@@ -31,6 +31,7 @@ Redis restart that lost everything, without waiting for daemons.
 
 import os
 import random
+import socket
 from typing import Callable
 
 from twisted.application import service
@@ -586,6 +587,12 @@ def _stream_id(text: bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def new_owner(label: str) -> bytes:
-    """A name for this process in Redis: its label and 6 random bytes (a restart is new)."""
-    return f"{label}-{os.urandom(6).hex()}".encode()
+def new_owner(label: str, host: str | None = None) -> bytes:
+    """A name for this process in Redis: ``HOST/LABEL-RANDOM`` (6 random bytes: a restart is
+    a new owner; the host tells whether two sessions can meet at one relay)."""
+    host = host or socket.gethostname()
+    return f"{host}/{label}-{os.urandom(6).hex()}".encode()
+
+
+def host_of(owner: bytes) -> bytes:
+    return owner.rpartition(b"/")[0]

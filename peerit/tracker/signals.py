@@ -19,6 +19,8 @@ from typing import Callable
 
 from twisted.internet import defer
 
+from peerit.tracker.redis_store import host_of
+
 PUNCH = b"punch"
 RELAY = b"relay"
 
@@ -45,6 +47,12 @@ class Delivery:
         """True when the peer's session is on another process."""
         owner = self.store.owner_of(peer_id)
         return owner is not None and owner != self.store.owner
+
+    def same_host(self, peer_id: bytes) -> bool:
+        """True when the peer's session is on a process of this host (a relay offer names a
+        port on the tracker's host, so both sessions must be on one host to meet there)."""
+        owner = self.store.owner_of(peer_id)
+        return owner is not None and host_of(owner) == host_of(self.store.owner)
 
     def deliver(self, kind: bytes, info_hash: bytes, requester: bytes, target: bytes,
                 body: bytes) -> defer.Deferred:

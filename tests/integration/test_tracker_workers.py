@@ -53,7 +53,7 @@ def worker_of(redis, swarm, name, timeout: float = 20.0) -> bytes:
     while True:
         owner = redis.command("HGET", key, "o")
         if owner:
-            return owner.split(b"-")[0]
+            return owner.rpartition(b"/")[2].split(b"-")[0]     # HOST/workerN-RANDOM
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name} has no session in Redis after {timeout}s")
         time.sleep(0.1)

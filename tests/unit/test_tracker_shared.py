@@ -25,7 +25,8 @@ class TwoProcesses(SynchronousTestCase):
         self.random = CountingBytes()
         self.trackers, self.nats, self.brokers = [], [], []
         for index, relay_port in enumerate((59001, 59002)):
-            store = self.table.store(f"worker{index}".encode(), random.Random(index))
+            store = self.table.store(f"host0/worker{index}-0{index}".encode(),
+                                     random.Random(index))
             tracker = Tracker(self.clock, store, Limits(), random.Random(index))
             store.on_new_entry = tracker.peer_joined
             tracker.stun_info = wire.StunInfo(3478, 3479, relay_port)
@@ -140,3 +141,16 @@ class TwoProcesses(SynchronousTestCase):
         self.a.send(wire.PunchRequest(SWARM, self.b.peer_id))
         self.refusal(self.a, "peer_unavailable")
         self.assertEqual(self.table.sent, 0)
+
+    def test_no_relay_between_sessions_on_different_hosts(self):
+        """A RelayOffer names a port on the tracker's host: sessions on two hosts could not
+        meet at one relay, so the request is refused (punches still cross hosts)."""
+        self.table.owners[self.b.peer_id] = b"host1/worker0-99"
+        self.table.stores[1].owner = b"host1/worker0-99"
+        self.a.send(wire.RelayRequest(SWARM, self.b.peer_id))
+        self.refusal(self.a, "relay_unavailable", RELAY_OP)
+        self.assertEqual((self.table.sent, self.brokers[0].pending), (0, 0))
+        self.a.send(wire.PunchRequest(SWARM, self.b.peer_id))
+        self.table.deliver()
+        self.table.deliver()
+        self.assertEqual(len(self.a.link.take(wire.Punch)), 1)
