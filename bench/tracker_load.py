@@ -490,6 +490,8 @@ def run(args, tracker_pids: list[int], address: TrackerAddress,
 
     pool = [os.urandom(32) for _ in range(args.pool)]
     swarms_of = []
+    announce_cpu = sum(cpu_of(tracker_pids))
+    announce_redis_cpu = sum(proc_cpu_times(redis_pid)) if redis_pid else 0.0
     t0 = time.perf_counter()
     # In waves: all 2000 at once would measure the transient buffers of half a million
     # PeerJoined pushes (held by the allocator afterwards), not the table.
@@ -517,7 +519,10 @@ def run(args, tracker_pids: list[int], address: TrackerAddress,
                 raise TimeoutError("Redis does not hold every entry 60 s after the announces")
             time.sleep(0.1)
         used, stream = redis_memory(redis)
+        redis_figures["us_per_announce"] = (
+            sum(proc_cpu_times(redis_pid)) - announce_redis_cpu) / entries * 1e6
         redis_figures = {
+            **redis_figures,
             "bytes_per_entry": (used - stream - redis_before[0] + redis_before[1]) / entries,
             "bytes_per_entry_with_stream": (used - redis_before[0]) / entries,
             "sample_swarm_key": redis.command("MEMORY", "USAGE", b"peerit:s:" + pool[0]),
@@ -525,6 +530,12 @@ def run(args, tracker_pids: list[int], address: TrackerAddress,
         print(f"Redis: {redis_figures['bytes_per_entry']:.0f} bytes per entry "
               f"({redis_figures['bytes_per_entry_with_stream']:.0f} with the change stream, "
               f"{stream / 2**20:.1f} MiB), used_memory {used / 2**20:.1f} MiB", flush=True)
+    # Started announces, their PeerJoined pushes, and (with Redis) their writes and the
+    # other process's reading of them: CPU per announce of the tracker processes together.
+    tracker_us_per_announce = (sum(cpu_of(tracker_pids)) - announce_cpu) / entries * 1e6
+    print(f"CPU per started announce: tracker {tracker_us_per_announce:.1f} us"
+          + (f", Redis {redis_figures['us_per_announce']:.1f} us" if redis_figures else ""),
+          flush=True)
     rss_entries = rss()
     per_entry = (rss_entries - rss_sessions) / entries
     per_session = (rss_sessions - rss_idle) / len(sessions)
@@ -552,6 +563,7 @@ def run(args, tracker_pids: list[int], address: TrackerAddress,
     return {"rss": {"idle": rss_idle, "sessions": rss_sessions, "entries": rss_entries,
                     "bytes_per_entry": per_entry, "bytes_per_session": per_session},
             "announces_per_second": entries / took, "redis": redis_figures,
+            "tracker_us_per_announce": tracker_us_per_announce,
             "processes": len(tracker_pids), "steps": steps}
 
 

@@ -1,10 +1,11 @@
 """The swarm table shared by several tracker processes (on one host or many) through Redis.
 
 Each process answers from a local view (a :class:`MemorySwarmStore` holding every entry of
-every process), so the hot path stays synchronous; each change a process makes is written to
-Redis by a Lua script that changes the table and appends the change to a stream in one atomic
-step, and every process applies the others' changes from that stream (``XREAD BLOCK``: a
-change is in the other views within milliseconds, well inside the one-second bound).
+every process), so the hot path stays synchronous; the changes a process makes in one reactor
+turn are written to Redis by one Lua script call that changes the table and appends each
+change to a stream in one atomic step, and every process applies the others' changes from
+that stream (``XREAD BLOCK``: a change is in the other views within milliseconds, well inside
+the one-second bound).
 
 Layout (chihaya's, with the seeder flag as the value)::
 
@@ -56,69 +57,90 @@ local function delete_peer(key, peer, prefix)
 end
 """
 
-# KEYS: peer hash, seen, events. ARGV: peer id, contact, owner, now, max stream length,
-# fresh ("1": a new session, whose daemon replays its announces), prefix, then pairs of
-# (info hash, seeder) the owner knows of. Returns 1, or -2 when another process owns the peer
-# and this is not a fresh session (the caller's session has been superseded).
-PUT_PEER = _DELETE_PEER + """
-local prev_c, prev_o = unpack(redis.call('HMGET', KEYS[1], 'c', 'o'))
-if prev_o and prev_o ~= ARGV[3] then
-  if ARGV[6] ~= '1' then return -2 end
-  delete_peer(KEYS[1], ARGV[1], ARGV[7])
-  prev_c = false
+# The changes of one reactor turn, in order, in one atomic step. ARGV: owner, max stream
+# length, prefix, then the operations, each a letter and its fields:
+#   U peer contact now fresh n (info hash, seeder) x n   put the peer (a new session when
+#       fresh = "1": an older session's entries elsewhere go; else written back with its
+#       entries). -> 1, or -2 when another process owns the peer and this is not fresh
+#   A peer info-hash seeder now   add or update an entry -> 1 new, 2 changed, 0 unchanged,
+#       -1 no such peer (expired meanwhile), -2 not the owner
+#   R peer info-hash              remove an entry -> 1, 0 not there, -2 not the owner
+#   P peer                        remove the peer and its entries -> 1, 0 not the owner
+# Returns the results in the order of the operations.
+BATCH = _DELETE_PEER + """
+local owner, maxlen, prefix = ARGV[1], ARGV[2], ARGV[3]
+local seen, events = prefix .. 'seen', prefix .. 'ev'
+local results = {}
+local function event(...)
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', ...)
 end
-redis.call('HSET', KEYS[1], 'c', ARGV[2], 'o', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-if prev_c ~= ARGV[2] then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
-             'k', 'C', 'p', ARGV[1], 'c', ARGV[2], 'o', ARGV[3])
+local function set_entry(key, peer, h, s)
+  if redis.call('HGET', key, h) == s then return false end
+  redis.call('HSET', key, h, s)
+  redis.call('HSET', prefix .. 's:' .. h, peer, s)
+  event('k', 'A', 'p', peer, 'h', h, 's', s, 'o', owner)
+  return true
 end
-for i = 8, #ARGV, 2 do
-  local h, s = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', KEYS[1], h) ~= s then
-    redis.call('HSET', KEYS[1], h, s)
-    redis.call('HSET', ARGV[7] .. 's:' .. h, ARGV[1], s)
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
-               'k', 'A', 'p', ARGV[1], 'h', h, 's', s, 'o', ARGV[3])
+local i = 4
+while i <= #ARGV do
+  local op, peer = ARGV[i], ARGV[i + 1]
+  local key = prefix .. 'p:' .. peer
+  local result
+  if op == 'U' then
+    local contact, now, fresh, n = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+    local prev_c, prev_o = unpack(redis.call('HMGET', key, 'c', 'o'))
+    if prev_o and prev_o ~= owner and fresh ~= '1' then
+      result = -2
+    else
+      if prev_o and prev_o ~= owner then
+        delete_peer(key, peer, prefix)
+        prev_c = false
+      end
+      redis.call('HSET', key, 'c', contact, 'o', owner)
+      redis.call('ZADD', seen, now, peer)
+      if prev_c ~= contact then event('k', 'C', 'p', peer, 'c', contact, 'o', owner) end
+      for j = i + 6, i + 5 + 2 * n, 2 do set_entry(key, peer, ARGV[j], ARGV[j + 1]) end
+      result = 1
+    end
+    i = i + 6 + 2 * n
+  elseif op == 'A' then
+    local o = redis.call('HGET', key, 'o')
+    if not o then result = -1
+    elseif o ~= owner then result = -2
+    else
+      redis.call('ZADD', seen, ARGV[i + 4], peer)
+      local was = redis.call('HGET', key, ARGV[i + 2])
+      if set_entry(key, peer, ARGV[i + 2], ARGV[i + 3]) then
+        if was then result = 2 else result = 1 end
+      else
+        result = 0
+      end
+    end
+    i = i + 5
+  elseif op == 'R' then
+    if redis.call('HGET', key, 'o') ~= owner then result = -2
+    elseif redis.call('HDEL', key, ARGV[i + 2]) == 0 then result = 0
+    else
+      redis.call('HDEL', prefix .. 's:' .. ARGV[i + 2], peer)
+      event('k', 'R', 'p', peer, 'h', ARGV[i + 2], 'o', owner)
+      result = 1
+    end
+    i = i + 3
+  elseif op == 'P' then
+    if redis.call('HGET', key, 'o') ~= owner then result = 0
+    else
+      delete_peer(key, peer, prefix)
+      redis.call('ZREM', seen, peer)
+      event('k', 'P', 'p', peer, 'o', owner)
+      result = 1
+    end
+    i = i + 2
+  else
+    return redis.error_reply('unknown operation ' .. tostring(op))
   end
+  results[#results + 1] = result
 end
-return 1
-"""
-
-# KEYS: peer hash, swarm hash, seen, events. ARGV: peer id, info hash, seeder, now, owner,
-# max stream length. Returns 1 new, 2 changed, 0 unchanged, -1 no such peer, -2 not the owner.
-ANNOUNCE = """
-local owner = redis.call('HGET', KEYS[1], 'o')
-if not owner then return -1 end
-if owner ~= ARGV[5] then return -2 end
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-local was = redis.call('HGET', KEYS[1], ARGV[2])
-if was == ARGV[3] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*',
-           'k', 'A', 'p', ARGV[1], 'h', ARGV[2], 's', ARGV[3], 'o', ARGV[5])
-if was then return 2 end
-return 1
-"""
-
-# KEYS: peer hash, swarm hash, events. ARGV: peer id, info hash, owner, max stream length.
-REMOVE = """
-if redis.call('HGET', KEYS[1], 'o') ~= ARGV[3] then return -2 end
-if redis.call('HDEL', KEYS[1], ARGV[2]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
-           'k', 'R', 'p', ARGV[1], 'h', ARGV[2], 'o', ARGV[3])
-return 1
-"""
-
-# KEYS: peer hash, seen, events. ARGV: peer id, owner, max stream length, prefix.
-REMOVE_PEER = _DELETE_PEER + """
-if redis.call('HGET', KEYS[1], 'o') ~= ARGV[2] then return 0 end
-delete_peer(KEYS[1], ARGV[1], ARGV[4])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'k', 'P', 'p', ARGV[1], 'o', ARGV[2])
-return 1
+return results
 """
 
 # KEYS: seen, events. ARGV: cutoff, most peers per run, max stream length, prefix.
@@ -133,11 +155,11 @@ end
 return #stale
 """
 
-SCRIPTS = {"put_peer": PUT_PEER, "announce": ANNOUNCE, "remove": REMOVE,
-           "remove_peer": REMOVE_PEER, "expire": EXPIRE}
+SCRIPTS = {"batch": BATCH, "expire": EXPIRE}
 
 _FLAG = (b"0", b"1")
 EXPIRE_BATCH = 1000
+WRITE_BATCH = 1000      # operations per script call: Redis runs nothing else meanwhile
 READ_BATCH = 1000
 READ_BLOCK_MS = 1000
 RESYNC_BATCH = 500
@@ -190,6 +212,8 @@ class RedisSwarmStore:
         self._owned: set[bytes] = set()           # peers whose session is in this process
         self._owners: dict[bytes, bytes] = {}     # every known peer -> its owner
         self._shas: dict[str, bytes] = {}
+        self._batch: list[tuple] = []
+        self._flush_call = None
         self.connection = None                    # commands
         self._reader = None                       # XREAD BLOCK on its own connection
         self.ready = False
@@ -247,6 +271,11 @@ class RedisSwarmStore:
                 failures += 1
             finally:
                 self.ready = False
+                # Unsent changes are in the view: the next synchronisation writes them back.
+                self._batch = []
+                if self._flush_call is not None and self._flush_call.active():
+                    self._flush_call.cancel()
+                self._flush_call = None
                 for connection in (self.connection, self._reader):
                     if connection is not None:
                         connection.close()
@@ -384,6 +413,45 @@ class RedisSwarmStore:
 
     # -- writing -----------------------------------------------------------------------------
 
+    def _queue(self, *operation) -> None:
+        """A change for Redis: sent with the others of this reactor turn in one script call
+        (one round trip and one atomic step for a whole read's announces)."""
+        if self.connection is None or "batch" not in self._shas:
+            return      # written back on reconnection
+        self._batch.append(operation)
+        if len(self._batch) >= WRITE_BATCH:
+            self._flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        operations, self._batch = self._batch, []
+        if not operations or self.connection is None:
+            return
+        args = []
+        for operation in operations:
+            args += operation
+        d = self._script("batch", [], [self.owner, self.stream_length, self.prefix, *args])
+        if d is not None:
+            d.addCallback(self._written, operations)
+
+    def _written(self, results, operations) -> None:
+        now = self.clock.seconds()
+        for operation, result in zip(operations, results or ()):
+            kind, peer_id = operation[0], operation[1]
+            if peer_id not in self._owned:
+                continue
+            if kind == b"A" and result == -1:
+                # Expired in Redis while its session is alive here: write it back whole.
+                self._write_back(peer_id, now)
+            elif kind == b"U" and result == -2:
+                # Another process took the peer over while this one could not hear it.
+                self._owned.discard(peer_id)
+                self.on_superseded(peer_id)
+
     def _script(self, name: str, keys: list, args: list) -> defer.Deferred | None:
         connection = self.connection
         if connection is None or name not in self._shas:
@@ -398,12 +466,6 @@ class RedisSwarmStore:
         log.failure("Redis {script} failed", failure, script=name)
         return None
 
-    def _peer_key(self, peer_id: bytes) -> bytes:
-        return self.prefix + b"p:" + peer_id
-
-    def _swarm_key(self, info_hash: bytes) -> bytes:
-        return self.prefix + b"s:" + info_hash
-
     def _write_back(self, peer_id: bytes, now: float, fresh: bool = False) -> None:
         contact = self.view.contact(peer_id)
         if contact is None:
@@ -412,18 +474,8 @@ class RedisSwarmStore:
         if not fresh:
             for info_hash, seeder in self.view.swarms_of(peer_id).items():
                 pairs += (info_hash, _FLAG[seeder])
-        d = self._script("put_peer", [self._peer_key(peer_id), self._seen_key,
-                                      self._events_key],
-                         [peer_id, encode_contact(contact), self.owner, now,
-                          self.stream_length, b"1" if fresh else b"0", self.prefix, *pairs])
-        if d is not None:
-            d.addCallback(self._written_back, peer_id)
-
-    def _written_back(self, result, peer_id: bytes) -> None:
-        if result == -2 and peer_id in self._owned:
-            # Another process took the peer over while this one could not hear it.
-            self._owned.discard(peer_id)
-            self.on_superseded(peer_id)
+        self._queue(b"U", peer_id, encode_contact(contact), now, _FLAG[fresh],
+                    len(pairs) // 2, *pairs)
 
     def _refresh(self) -> None:
         """Keep the owned peers' last-seen times fresh in Redis (one command per 500)."""
@@ -489,24 +541,13 @@ class RedisSwarmStore:
         was = view.role(info_hash, peer_id)
         new = view.announce(info_hash, peer_id, seeder, now)
         if was is not bool(seeder):
-            d = self._script("announce", [self._peer_key(peer_id), self._swarm_key(info_hash),
-                                          self._seen_key, self._events_key],
-                             [peer_id, info_hash, _FLAG[bool(seeder)], now, self.owner,
-                              self.stream_length])
-            if d is not None:
-                d.addCallback(self._announced, peer_id)
+            self._queue(b"A", peer_id, info_hash, _FLAG[bool(seeder)], now)
         return new
-
-    def _announced(self, result, peer_id: bytes) -> None:
-        if result == -1 and peer_id in self._owned:
-            self._write_back(peer_id, self.clock.seconds())
 
     def remove(self, info_hash: bytes, peer_id: bytes) -> bool:
         if not self.view.remove(info_hash, peer_id):
             return False
-        self._script("remove", [self._peer_key(peer_id), self._swarm_key(info_hash),
-                                self._events_key],
-                     [peer_id, info_hash, self.owner, self.stream_length])
+        self._queue(b"R", peer_id, info_hash)
         return True
 
     def remove_peer(self, peer_id: bytes) -> list[bytes]:
@@ -517,9 +558,7 @@ class RedisSwarmStore:
         swarms = self.view.remove_peer(peer_id)
         self._owned.discard(peer_id)
         self._owners.pop(peer_id, None)
-        self._script("remove_peer", [self._peer_key(peer_id), self._seen_key,
-                                     self._events_key],
-                     [peer_id, self.owner, self.stream_length, self.prefix])
+        self._queue(b"P", peer_id)
         return swarms
 
     def swarm_count(self, peer_id: bytes) -> int:
