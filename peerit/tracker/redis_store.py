@@ -40,7 +40,6 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from peerit.identity import format_fingerprint
 from peerit.tracker.resp import RedisError, RedisUnavailable, RedisURL, connect
 from peerit.tracker.store import Contact, ISwarmStore, MemorySwarmStore
 from peerit.wire import tracker as wire
@@ -179,10 +178,6 @@ def _pairs(flat: list) -> dict:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
-def _short(peer_id: bytes) -> str:
-    return format_fingerprint(peer_id)[:16]
-
-
 @implementer(ISwarmStore)
 class RedisSwarmStore:
     """The swarm table in Redis, answered from a local view.
@@ -198,6 +193,10 @@ class RedisSwarmStore:
                  prefix: bytes = b"peerit:", refresh_interval: float = 15.0,
                  stream_length: int = 200_000, reply_timeout: float = 5.0,
                  rng: random.Random | None = None, connect=connect):
+        if stream_length < READ_BATCH:
+            # A process behind by more than the stream keeps must then read a full batch,
+            # which is when it checks for a gap.
+            raise ValueError(f"stream_length must be at least {READ_BATCH}")
         self.clock = clock
         self.url = url
         self.owner = owner
@@ -264,10 +263,17 @@ class RedisSwarmStore:
                     log.info("Redis at {url} is back; table synchronised", url=self.url.display)
                 delay, failures = 0.5, 0
                 await self._follow()
-            except (RedisUnavailable, RedisError) as e:
+            except (RedisUnavailable, RedisError, defer.FirstError) as e:
+                if isinstance(e, defer.FirstError):
+                    e = e.subFailure.value
                 if failures == 0 and self.running:
                     log.warn("Redis at {url} unavailable ({error}); serving from this "
                              "process's view, reconnecting", url=self.url.display, error=e)
+                failures += 1
+            except Exception:
+                # Not Redis going away (a bug, or something in Redis this code cannot read):
+                # say so, and start over from a fresh connection and a reload.
+                log.failure("Redis store: synchronisation failed; reconnecting")
                 failures += 1
             finally:
                 self.ready = False
@@ -291,19 +297,26 @@ class RedisSwarmStore:
             self._shas[name] = await connection.command("SCRIPT", "LOAD", source)
         # Where to follow the streams from: noted first, so nothing written while the table
         # is reloaded is missed (changes seen twice are harmless: applying one is idempotent).
-        events_from = await self._last_id(self._events_key)
-        queue_from = await self._last_id(self._queue_key)
+        events_from, events_added = await self._stream_position(self._events_key)
+        queue_from, _ = await self._stream_position(self._queue_key)
         now = self.clock.seconds()
         for peer_id in list(self._owned):
             self._write_back(peer_id, now)
         await self._reload()
         self._events_from, self._queue_from = events_from, queue_from
+        # Changes this process has consumed (read, or before where it started reading): a
+        # trim past this count means some it had not read are gone.
+        self._events_consumed = events_added
         self.ready = True
         self.syncs += 1
 
-    async def _last_id(self, key: bytes) -> bytes:
-        last = await self.connection.command("XREVRANGE", key, "+", "-", "COUNT", 1)
-        return last[0][0] if last else b"0-0"
+    async def _stream_position(self, key: bytes) -> tuple[bytes, int]:
+        """The stream's last id and how many entries were ever added to it."""
+        try:
+            info = _pairs(await self.connection.command("XINFO", "STREAM", key))
+        except RedisError:
+            return b"0-0", 0    # no such stream yet
+        return info[b"last-generated-id"], info[b"entries-added"]
 
     async def _reload(self) -> None:
         """Replace every peer this process does not own with what Redis holds."""
@@ -349,7 +362,11 @@ class RedisSwarmStore:
                     continue
                 if key == self._events_key:
                     self._events_from = entries[-1][0]
-                    if len(entries) == READ_BATCH and await self._fell_behind(entries[0][0]):
+                    consumed = self._events_consumed
+                    self._events_consumed += len(entries)
+                    # A full batch: this process is behind, perhaps by more than the stream
+                    # keeps.
+                    if len(entries) == READ_BATCH and await self._fell_behind(consumed):
                         return
                     for _, flat in entries:
                         self._apply(_pairs(flat))
@@ -358,11 +375,12 @@ class RedisSwarmStore:
                     for _, flat in entries:
                         self.on_signal(_pairs(flat))
 
-    async def _fell_behind(self, first_read: bytes) -> bool:
-        """True (and a reload is due) when the stream was trimmed past what was read."""
-        oldest = await self.connection.command("XRANGE", self._events_key, "-", "+",
-                                               "COUNT", 1)
-        if oldest and _stream_id(oldest[0][0]) > _stream_id(first_read):
+    async def _fell_behind(self, consumed: int) -> bool:
+        """True (and a reload is due) when the stream was trimmed past the ``consumed``
+        changes this process had read: some it had not read are gone. (Entries leave the
+        stream only by trimming, oldest first.)"""
+        info = _pairs(await self.connection.command("XINFO", "STREAM", self._events_key))
+        if info[b"entries-added"] - info[b"length"] > consumed:
             log.warn("fell behind the Redis change stream; reloading the table")
             self.connection.close()
             return True
@@ -619,11 +637,6 @@ def _supersede(tracker, peer_id: bytes) -> None:
     if session is not None:
         session.fail("superseded", "a newer session for this peer id opened on another "
                      "tracker process")
-
-
-def _stream_id(text: bytes) -> tuple[int, int]:
-    ms, _, seq = text.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 def new_owner(label: str, host: str | None = None) -> bytes:

@@ -188,3 +188,24 @@ def test_a_redis_restart_that_lost_everything_is_whole_again(redis):
         assert a.syncs == b.syncs == 2
         a.stop(), b.stop()
     run(test)
+
+
+def test_a_process_that_fell_behind_a_trimmed_stream_reloads(redis):
+    """B stops reading while A makes more changes (1640) than the stream keeps (1000): B
+    notices that more were trimmed than it had read, and reloads the table."""
+    async def test(reactor):
+        a, b = stores(reactor, redis, b"A", b"B", stream_length=1000, reply_timeout=30)
+        await started(reactor, a, b)
+        b._reader.transport.pauseProducing()
+        for n in range(1, 41):
+            a.put_contact(contact(n), 100.0)
+            for h in range(40):
+                a.announce(bytes([h]) * 32, contact(n).peer_id, False, 100.0)
+        await until(reactor, lambda: redis.command("ZCARD", b"peerit:seen") == 40)
+        await until(reactor, lambda: redis.command("XLEN", b"peerit:ev") < 1640,
+                    what="stream trimmed")
+        b._reader.transport.resumeProducing()
+        await until(reactor, lambda: b.syncs == 2, timeout=10, what="B reloaded")
+        await until(reactor, lambda: b.stats()["entries"] == 1600)
+        a.stop(), b.stop()
+    run(test)
