@@ -12,16 +12,20 @@ Layout (chihaya's, with the seeder flag as the value)::
     PREFIX s:<info hash>  hash   peer id -> "0" leecher / "1" seeder         one per swarm
     PREFIX p:<peer id>    hash   "c" -> contact (an encoded PeerInfo), "o" -> owning process,
                                  info hash -> "0"/"1" (the swarms it is in)  one per peer
-    PREFIX seen           zset   peer id -> last seen (the owner refreshes its live peers)
+    PREFIX o:<owner>      set    the peers a process owns
+    PREFIX owners         set    the processes that own peers
+    PREFIX alive:<owner>  string set by each process every refresh interval, expiring after
+                                 three: a process that stops refreshing is dead
     PREFIX ev             stream the changes: C contact, A entry, R entry gone, P peer gone
     PREFIX q:<owner>      stream signals to one process (peerit.tracker.signals)
 
 A peer is written only by the process that holds its session (its *owner*): the scripts
 check the owner, so a session that lingers on one process after its daemon reconnected to
-another cannot undo the newer session's entries. Garbage collection is one script that
-picks the peers last seen before the cutoff and deletes them in the same atomic step, so it
-deletes only what is still stale when it runs (an entry refreshed between a scan and a
-delete cannot be lost, there is no between).
+another cannot undo the newer session's entries. Garbage collection is one script that finds
+the processes whose ``alive`` key expired and deletes the peers they still own in the same
+atomic step, so it deletes only what is still stale when it runs (a peer whose daemon
+reconnected elsewhere meanwhile has another owner, and stays). A process's liveness costs
+one key refreshed per interval, not a timestamp per peer.
 
 Faults: while Redis is unreachable the view keeps answering and sessions stay up; writes
 are not queued (a lost write needs no replay): on every (re)connection the process writes
@@ -58,17 +62,17 @@ end
 
 # The changes of one reactor turn, in order, in one atomic step. ARGV: owner, max stream
 # length, prefix, then the operations, each a letter and its fields:
-#   U peer contact now fresh n (info hash, seeder) x n   put the peer (a new session when
+#   U peer contact fresh n (info hash, seeder) x n   put the peer (a new session when
 #       fresh = "1": an older session's entries elsewhere go; else written back with its
 #       entries). -> 1, or -2 when another process owns the peer and this is not fresh
-#   A peer info-hash seeder now   add or update an entry -> 1 new, 2 changed, 0 unchanged,
+#   A peer info-hash seeder       add or update an entry -> 1 new, 2 changed, 0 unchanged,
 #       -1 no such peer (expired meanwhile), -2 not the owner
 #   R peer info-hash              remove an entry -> 1, 0 not there, -2 not the owner
 #   P peer                        remove the peer and its entries -> 1, 0 not the owner
 # Returns the results in the order of the operations.
 BATCH = _DELETE_PEER + """
 local owner, maxlen, prefix = ARGV[1], ARGV[2], ARGV[3]
-local seen, events = prefix .. 'seen', prefix .. 'ev'
+local events, owned = prefix .. 'ev', prefix .. 'o:' .. owner
 local results = {}
 local function event(...)
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', ...)
@@ -86,28 +90,29 @@ while i <= #ARGV do
   local key = prefix .. 'p:' .. peer
   local result
   if op == 'U' then
-    local contact, now, fresh, n = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+    local contact, fresh, n = ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
     local prev_c, prev_o = unpack(redis.call('HMGET', key, 'c', 'o'))
     if prev_o and prev_o ~= owner and fresh ~= '1' then
       result = -2
     else
       if prev_o and prev_o ~= owner then
         delete_peer(key, peer, prefix)
+        redis.call('SREM', prefix .. 'o:' .. prev_o, peer)
         prev_c = false
       end
       redis.call('HSET', key, 'c', contact, 'o', owner)
-      redis.call('ZADD', seen, now, peer)
+      redis.call('SADD', owned, peer)
+      redis.call('SADD', prefix .. 'owners', owner)
       if prev_c ~= contact then event('k', 'C', 'p', peer, 'c', contact, 'o', owner) end
-      for j = i + 6, i + 5 + 2 * n, 2 do set_entry(key, peer, ARGV[j], ARGV[j + 1]) end
+      for j = i + 5, i + 4 + 2 * n, 2 do set_entry(key, peer, ARGV[j], ARGV[j + 1]) end
       result = 1
     end
-    i = i + 6 + 2 * n
+    i = i + 5 + 2 * n
   elseif op == 'A' then
     local o = redis.call('HGET', key, 'o')
     if not o then result = -1
     elseif o ~= owner then result = -2
     else
-      redis.call('ZADD', seen, ARGV[i + 4], peer)
       local was = redis.call('HGET', key, ARGV[i + 2])
       if set_entry(key, peer, ARGV[i + 2], ARGV[i + 3]) then
         if was then result = 2 else result = 1 end
@@ -115,7 +120,7 @@ while i <= #ARGV do
         result = 0
       end
     end
-    i = i + 5
+    i = i + 4
   elseif op == 'R' then
     if redis.call('HGET', key, 'o') ~= owner then result = -2
     elseif redis.call('HDEL', key, ARGV[i + 2]) == 0 then result = 0
@@ -129,7 +134,7 @@ while i <= #ARGV do
     if redis.call('HGET', key, 'o') ~= owner then result = 0
     else
       delete_peer(key, peer, prefix)
-      redis.call('ZREM', seen, peer)
+      redis.call('SREM', owned, peer)
       event('k', 'P', 'p', peer, 'o', owner)
       result = 1
     end
@@ -142,16 +147,30 @@ end
 return results
 """
 
-# KEYS: seen, events. ARGV: cutoff, most peers per run, max stream length, prefix.
-# The stale peers are picked and deleted in this one atomic step.
+# ARGV: most peers per run, max stream length, prefix. The peers of processes whose alive
+# key has expired are picked and deleted in this one atomic step; a peer another process
+# owns by now is left alone. Returns how many peers were deleted.
 EXPIRE = _DELETE_PEER + """
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, peer in ipairs(stale) do
-  delete_peer(ARGV[4] .. 'p:' .. peer, peer, ARGV[4])
-  redis.call('ZREM', KEYS[1], peer)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'k', 'P', 'p', peer, 'o', '')
+local limit, maxlen, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local removed = 0
+for _, owner in ipairs(redis.call('SMEMBERS', prefix .. 'owners')) do
+  if removed >= limit then break end
+  if redis.call('EXISTS', prefix .. 'alive:' .. owner) == 0 then
+    local owned = prefix .. 'o:' .. owner
+    for _, peer in ipairs(redis.call('SRANDMEMBER', owned, limit - removed)) do
+      local key = prefix .. 'p:' .. peer
+      if redis.call('HGET', key, 'o') == owner then
+        delete_peer(key, peer, prefix)
+        redis.call('XADD', prefix .. 'ev', 'MAXLEN', '~', maxlen, '*',
+                   'k', 'P', 'p', peer, 'o', '')
+        removed = removed + 1
+      end
+      redis.call('SREM', owned, peer)
+    end
+    if redis.call('SCARD', owned) == 0 then redis.call('SREM', prefix .. 'owners', owner) end
+  end
 end
-return #stale
+return removed
 """
 
 SCRIPTS = {"batch": BATCH, "expire": EXPIRE}
@@ -220,7 +239,7 @@ class RedisSwarmStore:
         self.syncs = 0
         self._events_key = prefix + b"ev"
         self._queue_key = prefix + b"q:" + owner
-        self._seen_key = prefix + b"seen"
+        self._alive_key = prefix + b"alive:" + owner
         self._refresher = None
         self._loop = None
         self.on_new_entry: Callable[[bytes, bytes], None] = lambda info_hash, peer_id: None
@@ -299,9 +318,9 @@ class RedisSwarmStore:
         # is reloaded is missed (changes seen twice are harmless: applying one is idempotent).
         events_from, events_added = await self._stream_position(self._events_key)
         queue_from, _ = await self._stream_position(self._queue_key)
-        now = self.clock.seconds()
+        await self._say_alive()
         for peer_id in list(self._owned):
-            self._write_back(peer_id, now)
+            self._write_back(peer_id)
         await self._reload()
         self._events_from, self._queue_from = events_from, queue_from
         # Changes this process has consumed (read, or before where it started reading): a
@@ -396,9 +415,9 @@ class RedisSwarmStore:
         view = self.view
         if kind == b"P":
             if peer_id in self._owned:
-                # Expired in Redis while its session is alive here (Redis was out of reach
-                # longer than the idle timeout): write it back.
-                self._write_back(peer_id, self.clock.seconds())
+                # Collected in Redis while its session is alive here (this process could not
+                # say it was alive for three intervals): write it back.
+                self._write_back(peer_id)
             elif self._owners.get(peer_id) == owner or not owner:
                 self._forget(peer_id)
             return
@@ -457,14 +476,13 @@ class RedisSwarmStore:
             d.addCallback(self._written, operations)
 
     def _written(self, results, operations) -> None:
-        now = self.clock.seconds()
         for operation, result in zip(operations, results or ()):
             kind, peer_id = operation[0], operation[1]
             if peer_id not in self._owned:
                 continue
             if kind == b"A" and result == -1:
                 # Expired in Redis while its session is alive here: write it back whole.
-                self._write_back(peer_id, now)
+                self._write_back(peer_id)
             elif kind == b"U" and result == -2:
                 # Another process took the peer over while this one could not hear it.
                 self._owned.discard(peer_id)
@@ -484,7 +502,7 @@ class RedisSwarmStore:
         log.failure("Redis {script} failed", failure, script=name)
         return None
 
-    def _write_back(self, peer_id: bytes, now: float, fresh: bool = False) -> None:
+    def _write_back(self, peer_id: bytes, fresh: bool = False) -> None:
         contact = self.view.contact(peer_id)
         if contact is None:
             return
@@ -492,30 +510,24 @@ class RedisSwarmStore:
         if not fresh:
             for info_hash, seeder in self.view.swarms_of(peer_id).items():
                 pairs += (info_hash, _FLAG[seeder])
-        self._queue(b"U", peer_id, encode_contact(contact), now, _FLAG[fresh],
-                    len(pairs) // 2, *pairs)
+        self._queue(b"U", peer_id, encode_contact(contact), _FLAG[fresh], len(pairs) // 2,
+                    *pairs)
+
+    def _say_alive(self) -> defer.Deferred:
+        """This process is alive for three refresh intervals."""
+        ttl = int(self.refresh_interval * 3 * 1000)
+        return self.connection.command("SET", self._alive_key, b"1", "PX", ttl)
 
     def _refresh(self) -> None:
-        """Keep the owned peers' last-seen times fresh in Redis (one command per 500)."""
-        connection = self.connection
-        if connection is None or not self.ready or not self._owned:
-            return
-        now = self.clock.seconds()
-        owned = list(self._owned)
-        for start in range(0, len(owned), 500):
-            args = []
-            for peer_id in owned[start:start + 500]:
-                args += (now, peer_id)
-            # XX: a peer expired meanwhile is not recreated half (its P event writes it back).
-            connection.command("ZADD", self._seen_key, "XX", "GT", *args).addErrback(
-                self._write_failed, "refresh")
+        if self.connection is not None and self.ready:
+            self._say_alive().addErrback(self._write_failed, "alive")
 
-    def collect_garbage(self, cutoff: float) -> defer.Deferred | None:
-        """Delete, in Redis, the peers last seen before ``cutoff`` (at most one batch)."""
+    def collect_garbage(self) -> defer.Deferred | None:
+        """Delete, in Redis, the peers of processes that stopped saying they are alive (at
+        most one batch)."""
         if not self.ready:
             return None
-        return self._script("expire", [self._seen_key, self._events_key],
-                            [cutoff, EXPIRE_BATCH, self.stream_length, self.prefix])
+        return self._script("expire", [], [EXPIRE_BATCH, self.stream_length, self.prefix])
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -549,7 +561,7 @@ class RedisSwarmStore:
         self.view.put_contact(contact, now)
         self._owned.add(peer_id)
         self._owners[peer_id] = self.owner
-        self._write_back(peer_id, now, fresh=True)
+        self._write_back(peer_id, fresh=True)
 
     def touch(self, peer_id: bytes, now: float) -> None:
         self.view.touch(peer_id, now)
@@ -559,7 +571,7 @@ class RedisSwarmStore:
         was = view.role(info_hash, peer_id)
         new = view.announce(info_hash, peer_id, seeder, now)
         if was is not bool(seeder):
-            self._queue(b"A", peer_id, info_hash, _FLAG[bool(seeder)], now)
+            self._queue(b"A", peer_id, info_hash, _FLAG[bool(seeder)])
         return new
 
     def remove(self, info_hash: bytes, peer_id: bytes) -> bool:
@@ -599,12 +611,12 @@ class RedisSwarmStore:
         return self.view.encoded_peer_info(info_hash, peer_id)
 
     def expire(self, cutoff: float) -> list[bytes]:
-        """Owned peers silent since ``cutoff`` leave (as in memory); in Redis, any process's
-        peers not refreshed since then go (a process that died stops refreshing its own)."""
+        """Owned peers silent since ``cutoff`` leave (as in memory); in Redis, the peers of
+        processes that died go."""
         stale = [p for p in self._owned if self.view.last_seen(p) < cutoff]
         for peer_id in stale:
             self.remove_peer(peer_id)
-        self.collect_garbage(cutoff)
+        self.collect_garbage()
         return stale
 
     def stats(self) -> dict:
