@@ -26,7 +26,7 @@ CALL_TIMEOUT = 60
 
 def control_path(explicit: str | None = None) -> str:
     """The control socket: ``explicit``, else $PEERIT_CONTROL, else the daemon's default."""
-    from peerit.daemon.service import control_path_of, default_control_path
+    from peerit.daemon.paths import control_path_of, default_control_path
     spec = explicit or os.environ.get("PEERIT_CONTROL") or default_control_path()
     return control_path_of(spec)
 

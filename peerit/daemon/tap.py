@@ -5,6 +5,8 @@ import os
 from twisted.python import usage
 
 from peerit.addresses import TrackerAddress
+from peerit.daemon.paths import default_control_path, default_data_dir
+from peerit.daemon.service import Daemon
 from peerit.errors import PeeritError
 
 
@@ -66,7 +68,6 @@ class Options(usage.Options):
 
     def postOptions(self):
         from peerit.ctl.offline import parse_size
-        from peerit.daemon.service import default_control_path, default_data_dir
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
@@ -92,10 +93,10 @@ class Options(usage.Options):
             self["control"] = "unix:" + default_control_path(self["data-dir"])
 
 
-def makeService(options):
-    from twisted.internet import reactor
-
-    from peerit.daemon.service import Daemon
+def makeService(options, reactor=None) -> Daemon:
+    """The daemon's child services (see ``peerit.daemon.service``) on ``reactor``."""
+    if reactor is None:
+        from twisted.internet import reactor
     return Daemon(reactor, options["data-dir"], options["control"], options["listen"],
                   options["trackers"], options["advertise"],
                   max_upload_rate=options["max-upload-rate"], udp=options["udp"],

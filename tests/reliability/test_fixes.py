@@ -95,7 +95,7 @@ class MalformedControlArgumentsAreBadRequests(SynchronousTestCase):
         from peerit.daemon.control import control_factory
         from peerit.daemon.service import Daemon
         daemon = Daemon(Clock(), self.mktemp(), "unix:/nonexistent/c.sock")
-        protocol = control_factory(daemon).buildProtocol(None)
+        protocol = control_factory(daemon.operations).buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(amp.AmpBox(_command=b"List", _ask=b"1", offset=b"/dev/zero",
@@ -117,7 +117,7 @@ class MalformedControlArgumentsAreBadRequests(SynchronousTestCase):
         from peerit.daemon.control import control_factory
         from peerit.daemon.service import Daemon
         daemon = Daemon(Clock(), self.mktemp(), "unix:/nonexistent/c.sock")
-        protocol = control_factory(daemon).buildProtocol(None)
+        protocol = control_factory(daemon.operations).buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(amp.AmpBox(_command=b"Download", _ask=b"1",
