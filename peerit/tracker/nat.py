@@ -25,6 +25,7 @@ from typing import Callable
 
 from twisted.logger import Logger
 
+from peerit.errors import MalformedMessage
 from peerit.identity import format_fingerprint
 from peerit.tracker.relay import RelayBroker, RelayRefused
 from peerit.tracker.session import ACTIVE, Tracker, TrackerSession
@@ -261,7 +262,10 @@ class NatCoordinator:
         if self._busy(target):
             return (False, "too_many_attempts",
                     "that peer has too many punches/relays under way")
-        message = wire.parse(body)
+        try:
+            message = wire.parse(body)
+        except MalformedMessage:
+            message = None
         if type(message) is not (wire.Punch if kind == PUNCH else wire.RelayOffer) \
                 or message.peer_id != requester or message.info_hash != info_hash:
             return (False, "peer_unavailable", "bad request between tracker processes")

@@ -154,3 +154,12 @@ class TwoProcesses(SynchronousTestCase):
         self.table.deliver()
         self.table.deliver()
         self.assertEqual(len(self.a.link.take(wire.Punch)), 1)
+
+    def test_a_garbled_request_between_processes_is_refused_not_pushed(self):
+        serve = self.nats[1].serve_remote
+        self.assertEqual(serve(b"punch", SWARM, self.a.peer_id, self.b.peer_id, b"\xff\x00")[:2],
+                         (False, "peer_unavailable"))
+        relay_offer = wire.build(wire.RelayOffer(b"t" * 32, SWARM, self.a.peer_id, False, 1))
+        self.assertFalse(serve(b"punch", SWARM, self.a.peer_id, self.b.peer_id,
+                               relay_offer)[0], "a Punch request must carry a Punch")
+        self.assertEqual(self.b.link.take(), [])
