@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from peerit.daemon.peer_session import IPeerRouter, PeerSession
 from peerit.daemon.peer_transport import peer_transport
+from peerit.shims import twisted_tcp
 
 # Twisted's TCP transport reads up to bufferSize per doRead, pauses its producer (us)
 # when more than bufferSize waits to be sent, and sends at most SEND_LIMIT per doWrite
@@ -49,7 +50,7 @@ class PeerLink(Protocol):
         tcp = getattr(self.transport, "transport", None)
         if tcp is not None and hasattr(tcp, "bufferSize"):
             tcp.bufferSize = TCP_BUFFER
-            tcp.SEND_LIMIT = TCP_SEND_LIMIT
+            twisted_tcp.set_send_limit(tcp, TCP_SEND_LIMIT)
         self.session.connected(peer_transport(self.transport, self.session.path))
 
     def handshakeCompleted(self):

@@ -28,7 +28,7 @@ from peerit.addresses import TrackerAddress
 from peerit.daemon.control import ControlSocket
 from peerit.daemon.node import Node
 from peerit.daemon.operations import DaemonOperations
-from peerit.daemon.paths import control_path_of
+from peerit.control.paths import control_path_of
 from peerit.daemon.peers import PeerLinks
 from peerit.daemon.trackers import TrackerSessions, make_tracker_client
 from peerit.daemon.transfers import Transfers

@@ -4,10 +4,13 @@ import os
 
 from twisted.python import usage
 
-from peerit.addresses import TrackerAddress
-from peerit.daemon.paths import default_control_path, default_data_dir
+from peerit.addresses import TrackerAddress, parse_host_port
+from peerit.control.paths import default_control_path, default_data_dir
+from peerit.daemon.nat.manager import parse_paths
 from peerit.daemon.service import Daemon
+from peerit.endpoints import DEFAULT_STUN_PORT, parse_udp_endpoint
 from peerit.errors import PeeritError
+from peerit.units import parse_size
 
 
 class Options(usage.Options):
@@ -40,8 +43,8 @@ class Options(usage.Options):
          "Largest QUIC datagram (1200 fits every path; 1452 suits 1500-byte MTU paths) "
          "[default: 1200]"],
         ["max-upload-rate", None, "0",
-         "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
-         "[default: 0]"],
+         "Cap on upload bytes per second over all peers, e.g. 5M (5,000,000) or 4Mi "
+         "(4 MiB); k, M, G = powers of 1000, Ki, Mi, Gi = of 1024; 0 = no cap [default: 0]"],
     ]
 
     def __init__(self):
@@ -67,18 +70,15 @@ class Options(usage.Options):
         self["advertise"].append(value)
 
     def postOptions(self):
-        from peerit.ctl.offline import parse_size
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
             raise usage.UsageError(f"--max-upload-rate: {e}")
-        from peerit.addresses import parse_host_port
-        from peerit.nat.manager import parse_paths, parse_udp_spec
         try:
-            parse_udp_spec(self["udp"])
+            parse_udp_endpoint(self["udp"], "--udp")
             self["paths"] = parse_paths(self["paths"])
             if self["stun-server"]:
-                self["stun-server"] = parse_host_port(self["stun-server"], 3478)
+                self["stun-server"] = parse_host_port(self["stun-server"], DEFAULT_STUN_PORT)
         except PeeritError as e:
             raise usage.UsageError(str(e))
         try:

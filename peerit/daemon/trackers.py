@@ -13,7 +13,7 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from peerit.addresses import TrackerAddress
-from peerit.tracker.client import TrackerClient
+from peerit.daemon.tracker_client import TrackerClient
 from peerit.wire import tracker as wire
 
 log = Logger()

@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.internet import defer
 
 from peerit.errors import PeeritError
-from peerit.nat.manager import NatManager
+from peerit.daemon.nat.manager import NatManager
 from peerit.nat.quic import QuicSettings
 
 

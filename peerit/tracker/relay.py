@@ -46,20 +46,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from peerit.identity import format_fingerprint
+from peerit.ratelimit import TokenBucket
 from peerit.wire.tracker import RELAY_TOKEN_SIZE
+from peerit.wire.relay import (  # noqa: F401 (relay_hello: the tracker's re-export)
+    RELAY_HELLO_MAGIC, RELAY_HELLO_SIZE, could_be_relay_hello, parse_relay_hello, relay_hello)
 
 log = Logger(namespace="peerit.tracker.relay")
 
-RELAY_HELLO_MAGIC = b"PEERIT-RELAY\x01"
-RELAY_HELLO_SIZE = len(RELAY_HELLO_MAGIC) + RELAY_TOKEN_SIZE
 CLOSE_GRACE = 10.0
-
-
-def relay_hello(token: bytes) -> bytes:
-    """What a client sends first: the magic and its token."""
-    if len(token) != RELAY_TOKEN_SIZE:
-        raise ValueError(f"relay token must be {RELAY_TOKEN_SIZE} bytes")
-    return RELAY_HELLO_MAGIC + token
 
 
 @dataclass(frozen=True)
@@ -101,24 +95,6 @@ class RelayRefused(Exception):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
-
-
-class TokenBucket:
-    """Bytes per second with a burst; :meth:`consume` says how long to pause after a read."""
-
-    def __init__(self, clock: IReactorTime, rate: float, burst: int):
-        self.clock = clock
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.at = clock.seconds()
-
-    def consume(self, size: int) -> float:
-        """Take ``size`` bytes (already read); the seconds to wait before reading again."""
-        now = self.clock.seconds()
-        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate) - size
-        self.at = now
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 @dataclass
@@ -333,8 +309,7 @@ class RelayConnection(Protocol):
 
     def _preamble(self, data: bytes) -> None:
         hello = self._hello + data
-        magic = RELAY_HELLO_MAGIC
-        if hello[:len(magic)] != magic[:len(hello)]:
+        if not could_be_relay_hello(hello):
             log.info("relay connection from {source}: not a relay hello; closed",
                      source=self.source)
             self.close()
@@ -344,7 +319,7 @@ class RelayConnection(Protocol):
             return
         self._hello = b""
         self._cancel_timer()
-        token, rest = hello[len(magic):RELAY_HELLO_SIZE], hello[RELAY_HELLO_SIZE:]
+        token, rest = parse_relay_hello(hello), hello[RELAY_HELLO_SIZE:]
         if rest:
             self._hold(rest)
         if not self.broker.present(token, self):

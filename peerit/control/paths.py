@@ -1,7 +1,5 @@
-"""Where a daemon keeps its data and its control socket unless told otherwise.
-
-Light on purpose: ``peerit-ctl`` finds the socket by the same rules without loading the daemon.
-"""
+"""Where the daemon's control socket and data live by default: one rule for the daemon, which
+listens there, and for ``peerit-ctl`` and :mod:`peerit.client`, which connect there."""
 
 import os
 

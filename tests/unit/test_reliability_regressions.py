@@ -1,4 +1,4 @@
-"""Focused, synchronous tests for the product bugs the reliability suites found.
+"""Regression tests for the product bugs the reliability suites (tests/reliability) found.
 
 Each one failed before its fix; the suite that found it is named in the docstring.
 """
@@ -139,7 +139,7 @@ class TrackerClientRetriesOftenEnoughAfterLongOutages(SynchronousTestCase):
 
         from peerit.addresses import TrackerAddress
         from peerit.identity import Identity
-        from peerit.tracker.client import TrackerClient
+        from peerit.daemon.tracker_client import TrackerClient
         from peerit.wire import tracker as tracker_wire
 
         clock = Clock()
