@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit.daemon.connector import NoPath, Race
 from peerit.identity import Identity
 from peerit.daemon.nat import path_dialer, public_address, socket_pool, tracker_push
-from peerit.daemon.nat.manager import NatManager, parse_paths, parse_udp_spec
+from peerit.daemon.nat.manager import NatManager, parse_paths
 from peerit.daemon.nat.path_dialer import QUIC_START, RELAY_START
 from peerit.daemon.nat.public_address import STUN_INFO_WAIT, wire_filtering, wire_mapping
 from peerit.nat import punch
@@ -103,11 +103,7 @@ class World:
 
 class NatManagerTestCase(SynchronousTestCase):
     def setUp(self):
-        wire = contract_wire()
-        for module in (public_address, path_dialer, tracker_push):
-            self.patch(module, "wire", wire)
-        self.patch(fakes_nat, "wire", wire)
-        self.wire = wire
+        self.wire = tracker_wire
 
     def connect(self, a_type, b_type, **options):
         world = World(a_type, b_type, **options)
