@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 
 from twisted.internet.task import Clock
@@ -68,7 +69,9 @@ class SwarmTraceTests(SynchronousTestCase):
         self.assertIsNone(from_environment(b"i" * 32, b"p" * 32, Clock(), environ={}))
 
     def test_on_writes_one_json_line_per_event(self):
-        directory = Path(self.mktemp())
+        work = tempfile.TemporaryDirectory()
+        self.addCleanup(work.cleanup)
+        directory = Path(work.name) / "traces"
         clock = Clock()
         clock.advance(5)
         trace = from_environment(b"\x01" * 32, b"\x02" * 32, clock,
