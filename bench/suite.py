@@ -76,6 +76,9 @@ class Benchmark:
     tools: list
     target: str
     ratio_goal: dict = field(default_factory=dict)  # reference tool -> (op, bound)
+    # reference tool -> (op, bound) that every round's ratio must meet too (the median
+    # meeting ratio_goal is not enough: a target must hold on a loaded machine).
+    ratio_every: dict = field(default_factory=dict)
     # peer-it's rows: ratios to the references are the first one's; the others' ratio to
     # the first reference with a goal is shown on their own line, with its verdict.
     ours: tuple = ("peer-it",)
@@ -86,11 +89,13 @@ def benchmarks(sizes: Sizes) -> list[Benchmark]:
     return [
         Benchmark("transfer", f"1 seeder -> 1 downloader, {mib(sizes.transfer)}, loopback",
                   "MB/s", ["peer-it", "libtorrent", "magic-wormhole", "tcp-sendfile"],
-                  ">= 1.5x libtorrent and >= 1.5x magic-wormhole; daemon RSS <= 100 MiB",
-                  {"libtorrent": (">=", 1.5), "magic-wormhole": (">=", 1.5)}),
+                  ">= 1.5x libtorrent (every run >= 1.2x) and >= 1.5x magic-wormhole; "
+                  "daemon RSS <= 100 MiB",
+                  {"libtorrent": (">=", 1.5), "magic-wormhole": (">=", 1.5)},
+                  ratio_every={"libtorrent": (">=", 1.2)}),
         Benchmark("swarm", f"1 seeder + {sizes.swarm_downloaders} downloaders, "
                   f"{mib(sizes.swarm)}, time to the last", "s", ["peer-it", "libtorrent"],
-                  "<= 1.0x libtorrent's time", {"libtorrent": ("<=", 1.0)}),
+                  "<= 0.8x libtorrent's time", {"libtorrent": ("<=", 0.8)}),
         Benchmark("small", f"{sizes.small / MiB:g} MiB file, download command to verified "
                   f"file", "s", ["peer-it", "peer-it-fresh", "libtorrent", "magic-wormhole"],
                   "<= 0.5x libtorrent's time", {"libtorrent": ("<=", 0.5)},
@@ -352,7 +357,7 @@ def compare(op: str, value: float, bound: float) -> bool:
 def table(benches: list[Benchmark], results: dict, skipped: dict, only) -> tuple[str, list]:
     lines, verdicts = [], []
     header = (f"{'benchmark / tool':<34}{'median':>9} {'range':>15}{'n':>3}  "
-              f"{'CPU s':>6}  {'ratio peer-it/ref (range)':<27}{'target':<14} peak RSS MiB")
+              f"{'CPU s':>6}  {'ratio peer-it/ref (range)':<27}{'target':<20} peak RSS MiB")
     for bench in benches:
         rows = [(tool, results.get((bench.name, tool))) for tool in bench.tools
                 if selected(bench, tool, only)]
@@ -396,7 +401,13 @@ def table(benches: list[Benchmark], results: dict, skipped: dict, only) -> tuple
                     goal = bench.ratio_goal.get(ref)
                     if goal:
                         ok = compare(goal[0], r, goal[1])
-                        target = f"{goal[0]}{goal[1]} {'PASS' if ok else 'FAIL'}"
+                        target = f"{goal[0]}{goal[1]}"
+                        every = bench.ratio_every.get(ref)
+                        if every:
+                            worst = min(per_round) if every[0] == ">=" else max(per_round)
+                            ok = ok and compare(every[0], worst, every[1])
+                            target += f",all{every[0]}{every[1]}"
+                        target += f" {'PASS' if ok else 'FAIL'}"
                         verdicts.append((bench.name, tool if tool in bench.ours else ref,
                                          "PASS" if ok else "FAIL"))
             if tool == "peer-it" and bench.name == "natlab":
@@ -422,7 +433,7 @@ def table(benches: list[Benchmark], results: dict, skipped: dict, only) -> tuple
             if paths:
                 note += f"  path {', '.join(sorted(paths))}"
             lines.append(f"{label:<34}{med:>9} {rng:>15}{len(good):>3}  "
-                         f"{cpu_text(samples):>6}  {ratio:<27}{target:<14} "
+                         f"{cpu_text(samples):>6}  {ratio:<27}{target:<20} "
                          f"{rss_text(samples)}{note}")
         if bench.name == "transfer" and ours:
             peaks = [max(s["rss"].values()) for s in ours if s.get("rss")]
@@ -430,7 +441,7 @@ def table(benches: list[Benchmark], results: dict, skipped: dict, only) -> tuple
                 ok = max(peaks) <= 100
                 lines.append(f"{'  peer-it daemon peak RSS (max)':<34}{max(peaks):>9.0f} "
                              f"{'':>15}{len(peaks):>3}  {'':>6}  {'':<27}"
-                             f"{'<=100 ' + ('PASS' if ok else 'FAIL'):<14}")
+                             f"{'<=100 ' + ('PASS' if ok else 'FAIL'):<20}")
                 verdicts.append(("transfer", "peer-it RSS", "PASS" if ok else "FAIL"))
     return header + "\n" + "\n".join(lines), verdicts
 
