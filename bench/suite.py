@@ -11,8 +11,9 @@ builds ``bench/.venv`` with the references first.
                           [--json FILE] [--keep] [--profile DIR]
 
 SELECTOR is a benchmark (transfer, swarm, small, medium, tree, fresh, natlab, create, idle)
-or BENCHMARK/TOOL (e.g. transfer/peer-it, create/hashlib, small/peer-it-fresh). Everything is bounded: each sample has a time limit,
-the whole suite has ``--budget``; samples that would start past it are reported as not run.
+or BENCHMARK/TOOL (e.g. transfer/peer-it, create/hashlib, small/peer-it-fresh). Everything is
+bounded: each sample has a time limit, the whole suite has ``--budget``; samples that would
+start past it are reported as not run.
 Every process is ended by PID and the work directory is removed unless ``--keep``.
 """
 
@@ -108,7 +109,8 @@ def benchmarks(sizes: Sizes) -> list[Benchmark]:
                   ["peer-it", "peer-it-fresh", "libtorrent", "magic-wormhole"],
                   "<= 0.8x libtorrent's time", {"libtorrent": ("<=", 0.8)},
                   ours=("peer-it", "peer-it-fresh")),
-        Benchmark("fresh", f"{mib(sizes.fresh)} to a freshly started downloader, end to end",
+        Benchmark("fresh", f"{mib(sizes.fresh)} to a freshly started downloader, command to "
+                  f"verified file",
                   "MB/s", ["peer-it-fresh", "libtorrent"], ">= 1.5x libtorrent",
                   {"libtorrent": (">=", 1.5)}, ours=("peer-it-fresh",)),
         Benchmark("natlab", f"1 -> 1 over the punched QUIC path (NAT lab), "

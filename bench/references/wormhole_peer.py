@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (add_run_parser, Children, free_port, install_sigterm_exit, size_of,  # noqa: E402
-                    wait_for_port, write_result)
+from common import (add_run_parser, Children, free_port, install_sigterm_exit,  # noqa: E402
+                    size_of, wait_for_port, write_result)
 
 CODE = "7-peerit-bench"
 
