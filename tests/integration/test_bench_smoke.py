@@ -161,3 +161,40 @@ def test_quick_small_transfer_rows_time_the_download_command(tmp_path):
     workdir = re.search(r"work directory (\S+)", run.stdout).group(1)
     assert not Path(workdir).exists()
     assert processes_marked(marker) == []
+
+
+def test_swarm_trace_gives_a_timeline(tmp_path):
+    """bench_transfer.py --trace has every daemon write its swarm's events, and
+    bench/timeline.py turns them into per-daemon milestones and an upload matrix that
+    accounts for every byte each downloader received."""
+    trace = tmp_path / "trace"
+    marker = f"peerit-bench-smoke-{uuid.uuid4().hex}"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_transfer.py"), "--size", "2M",
+         "--downloaders", "2", "--runs", "1", "--trace", str(trace)],
+        capture_output=True, text=True, timeout=100, cwd=str(tmp_path),
+        env={**os.environ, "PEERIT_BENCH_SMOKE": marker})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(list((trace / "run1").glob("*.jsonl"))) == 3
+
+    summary_file = tmp_path / "timeline.json"
+    shown = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "timeline.py"), str(trace / "run1"),
+         "--json", str(summary_file)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    summary = json.loads(summary_file.read_text())
+    assert sorted(summary["daemons"]) == ["d0", "d1", "seed"]
+    for name in ("d0", "d1"):
+        daemon = summary["daemons"][name]
+        assert daemon["verified"] > 0 and daemon["complete"] is not None, daemon
+        assert daemon["first_request"] <= daemon["first_block"] <= daemon["complete"]
+        received = sum(n for pair, n in summary["matrix"].items()
+                       if pair.endswith(f"->{name}"))
+        assert received >= 2 << 20, (name, summary["matrix"])  # duplicates may add
+    assert "MiB sent, row -> column" in shown.stdout
+    assert processes_marked(marker) == []
+
+    missing = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "timeline.py"), str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no traces" in missing.stderr
