@@ -1,5 +1,5 @@
 """A throwaway ``redis-server`` for tests: loopback, a free port, no persistence, stopped by
-PID. Also a blocking command helper for checking what a tracker wrote."""
+PID, and a blocking command for checking what a tracker wrote."""
 
 import shutil
 import socket
