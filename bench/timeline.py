@@ -1,6 +1,6 @@
 """Who sent what to whom, and when: a swarm's timeline from its daemons' traces.
 
-    bench/.venv/bin/python bench/bench_transfer.py --size 128M --downloaders 8 --runs 1 \\
+    bench/.venv/bin/python bench/bench_transfer.py --size 128Mi --downloaders 8 --runs 1 \\
         --trace /tmp/trace
     bench/.venv/bin/python bench/timeline.py /tmp/trace [--bin 0.25] [--json OUT]
 

@@ -200,7 +200,7 @@ def test_swarm_trace_gives_a_timeline(tmp_path):
     trace = tmp_path / "trace"
     marker = f"peerit-bench-smoke-{uuid.uuid4().hex}"
     run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_transfer.py"), "--size", "2M",
+        [sys.executable, str(REPO / "bench" / "bench_transfer.py"), "--size", "2Mi",
          "--downloaders", "2", "--runs", "1", "--trace", str(trace)],
         capture_output=True, text=True, timeout=100, cwd=str(tmp_path),
         env={**os.environ, "PEERIT_BENCH_SMOKE": marker})
