@@ -32,6 +32,7 @@ log = Logger(namespace="peerit.tracker.workers")
 
 READY_TIMEOUT = 60.0
 STOP_GRACE = 10.0
+STEADY = 60.0       # a worker up this long before it ended starts the restart delay afresh
 
 
 def _family(host: str) -> int:
@@ -85,6 +86,7 @@ class _Worker(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.pid = None
+        self.started_at = pool.reactor.seconds()
         self._partial = {1: b"", 2: b""}
 
     def connectionMade(self):
@@ -205,7 +207,8 @@ class WorkerPool(service.Service):
         del self.workers[worker.index]
         if self._stopping:
             return
-        failures = self.failures.get(worker.index, 0) + 1
+        steady = self.reactor.seconds() - worker.started_at >= STEADY
+        failures = (0 if steady else self.failures.get(worker.index, 0)) + 1
         self.failures[worker.index] = failures
         delay = min(30.0, 0.5 * 2 ** (failures - 1))
         log.warn("tracker worker {index} (pid {pid}) ended (exit {code}, signal {signal}); "
