@@ -199,6 +199,9 @@ class WorkerPool(service.Service):
         elif self.reactor.seconds() - self._started_at > READY_TIMEOUT:
             self._waiter.stop()
             log.error("tracker workers not ready within {s:.0f}s; stopping", s=READY_TIMEOUT)
+            # A start that failed exits non-zero (systemd's Restart=on-failure retries), once
+            # the workers have been stopped.
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
             self.reactor.stop()
 
     def _ended(self, worker: _Worker, code, signal_number) -> None:
