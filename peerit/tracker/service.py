@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from peerit.addresses import TrackerAddress
 from peerit.errors import UsageError
 from peerit.identity import Identity
+from peerit.nat.stun import BYTES_PER_SECOND_TOTAL, StunResponder
 from peerit.tracker.protocol import tls_factory
 from peerit.tracker.relay import RelayBroker, RelayFactory
 from peerit.tracker.session import Tracker
@@ -190,13 +191,15 @@ class NatPortsService(service.Service):
 
     def __init__(self, reactor, tracker: Tracker, stun: str | None,
                  stun_alt_port: int | None, relay: str | None,
-                 broker: RelayBroker | None):
+                 broker: RelayBroker | None, stun_budget: float = BYTES_PER_SECOND_TOTAL):
         self.reactor = reactor
         self.tracker = tracker
         self.stun = stun
         self.stun_alt_port = stun_alt_port
         self.relay = relay
         self.broker = broker
+        self.stun_budget = stun_budget
+        self.stun_responder: StunResponder | None = None  # once bound; metrics read its counts
         self.ports = []
         self.stun_ports: tuple[int, int] = (0, 0)
         self.relay_port = 0
@@ -219,7 +222,8 @@ class NatPortsService(service.Service):
             if self.stun:
                 port, interface = parse_udp_endpoint(self.stun)
                 alternate = self.stun_alt_port != 0
-                protocols = stun_protocols(self.reactor, alternate)
+                protocols = stun_protocols(self.reactor, alternate, self.stun_budget)
+                self.stun_responder = protocols[0].responder
                 primary = self.reactor.listenUDP(port, protocols[0], interface=interface)
                 self.ports.append(primary)
                 alt_port = 0

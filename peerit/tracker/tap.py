@@ -141,6 +141,9 @@ class Options(usage.Options):
         ["stun-alt-port", None, "auto",
          "Second STUN port on the same address (NAT behaviour tests), 0 for none. auto: the "
          "STUN port + 1 (a free port with udp:0)."],
+        ["stun-budget", None, "1M",
+         "Bytes per second all STUN answers may take together (k, M, Ki, Mi...): bounds "
+         "what spoofed requests can make the tracker send, however many sources they use."],
         ["relay", None, "auto",
          "TCP endpoint of the relay (tcp:PORT[:interface=ADDR]), or none. auto: port "
          f"{DEFAULT_RELAY_PORT} on the --listen interface (a free port with tcp:0)."],
@@ -188,6 +191,7 @@ class Options(usage.Options):
                 rate=parse_rate(self["relay-rate"]), max_sessions=self["relay-sessions"],
                 per_peer=self["relay-per-peer"], idle_timeout=self["relay-idle-timeout"])
             self.nat_limits = NatLimits(max_attempts=self["nat-attempts"])
+            self.stun_budget = parse_rate(self["stun-budget"])
         except (ValueError, UsageError) as e:
             raise usage.UsageError(str(e)) from None
 
@@ -204,7 +208,7 @@ def makeService(options, reactor=None) -> service.MultiService:
     # First: its ports are bound (and tracker.stun_info set) before the tracker says it is
     # ready, so the first session already learns them.
     NatPortsService(reactor, tracker, stun, stun_alt_port, relay,
-                    broker).setServiceParent(top)
+                    broker, stun_budget=options.stun_budget).setServiceParent(top)
     TrackerService(reactor, tracker, identity, options["listen"], options["data-dir"],
                    other_connections=options.relay_limits.connection_cap if relay else 0,
                    ).setServiceParent(top)
