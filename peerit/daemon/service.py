@@ -25,6 +25,7 @@ from peerit.addresses import TrackerAddress, format_host_port
 from peerit.daemon.connector import Candidate, Race, link_attempt
 from peerit.daemon.peerlink import PeerLink
 from peerit.daemon.state import StateDB, SwarmRecord
+from peerit.daemon.stats import DaemonStats, candidate_path, nat_pair, traffic_path
 from peerit.daemon.transfer import Transfer, file_stamps
 from peerit.daemon.writer import BlockWriter
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
@@ -92,6 +93,7 @@ class Daemon(service.MultiService):
             from peerit.daemon.ratelimit import TokenBucket
             self.upload_limiter = TokenBucket(reactor, max_upload_rate)
         self.transfers: dict[bytes, Transfer] = {}
+        self.stats = DaemonStats()
         self.trackers = {}  # TrackerAddress -> tracker client
         self.identity = None
         self.peer_id = None
@@ -161,8 +163,11 @@ class Daemon(service.MultiService):
             udp=self.udp_spec, stun_server=self.stun_server,
             local_hosts=lambda: self.advertise or local_addresses(),
             quic_settings=QuicSettings(max_datagram_size=self.quic_datagram_size),
-            paths=self.paths, rng=self.rng)
+            paths=self.paths, rng=self.rng, on_punch_outcome=self._punch_outcome)
         self.nat.start()
+
+    def _punch_outcome(self, mine: str, theirs: str, succeeded: bool) -> None:
+        self.stats.punches.inc(nat_pair(mine, theirs), "success" if succeeded else "failure")
 
     def netcheck(self) -> defer.Deferred:
         """``peerit-ctl netcheck``: the NAT as STUN sees it (a dict, see NatManager)."""
@@ -321,7 +326,22 @@ class Daemon(service.MultiService):
                                 expected_peer_id=info.peer_id, path=path, on_ready=on_ready,
                                 on_failed=on_failed)
             candidates += self.nat.candidates(info_hash, info, make_link)
-        return Race(self.clock, candidates).run()
+        return Race(self.clock, [self._counted(c) for c in candidates]).run().addCallback(
+            self._connected)
+
+    def _counted(self, candidate: Candidate) -> Candidate:
+        path = candidate_path(candidate.label)
+
+        def start():
+            self.stats.connection_attempts.inc(path)
+            return candidate.start()
+        return Candidate(candidate.label, start)
+
+    def _connected(self, link):
+        path = traffic_path(link)
+        self.stats.connections.inc(path)
+        self.stats.connect_seconds.observe(path, value=link.connect_seconds)
+        return link
 
     def _tcp_attempt(self, info_hash: bytes, peer_id: bytes, host: str, port: int):
         endpoint = tls.TLSClientEndpoint(

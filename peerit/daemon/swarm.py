@@ -16,6 +16,7 @@ from peerit.bitfield import Bitfield
 from peerit.daemon.choker import Choker, PeerView
 from peerit.daemon.picker import Picker
 from peerit.daemon.rates import RateMeter
+from peerit.daemon.stats import DaemonStats
 from peerit.errors import MalformedMessage, PeeritError
 from peerit.wire import peer as wire
 
@@ -74,7 +75,7 @@ class ProtocolViolation(Exception):
 class Swarm:
     def __init__(self, metainfo, store, have: Bitfield, clock, rng, my_peer_id: bytes,
                  verify, on_verified=None, on_complete=None, config: SwarmConfig = None,
-                 on_storage_error=None, write_block=None):
+                 on_storage_error=None, write_block=None, stats: DaemonStats | None = None):
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.store = store
@@ -101,12 +102,16 @@ class Swarm:
         self.downloading = not have.complete
         self.hash_failures = 0
         self.corrupt_bytes_discarded = 0
+        self.stats = stats or DaemonStats()  # the daemon's, shared by its swarms
+        self.started_at = clock.seconds()
+        self._got_first_block = False
         self._timers = []
         self.running = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         self.running = True
+        self.started_at = self.clock.seconds()
 
     def _start_timers(self) -> None:
         """Rechoke and stall checks run only while there are peers: a thousand idle shares
@@ -198,6 +203,7 @@ class Swarm:
         if self.peers.get(peer.peer_id) is not peer:
             return
         del self.peers[peer.peer_id]
+        self.stats.retire(peer.link, peer.download.total, peer.upload.total)
         self.picker.remove_peer_pieces(peer.pieces)
         self.picker.release(peer)
         peer.requested.clear()
@@ -352,6 +358,9 @@ class Swarm:
             raise ProtocolViolation(
                 f"block {block.piece}:{block.offset} has {length} bytes, asked {expected[0]}")
         now = self.clock.seconds()
+        if not self._got_first_block:
+            self._got_first_block = True
+            self.stats.first_byte_seconds.observe(now - self.started_at)
         peer.last_block_at = now
         peer.download.add(length)
         self.download.add(length)
@@ -383,6 +392,7 @@ class Swarm:
 
     def _verified(self, digest: bytes, piece: int, contributors: set) -> None:
         if digest == self.metainfo.piece_hash(piece):
+            self.stats.pieces_verified += 1
             self.picker.piece_verified(piece)
             self.on_verified(piece)
             for peer in list(self.peers.values()):
@@ -391,6 +401,7 @@ class Swarm:
                 self._completed()
             return
         self.hash_failures += 1
+        self.stats.pieces_failed += 1
         self.corrupt_bytes_discarded += self.metainfo.piece_size(piece)
         log.warn("swarm {swarm}: piece {piece} failed its hash check (from {peers})",
                  swarm=self.info_hash.hex()[:12], piece=piece,

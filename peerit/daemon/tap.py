@@ -40,6 +40,12 @@ class Options(usage.Options):
         ["max-upload-rate", None, "0",
          "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
          "[default: 0]"],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at http://127.0.0.1:PORT/metrics: tcp:PORT (loopback "
+         "interfaces only; clients other than loopback are refused) [default: off]"],
+        ["log-format", None, "text",
+         "Log lines as text, or json: one JSON object per line with level, namespace, "
+         "time, message and the event's fields [default: text]"],
     ]
 
     def __init__(self):
@@ -65,6 +71,20 @@ class Options(usage.Options):
         self["advertise"].append(value)
 
     def postOptions(self):
+        from peerit.logs import LOG_FORMATS
+        from peerit.metrics.endpoint import (
+            endpoint_interface, is_loopback_interface, metrics_endpoint)
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"bad --log-format {self['log-format']!r}: text or json")
+        if self["metrics"]:
+            try:
+                self["metrics"] = metrics_endpoint(self["metrics"])
+            except PeeritError as e:
+                raise usage.UsageError(str(e))
+            if not is_loopback_interface(endpoint_interface(self["metrics"])):
+                raise usage.UsageError(
+                    "--metrics: the daemon serves metrics on a loopback interface only "
+                    "(tcp:PORT or tcp:PORT:interface=127.0.0.1)")
         from peerit.ctl.offline import parse_size
         from peerit.daemon.service import default_control_path, default_data_dir
         try:
@@ -95,9 +115,19 @@ class Options(usage.Options):
 def makeService(options):
     from twisted.internet import reactor
 
+    from peerit.daemon.metrics import DaemonCollector
     from peerit.daemon.service import Daemon
-    return Daemon(reactor, options["data-dir"], options["control"], options["listen"],
-                  options["trackers"], options["advertise"],
-                  max_upload_rate=options["max-upload-rate"], udp=options["udp"],
-                  stun_server=options["stun-server"], paths=options["paths"],
-                  quic_datagram_size=options["quic-datagram-size"])
+    from peerit.logs import program_service
+    from peerit.metrics.endpoint import MetricsService
+    from peerit.metrics.exposition import registry_with
+    top = program_service(options)
+    daemon = Daemon(reactor, options["data-dir"], options["control"], options["listen"],
+                    options["trackers"], options["advertise"],
+                    max_upload_rate=options["max-upload-rate"], udp=options["udp"],
+                    stun_server=options["stun-server"], paths=options["paths"],
+                    quic_datagram_size=options["quic-datagram-size"])
+    daemon.setServiceParent(top)
+    if options["metrics"]:
+        MetricsService(reactor, options["metrics"],
+                       registry_with(DaemonCollector(daemon))).setServiceParent(top)
+    return top

@@ -176,7 +176,8 @@ class Transfer:
             self.metainfo, self.store, self.have, self.clock, self.daemon.rng,
             self.daemon.peer_id, verify=self._verify_piece, on_verified=self._piece_verified,
             on_complete=self._completed, config=SwarmConfig(),
-            on_storage_error=self._storage_failed, write_block=self._write_block)
+            on_storage_error=self._storage_failed, write_block=self._write_block,
+            stats=self.daemon.stats)
         self.swarm.start()
         self.state = "seeding" if self.have.complete else "downloading"
         self.error = ""

@@ -210,7 +210,8 @@ class NatManager:
                  local_hosts: Callable[[], Iterable[str]] | None = None,
                  quic_settings: QuicSettings = QuicSettings(),
                  paths: Iterable[str] = PATHS, rng=None,
-                 listen_udp=None, connect_tcp=None, resolve=None):
+                 listen_udp=None, connect_tcp=None, resolve=None,
+                 on_punch_outcome: Callable[[str, str, bool], object] | None = None):
         self.reactor = reactor
         self.clock = reactor
         self.identity = identity
@@ -244,6 +245,8 @@ class NatManager:
         self._relay_waits: dict[tuple, Deferred] = {}
         self._accepting: set[Deferred] = set()
         self._running = False
+        # (our mapping, theirs, succeeded) for each punch attempt that ends: for metrics.
+        self._on_punch_outcome = on_punch_outcome or (lambda mine, theirs, ok: None)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -663,11 +666,16 @@ class NatManager:
     def _start_attempt(self, message, path_found: Deferred) -> punch.PunchAttempt:
         """A PunchAttempt for a Punch message; ``path_found`` fires with the Path or fails
         with NoPath."""
+        my_mapping = self.mapping
+        their_mapping = punch.mapping_behaviour(message.mapping)
+
         def succeeded(path):
+            self._on_punch_outcome(my_mapping, their_mapping, True)
             if not path_found.called:
                 path_found.callback(path)
 
         def failed(reason):
+            self._on_punch_outcome(my_mapping, their_mapping, False)
             if not path_found.called:
                 path_found.errback(NoPath(f"punch failed: {reason}"))
         candidates = []
@@ -680,7 +688,7 @@ class NatManager:
             role=punch.CONTROLLING if message.controlling else punch.CONTROLLED,
             their_candidates=candidates, main_socket=self.main,
             on_success=succeeded, on_failure=failed,
-            my_mapping=self.mapping, their_mapping=punch.mapping_behaviour(message.mapping),
+            my_mapping=my_mapping, their_mapping=their_mapping,
             open_socket=self._open_extra_socket)
         try:
             self.coordinator.start(attempt)

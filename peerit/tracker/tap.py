@@ -7,6 +7,10 @@ from twisted.python import usage
 
 from peerit.errors import UsageError
 from peerit.identity import Identity
+from peerit.logs import LOG_FORMATS, program_service
+from peerit.metrics.endpoint import MetricsService, metrics_endpoint, parse_networks
+from peerit.metrics.exposition import registry_with
+from peerit.tracker.metrics import TrackerCollector
 from peerit.tracker.nat import NatCoordinator, NatLimits
 from peerit.tracker.relay import RelayBroker, RelayLimits
 from peerit.tracker.service import NatPortsService, TrackerService, tcp_description
@@ -160,12 +164,36 @@ class Options(usage.Options):
         ["nat-attempts", None, _NAT.max_attempts,
          f"Punches and relays a peer may be part of per {_NAT.attempt_window:g}s.",
          _positive_int],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR] "
+         "(interface 127.0.0.1 unless given) [default: off]. Only loopback clients are "
+         "served unless --metrics-allow names others."],
+        ["log-format", None, "text",
+         "Log lines as text, or json: one JSON object per line with level, namespace, "
+         "time, message and the event's fields (docs/observability.md)."],
     ]
+
+    def __init__(self):
+        super().__init__()
+        self["metrics-allow"] = []
+
+    def opt_metrics_allow(self, value):
+        """Address or network (10.0.0.0/24) besides loopback allowed to read --metrics
+        (repeatable), e.g. the Prometheus server's."""
+        self["metrics-allow"].append(value)
 
     def postOptions(self):
         try:
             tcp_description(self["listen"])
         except Exception as e:
+            raise usage.UsageError(str(e)) from None
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"bad --log-format {self['log-format']!r}: text or json")
+        try:
+            self.metrics_endpoint = metrics_endpoint(self["metrics"]) \
+                if self["metrics"] else None
+            self.metrics_allow = parse_networks(self["metrics-allow"])
+        except UsageError as e:
             raise usage.UsageError(str(e)) from None
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
@@ -203,12 +231,18 @@ def makeService(options, reactor=None) -> service.MultiService:
     tracker = Tracker(reactor, MemorySwarmStore(), options.limits)
     stun, stun_alt_port, relay = options.nat_endpoints
     broker = RelayBroker(reactor, options.relay_limits) if relay else None
-    NatCoordinator(tracker, broker, options.nat_limits)
-    top = service.MultiService()
+    coordinator = NatCoordinator(tracker, broker, options.nat_limits)
+    top = program_service(options)
     # First: its ports are bound (and tracker.stun_info set) before the tracker says it is
     # ready, so the first session already learns them.
-    NatPortsService(reactor, tracker, stun, stun_alt_port, relay,
-                    broker, stun_budget=options.stun_budget).setServiceParent(top)
+    nat_ports = NatPortsService(reactor, tracker, stun, stun_alt_port, relay,
+                                broker, stun_budget=options.stun_budget)
+    nat_ports.setServiceParent(top)
+    if options.metrics_endpoint is not None:
+        collector = TrackerCollector(tracker, coordinator, broker,
+                                     stun=lambda: nat_ports.stun_responder)
+        MetricsService(reactor, options.metrics_endpoint, registry_with(collector),
+                       options.metrics_allow).setServiceParent(top)
     TrackerService(reactor, tracker, identity, options["listen"], options["data-dir"],
                    other_connections=options.relay_limits.connection_cap if relay else 0,
                    ).setServiceParent(top)
