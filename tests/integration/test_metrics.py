@@ -1,43 +1,19 @@
 """Prometheus metrics and JSON logs of the real tracker and daemons, checked against a transfer."""
 
 import json
-import re
-import urllib.request
-from pathlib import Path
+import subprocess
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from peerit.testing.files import random_file, sha256_of
 from peerit.testing.localswarm import LocalSwarm
+from peerit.testing.metrics import metrics_url, scrape, total
+from peerit.testing.processes import environment, twistd_argv
 
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
-METRICS_LINE = re.compile(r"serving Prometheus metrics on (http://[^ \"]+/metrics)")
 JSON_FIELDS = ("time", "level", "namespace", "message", "format")
-
-
-def metrics_url(log_text: str) -> str:
-    return METRICS_LINE.search(log_text).group(1)
-
-
-def scrape(url: str) -> dict:
-    """``{(name, ((label, value), ...)): value}`` for every sample of the page."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def total(samples: dict, name: str, **labels) -> float:
-    wanted = set(labels.items())
-    return sum(value for (sample, sample_labels), value in samples.items()
-               if sample == name and wanted <= set(sample_labels))
 
 
 @pytest.fixture
@@ -124,8 +100,6 @@ def test_every_json_log_line_parses_with_the_documented_fields(swarm, tmp_path):
 
 def test_metrics_option_errors_are_one_line(tmp_path):
     """A daemon refuses a non-loopback --metrics interface; a bad endpoint is one line."""
-    from peerit.testing.processes import environment, twistd_argv
-    import subprocess
     for plugin, args, text in (
             ("peerit-daemon", ["--metrics", "tcp:0:interface=0.0.0.0"], "loopback"),
             ("peerit-tracker", ["--metrics", "udp:9"], "bad --metrics"),
