@@ -77,7 +77,9 @@ class DaemonCollector:
                                   ("hash", daemon.hasher, "waiting to be hashed")):
             yield gauge(f"peerit_daemon_{name}_queue_bytes", f"Received block bytes {what}.",
                         stage.queued_bytes if stage is not None else 0)
-        writer = daemon.writer
-        yield plain_counter("peerit_daemon_disk_waits_total",
-                            "Times receiving paused because the write queue was full.",
-                            writer.waits if writer is not None else 0)
+        waits = LabelledCounter("queue")
+        for name, stage in (("hash", daemon.hasher), ("write", daemon.writer)):
+            waits.inc(name, amount=stage.waits if stage is not None else 0)
+        yield counter("peerit_daemon_queue_full_waits_total",
+                      "Times a full queue made its feeder wait (the reactor for the hash "
+                      "queue: receiving paused; the hasher for the write queue).", waits)

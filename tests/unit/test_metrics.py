@@ -1,7 +1,10 @@
 """Metrics: the plain counters, the families built at scrape time, the collectors of both
 programs over real logic objects, and the HTTP endpoint's loopback rule. No sockets."""
 
+import json
 import random
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 from prometheus_client.exposition import generate_latest
@@ -234,3 +237,30 @@ class DaemonCollectorTests(SynchronousTestCase):
         self.assertEqual(total(samples, "peerit_daemon_tracker_sessions", state="up"), 1)
         self.assertEqual(total(samples, "peerit_daemon_write_queue_bytes"), 4096)
         self.assertEqual(total(samples, "peerit_daemon_transfers", state="downloading"), 1)
+        self.assertEqual(total(samples, "peerit_daemon_queue_full_waits_total", queue="write"),
+                         3)
+
+
+class DocumentationTests(SynchronousTestCase):
+    def test_every_exported_metric_is_documented(self):
+        """docs/observability.md lists each family both collectors export."""
+        docs = Path(__file__).resolve().parents[2] / "docs"
+        text = (docs / "observability.md").read_text()
+        tracker = Tracker(Clock(), MemorySwarmStore())
+        families = list(TrackerCollector(tracker, NatCoordinator(tracker, RelayBroker(Clock())),
+                                         RelayBroker(Clock()),
+                                         stun=lambda: StunResponder(Clock())).collect())
+        daemon = SimpleNamespace(stats=DaemonStats(), transfers={}, trackers={},
+                                 writer=None, hasher=None)
+        families += list(DaemonCollector(daemon).collect())
+        names = {f.name + ("_total" if f.type == "counter" else "") for f in families}
+        self.assertGreater(len(names), 30)
+        for name in sorted(names):
+            self.assertIn(f"`{name}`", text, name)
+        # The dashboard queries only what is exported.
+        dashboard = json.loads((docs / "grafana-peerit.json").read_text())
+        queried = {re.sub(r"_(bucket|count|sum)$", "", name)
+                   for panel in dashboard["panels"] for target in panel.get("targets", ())
+                   for name in re.findall(r"peerit_[a-z_]+", target["expr"])}
+        self.assertGreater(len(queried), 20)
+        self.assertEqual(queried - names, set())
