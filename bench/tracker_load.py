@@ -27,12 +27,15 @@ up to the tracker's saturation. Loopback only, bounded in sessions, steps and ti
 Sessions come from 64 loopback source addresses (127.0.1.x), as daemons come from many
 hosts: the tracker bounds handshakes in progress per source address.
 
+``--metrics`` runs the tracker with ``--metrics tcp:0`` and scrapes it every second from
+another process during the whole run (``bench/bench_metrics.py`` runs both side by side).
+
 ``--logic-only`` measures the session logic alone in this process (``Tracker`` +
 ``MemorySwarmStore``, the same batches, no TLS, no sockets): the floor under a real run.
 
     .venv/bin/python bench/tracker_load.py [--sessions 2000] [--swarms-per-session 50]
         [--pool 10000] [--rates 10000,20000,30000,40000,50000] [--seconds 10] [--runs 3]
-        [--max-peers 50] [--json FILE]
+        [--max-peers 50] [--json FILE] [--metrics]
     .venv/bin/python bench/tracker_load.py --logic-only
 """
 
@@ -60,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import package_versions, proc_cpu_times  # noqa: E402
 from peerit.addresses import TrackerAddress  # noqa: E402
 from peerit.identity import Identity  # noqa: E402
+from peerit.testing.metrics import Scraper, metrics_url  # noqa: E402
 from peerit.testing.processes import environment  # noqa: E402
 from peerit.wire import tracker as wire  # noqa: E402
 from peerit.wire.framing import FrameDecoder, frame  # noqa: E402
@@ -641,6 +645,9 @@ def main():
     parser.add_argument("--logic-only", action="store_true",
                         help="measure the session logic in this process (no TLS, no tracker "
                              "process): CPU per request")
+    parser.add_argument("--metrics", action="store_true",
+                        help="run the tracker with --metrics and scrape it every second "
+                             "(from another process) during the whole run")
     parser.add_argument("--tracker-profile", metavar="PATH",
                         help="run the tracker under cProfile and save its stats to PATH")
     args = parser.parse_args()
@@ -679,10 +686,12 @@ def main():
         "--max-sessions-per-address", str(args.sessions // SOURCE_ADDRESSES + 10),
         "--max-sessions", str(args.sessions + 10),
         "--request-rate", "1000", "--request-burst", "1000",
-        "--max-swarms", str(max(args.swarms_per_session, 1))]
+        "--max-swarms", str(max(args.swarms_per_session, 1)),
+        *(["--metrics", "tcp:0"] if args.metrics else [])]
     tracker = subprocess.Popen(tracker_cmd, env=environment(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     finished = False
+    scraper = None
     try:
         endpoint = Path(data_dir) / "tracker.endpoint"
         deadline = time.monotonic() + 30
@@ -690,6 +699,10 @@ def main():
             if tracker.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"tracker did not start; see {log_path}")
             time.sleep(0.05)
+        if args.metrics:
+            url = metrics_url(log_path.read_text())
+            scraper = Scraper([url], interval=1.0)
+            print(f"scraping {url} every second", flush=True)
         address = TrackerAddress.parse(endpoint.read_text())
         assert address.host.startswith("127."), "loopback only"
         if pinned:
@@ -700,6 +713,11 @@ def main():
             print(f"tracker pid {tracker.pid} at {address.host}:{address.port}; one CPU: "
                   f"tracker and generator share it, figures are not comparable", flush=True)
         result = run(args, tracker.pid, address)
+        if scraper is not None:
+            scrapes, failures = scraper.stop()
+            scraper = None
+            print(f"metrics: {scrapes} scrapes, {failures} failed", flush=True)
+            result["scrapes"] = {"done": scrapes, "failed": failures}
         verdict = summary(result, args.rates)
         print_summary(result, verdict)
         print(f"machine at the end: load average "
@@ -710,6 +728,8 @@ def main():
                  **result, "summary": verdict}, indent=1))
         finished = True
     finally:
+        if scraper is not None:
+            scraper.stop()
         if tracker.poll() is None:
             os.kill(tracker.pid, signal.SIGTERM)
             try:

@@ -405,10 +405,9 @@ class TrackerSession:
             else:
                 self.fail("unknown_message", f"no handler for {type(message).__name__}")
             return
-        stats = self.tracker.stats
-        kind = stats.kind(type(message))
+        kind = self.tracker.stats.kind(type(message))
         if type(message) is not wire.KeepAlive and not self._take_token():
-            stats.requests.inc(kind, "rate_limited")
+            kind.rate_limited += 1
             self._refusals += 1
             if self._refusals > self._limits.request_burst:
                 self.fail("rate_limited", "kept sending over the request rate")
@@ -422,12 +421,15 @@ class TrackerSession:
         try:
             handler(self, message)
         except SessionClosed as e:
-            stats.requests.inc(kind, "closed")
+            kind.closed += 1
             self.fail(e.code, e.reason)
             return
-        stats.requests.inc(kind, "ok" if self._refused == refused else "refused")
+        if self._refused == refused:
+            kind.ok += 1
+        else:
+            kind.refused += 1
         # From the read that brought the request to the end of its handling.
-        stats.request_seconds.observe(kind, value=self._clock.seconds() - self._last_heard)
+        kind.seconds.observe(self._clock.seconds() - self._last_heard)
 
     def _take_token(self) -> bool:
         # The instant these frames were received (set by data_received): one clock read per
