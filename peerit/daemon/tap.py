@@ -45,7 +45,7 @@ class Options(usage.Options):
          "interfaces only; clients other than loopback are refused) [default: off]"],
         ["log-format", None, "text",
          "Log lines as text, or json: one JSON object per line with level, namespace, "
-         "time, message and the event's fields [default: text]"],
+         "time, message and the event's fields (docs/observability.md)"],
     ]
 
     def __init__(self):

@@ -24,6 +24,11 @@ def scrape(url: str, timeout: float = 10.0) -> dict:
         if not response.headers["Content-Type"].startswith("text/plain"):
             raise ValueError(f"{url} answered {response.headers['Content-Type']}")
         text = response.read().decode()
+    return parse_samples(text)
+
+
+def parse_samples(text: str) -> dict:
+    """A page in the text exposition format as ``{(name, labels): value}``."""
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
