@@ -3,10 +3,10 @@
 import ipaddress
 from dataclasses import dataclass
 
+from peerit.endpoints import DEFAULT_TRACKER_PORT
 from peerit.errors import UsageError
 from peerit.identity import format_fingerprint, parse_fingerprint
 
-DEFAULT_TRACKER_PORT = 59000
 
 
 def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:

@@ -95,13 +95,12 @@ def twistd_log_file(twistd_options):
     return logfile.LogFile.fromFullPath(path or "twistd.log")
 
 
-class ProgramService(service.MultiService):
-    """A program's top service; with ``log_observer`` set it becomes the log observer of the
-    twistd application it joins (twistd reads it before it starts logging)."""
+class LogsToApplication:
+    """For a program's top service: with ``log_observer`` set, that observer becomes the log
+    observer of the twistd application the service joins (twistd reads it before it starts
+    logging)."""
 
-    def __init__(self, log_observer=None):
-        super().__init__()
-        self.log_observer = log_observer
+    log_observer = None
 
     def setServiceParent(self, parent):
         if self.log_observer is not None and isinstance(parent, Componentized):
@@ -109,8 +108,20 @@ class ProgramService(service.MultiService):
         return super().setServiceParent(parent)
 
 
-def program_service(options) -> ProgramService:
-    """The top service for ``options`` (with ``log-format`` and twistd as ``parent``)."""
+class ProgramService(LogsToApplication, service.MultiService):
+    def __init__(self, log_observer=None):
+        super().__init__()
+        self.log_observer = log_observer
+
+
+def log_observer(options):
+    """The observer ``--log-format`` asks for (None: twistd's own text observer);
+    ``options.parent`` is twistd's options, which say where to write."""
     if options.get("log-format", "text") == "json":
-        return ProgramService(json_observer(twistd_log_file(getattr(options, "parent", None))))
-    return ProgramService()
+        return json_observer(twistd_log_file(getattr(options, "parent", None)))
+    return None
+
+
+def program_service(options) -> ProgramService:
+    """A top service for ``options`` (with ``log-format``)."""
+    return ProgramService(log_observer(options))

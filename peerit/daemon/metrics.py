@@ -5,7 +5,7 @@ No label names a swarm or a peer (series count, and a home server's metrics page
 list what it shares). Every name is listed in docs/observability.md.
 """
 
-from peerit.daemon.stats import PATHS, traffic_path
+from peerit.daemon.stats import PATHS, DaemonStats, traffic_path
 from peerit.metrics.counts import LabelledCounter
 from peerit.metrics.exposition import counter, gauge, histogram, plain_counter
 
@@ -14,19 +14,24 @@ _ALL_PATHS = tuple((path,) for path in PATHS)
 
 
 class DaemonCollector:
-    def __init__(self, daemon):
-        self.daemon = daemon
+    """``stats`` (the daemon's :class:`DaemonStats`), ``transfers`` (the registry: ``all()``
+    and ``host`` with its disk queues) and ``trackers`` (the sessions: ``clients``)."""
+
+    def __init__(self, stats: DaemonStats, transfers, trackers):
+        self.stats = stats
+        self.transfers = transfers
+        self.trackers = trackers
 
     def collect(self):
-        daemon = self.daemon
-        stats = daemon.stats
+        stats = self.stats
         peers = {key: 0 for key in _ALL_PATHS}
         traffic = LabelledCounter("path", "direction")
         traffic.values.update(stats.retired_bytes.values)
         states = {(state,): 0 for state in TRANSFER_STATES}
-        for transfer in list(daemon.transfers.values()):
-            states[(transfer.state,)] = states.get((transfer.state,), 0) + 1
-            swarm = getattr(transfer, "swarm", None)
+        for transfer in self.transfers.all():
+            state = transfer.state.value
+            states[(state,)] = states.get((state,), 0) + 1
+            swarm = transfer.swarm
             if swarm is None:
                 continue
             for peer in list(swarm.peers.values()):
@@ -68,17 +73,20 @@ class DaemonCollector:
         yield counter("peerit_daemon_punches_total",
                       "Hole-punch attempts by NAT pair (our mapping behaviour, then the "
                       "peer's) and outcome (success, failure).", stats.punches)
-        trackers = list(daemon.trackers.values())
+        trackers = list(self.trackers.clients.values())
         yield gauge("peerit_daemon_tracker_sessions", "Tracker sessions by state (up: "
                     "connected and welcomed; down: reconnecting).", labels=("state",),
                     values={("up",): sum(1 for t in trackers if t.connected),
                             ("down",): sum(1 for t in trackers if not t.connected)})
-        for name, stage, what in (("write", daemon.writer, "waiting to be written"),
-                                  ("hash", daemon.hasher, "waiting to be hashed")):
+        host = self.transfers.host  # None until the transfers service started
+        hasher = host.hasher if host is not None else None
+        writer = host.writer if host is not None else None
+        for name, stage, what in (("write", writer, "waiting to be written"),
+                                  ("hash", hasher, "waiting to be hashed")):
             yield gauge(f"peerit_daemon_{name}_queue_bytes", f"Received block bytes {what}.",
                         stage.queued_bytes if stage is not None else 0)
         waits = LabelledCounter("queue")
-        for name, stage in (("hash", daemon.hasher), ("write", daemon.writer)):
+        for name, stage in (("hash", hasher), ("write", writer)):
             waits.inc(name, amount=stage.waits if stage is not None else 0)
         yield counter("peerit_daemon_queue_full_waits_total",
                       "Times a full queue made its feeder wait (the reactor for the hash "

@@ -4,8 +4,18 @@ import os
 
 from twisted.python import usage
 
-from peerit.addresses import TrackerAddress
+from peerit.addresses import TrackerAddress, parse_host_port
+from peerit.control.paths import default_control_path, default_data_dir
+from peerit.daemon.metrics import DaemonCollector
+from peerit.daemon.nat.manager import parse_paths
+from peerit.daemon.service import Daemon
+from peerit.endpoints import DEFAULT_STUN_PORT, parse_udp_endpoint
 from peerit.errors import PeeritError
+from peerit.logs import LOG_FORMATS, log_observer
+from peerit.metrics.endpoint import (
+    MetricsService, endpoint_interface, is_loopback_interface, metrics_endpoint)
+from peerit.metrics.exposition import registry_with
+from peerit.units import parse_size
 
 
 class Options(usage.Options):
@@ -38,8 +48,8 @@ class Options(usage.Options):
          "Largest QUIC datagram (1200 fits every path; 1452 suits 1500-byte MTU paths) "
          "[default: 1200]"],
         ["max-upload-rate", None, "0",
-         "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
-         "[default: 0]"],
+         "Cap on upload bytes per second over all peers, e.g. 5M (5,000,000) or 4Mi "
+         "(4 MiB); k, M, G = powers of 1000, Ki, Mi, Gi = of 1024; 0 = no cap [default: 0]"],
         ["metrics", None, None,
          "Serve Prometheus metrics at http://127.0.0.1:PORT/metrics: tcp:PORT (loopback "
          "interfaces only; clients other than loopback are refused) [default: off]"],
@@ -71,9 +81,6 @@ class Options(usage.Options):
         self["advertise"].append(value)
 
     def postOptions(self):
-        from peerit.logs import LOG_FORMATS
-        from peerit.metrics.endpoint import (
-            endpoint_interface, is_loopback_interface, metrics_endpoint)
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(f"bad --log-format {self['log-format']!r}: text or json")
         if self["metrics"]:
@@ -85,19 +92,15 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     "--metrics: the daemon serves metrics on a loopback interface only "
                     "(tcp:PORT or tcp:PORT:interface=127.0.0.1)")
-        from peerit.ctl.offline import parse_size
-        from peerit.daemon.service import default_control_path, default_data_dir
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
             raise usage.UsageError(f"--max-upload-rate: {e}")
-        from peerit.addresses import parse_host_port
-        from peerit.nat.manager import parse_paths, parse_udp_spec
         try:
-            parse_udp_spec(self["udp"])
+            parse_udp_endpoint(self["udp"], "--udp")
             self["paths"] = parse_paths(self["paths"])
             if self["stun-server"]:
-                self["stun-server"] = parse_host_port(self["stun-server"], 3478)
+                self["stun-server"] = parse_host_port(self["stun-server"], DEFAULT_STUN_PORT)
         except PeeritError as e:
             raise usage.UsageError(str(e))
         try:
@@ -112,22 +115,19 @@ class Options(usage.Options):
             self["control"] = "unix:" + default_control_path(self["data-dir"])
 
 
-def makeService(options):
-    from twisted.internet import reactor
-
-    from peerit.daemon.metrics import DaemonCollector
-    from peerit.daemon.service import Daemon
-    from peerit.logs import program_service
-    from peerit.metrics.endpoint import MetricsService
-    from peerit.metrics.exposition import registry_with
-    top = program_service(options)
+def makeService(options, reactor=None) -> Daemon:
+    """The daemon's child services (see ``peerit.daemon.service``) on ``reactor``; with
+    ``--metrics``, one more child serving them."""
+    if reactor is None:
+        from twisted.internet import reactor
     daemon = Daemon(reactor, options["data-dir"], options["control"], options["listen"],
                     options["trackers"], options["advertise"],
                     max_upload_rate=options["max-upload-rate"], udp=options["udp"],
                     stun_server=options["stun-server"], paths=options["paths"],
-                    quic_datagram_size=options["quic-datagram-size"])
-    daemon.setServiceParent(top)
+                    quic_datagram_size=options["quic-datagram-size"],
+                    log_observer=log_observer(options))
     if options["metrics"]:
+        collector = DaemonCollector(daemon.stats, daemon.transfers, daemon.trackers)
         MetricsService(reactor, options["metrics"],
-                       registry_with(DaemonCollector(daemon))).setServiceParent(top)
-    return top
+                       registry_with(collector)).setServiceParent(daemon)
+    return daemon

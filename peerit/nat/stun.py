@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from peerit.errors import MalformedMessage, PeeritError, TimedOut
+from peerit.ratelimit import KeyedTokenBuckets, TokenBucket
 from peerit.wire import stun
 
 Address = tuple[str, int]
@@ -235,32 +236,6 @@ class Reply:
     from_alternate_port: bool = False  # send it from the other port (CHANGE-REQUEST port)
 
 
-class TokenBuckets:
-    """Per-key token buckets with a cap on keys: bounded memory however many sources appear."""
-
-    def __init__(self, clock: IReactorTime, rate: float, burst: float,
-                 max_keys: int = MAX_TRACKED_SOURCES):
-        self._clock = clock
-        self._rate = rate
-        self._burst = burst
-        self._max_keys = max_keys
-        self._buckets: dict[object, tuple[float, float]] = {}  # key -> (tokens, updated)
-
-    def allow(self, key, cost: float = 1.0) -> bool:
-        now = self._clock.seconds()
-        tokens, updated = self._buckets.pop(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - updated) * self._rate)
-        if len(self._buckets) >= self._max_keys:
-            # dicts keep insertion order and each key is re-inserted on use: the first is
-            # the one idle longest. Forgetting it only gives it a fresh burst later.
-            del self._buckets[next(iter(self._buckets))]
-        if tokens < cost:
-            self._buckets[key] = (tokens, now)
-            return False
-        self._buckets[key] = (tokens - cost, now)
-        return True
-
-
 @dataclass
 class ResponderCounts:
     """What a responder did since it started; read by the metrics at scrape time."""
@@ -293,8 +268,9 @@ class StunResponder:
                  bytes_per_second: float = BYTES_PER_SECOND_TOTAL):
         self._alternate_port = alternate_port
         self._software = stun.software(software) if software else None
-        self._per_source = TokenBuckets(clock, per_source_rate, per_source_burst)
-        self._budget = TokenBuckets(clock, bytes_per_second, bytes_per_second, max_keys=1)
+        self._per_source = KeyedTokenBuckets(clock, per_source_rate, per_source_burst,
+                                             max_keys=MAX_TRACKED_SOURCES)
+        self._budget = TokenBucket(clock, bytes_per_second, bytes_per_second)
         self.counts = ResponderCounts()
 
     def respond(self, datagram: bytes, source: Address) -> Reply | None:
@@ -310,14 +286,14 @@ class StunResponder:
             # Indications, responses and other methods never get an answer.
             counts.ignored += 1
             return None
-        if not self._per_source.allow(source[0]):
+        if not self._per_source.take(source[0]):
             counts.rate_limited += 1
             return None
         reply = self._answer(request, source, len(datagram))
         if len(reply.datagram) > MAX_AMPLIFICATION * len(datagram):
             counts.too_large += 1
             return None
-        if not self._budget.allow(None, len(reply.datagram)):
+        if not self._budget.take(len(reply.datagram)):
             counts.over_budget += 1
             return None
         counts.answered += 1

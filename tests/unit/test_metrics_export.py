@@ -16,6 +16,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from peerit.daemon.metrics import DaemonCollector
 from peerit.daemon.stats import DaemonStats, candidate_path, traffic_path
+from peerit.daemon.transfer import State
 from peerit.errors import UsageError
 from peerit.metrics.counts import Histogram, LabelledCounter
 from peerit.metrics.endpoint import (
@@ -219,12 +220,14 @@ class DaemonCollectorTests(SynchronousTestCase):
         stats.punches.inc("independent-dependent", "success")
         swarm = SimpleNamespace(peers={1: fake_peer("tcp", "10.0.0.2:1", 500, 50),
                                        2: fake_peer("quic", "198.18.0.9:1", 300, 0)})
-        daemon = SimpleNamespace(
-            stats=stats, transfers={b"x": SimpleNamespace(state="downloading", swarm=swarm)},
-            trackers={1: SimpleNamespace(connected=True), 2: SimpleNamespace(connected=False)},
-            writer=SimpleNamespace(queued_bytes=4096, waits=3),
-            hasher=SimpleNamespace(queued_bytes=0, waits=0))
-        samples = samples_of(DaemonCollector(daemon))
+        transfers = SimpleNamespace(
+            all=lambda: [SimpleNamespace(state=State.DOWNLOADING, swarm=swarm),
+                         SimpleNamespace(state=State.PAUSED, swarm=None)],
+            host=SimpleNamespace(writer=SimpleNamespace(queued_bytes=4096, waits=3),
+                                 hasher=SimpleNamespace(queued_bytes=0, waits=0)))
+        trackers = SimpleNamespace(clients={1: SimpleNamespace(connected=True),
+                                            2: SimpleNamespace(connected=False)})
+        samples = samples_of(DaemonCollector(stats, transfers, trackers))
         self.assertEqual(total(samples, "peerit_daemon_received_bytes_total"), 1800)
         self.assertEqual(total(samples, "peerit_daemon_received_bytes_total", path="relay"),
                          1000)
@@ -237,6 +240,7 @@ class DaemonCollectorTests(SynchronousTestCase):
         self.assertEqual(total(samples, "peerit_daemon_tracker_sessions", state="up"), 1)
         self.assertEqual(total(samples, "peerit_daemon_write_queue_bytes"), 4096)
         self.assertEqual(total(samples, "peerit_daemon_transfers", state="downloading"), 1)
+        self.assertEqual(total(samples, "peerit_daemon_transfers", state="paused"), 1)
         self.assertEqual(total(samples, "peerit_daemon_queue_full_waits_total", queue="write"),
                          3)
 
@@ -250,9 +254,9 @@ class DocumentationTests(SynchronousTestCase):
         families = list(TrackerCollector(tracker, NatCoordinator(tracker, RelayBroker(Clock())),
                                          RelayBroker(Clock()),
                                          stun=lambda: StunResponder(Clock())).collect())
-        daemon = SimpleNamespace(stats=DaemonStats(), transfers={}, trackers={},
-                                 writer=None, hasher=None)
-        families += list(DaemonCollector(daemon).collect())
+        families += list(DaemonCollector(
+            DaemonStats(), SimpleNamespace(all=lambda: [], host=None),
+            SimpleNamespace(clients={})).collect())
         names = {f.name + ("_total" if f.type == "counter" else "") for f in families}
         self.assertGreater(len(names), 30)
         for name in sorted(names):
@@ -264,3 +268,28 @@ class DocumentationTests(SynchronousTestCase):
                    for name in re.findall(r"peerit_[a-z_]+", target["expr"])}
         self.assertGreater(len(queried), 20)
         self.assertEqual(queried - names, set())
+
+
+class DaemonOptionTests(SynchronousTestCase):
+    def daemon(self, *extra):
+        import tempfile
+        from twisted.internet.testing import MemoryReactorClock
+        from peerit.daemon import tap
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        options = tap.Options()
+        options.parseOptions(["--data-dir", directory.name + "/d", *extra])
+        return tap.makeService(options, reactor=MemoryReactorClock())
+
+    def test_metrics_is_one_more_child_on_loopback(self):
+        daemon = self.daemon("--metrics", "tcp:0")
+        self.assertEqual([child.name for child in daemon][-1], "peerit-metrics")
+        self.assertEqual(daemon.getServiceNamed("peerit-metrics").description,
+                         "tcp:0:interface=127.0.0.1")
+        self.assertNotIn("peerit-metrics", [child.name for child in self.daemon()])
+
+    def test_metrics_on_another_interface_is_refused(self):
+        from twisted.python.usage import UsageError as OptionsError
+        for spec in ("tcp:9465:interface=0.0.0.0", "tcp:9465:interface=192.0.2.1", "udp:1"):
+            with self.assertRaises(OptionsError):
+                self.daemon("--metrics", spec)
