@@ -9,11 +9,11 @@ from peerit.control.paths import default_control_path, default_data_dir
 from peerit.daemon.metrics import DaemonCollector
 from peerit.daemon.nat.manager import parse_paths
 from peerit.daemon.service import Daemon
-from peerit.endpoints import DEFAULT_STUN_PORT, parse_udp_endpoint
+from peerit.endpoints import (
+    DEFAULT_STUN_PORT, listen_parts, metrics_description, parse_udp_endpoint)
 from peerit.errors import PeeritError
 from peerit.logs import LOG_FORMATS, log_observer
-from peerit.metrics.endpoint import (
-    MetricsService, endpoint_interface, is_loopback_interface, metrics_endpoint)
+from peerit.metrics.endpoint import MetricsService, is_loopback_interface
 from peerit.metrics.exposition import registry_with
 from peerit.units import parse_size
 
@@ -85,10 +85,10 @@ class Options(usage.Options):
             raise usage.UsageError(f"bad --log-format {self['log-format']!r}: text or json")
         if self["metrics"]:
             try:
-                self["metrics"] = metrics_endpoint(self["metrics"])
+                self["metrics"] = metrics_description(self["metrics"])
             except PeeritError as e:
                 raise usage.UsageError(str(e))
-            if not is_loopback_interface(endpoint_interface(self["metrics"])):
+            if not is_loopback_interface(listen_parts(self["metrics"])[1]):
                 raise usage.UsageError(
                     "--metrics: the daemon serves metrics on a loopback interface only "
                     "(tcp:PORT or tcp:PORT:interface=127.0.0.1)")

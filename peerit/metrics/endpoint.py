@@ -8,7 +8,6 @@ binding to a public interface by mistake does not publish a node's figures.
 """
 
 import ipaddress
-import re
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -22,37 +21,7 @@ from peerit.errors import UsageError
 
 log = Logger(namespace="peerit.metrics")
 
-DEFAULT_INTERFACE = "127.0.0.1"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def metrics_endpoint(spec: str) -> str:
-    """The Twisted endpoint description for ``--metrics``: ``tcp:PORT[:interface=ADDR]``
-    (``interface`` defaults to 127.0.0.1, not Twisted's "all addresses")."""
-    parts = re.split(r"(?<!\\):", spec)
-    if parts[0] != "tcp" or len(parts) < 2:
-        raise UsageError(f"bad --metrics {spec!r}: expected tcp:PORT[:interface=ADDR]")
-    port, interface = None, None
-    for index, part in enumerate(parts[1:]):
-        key, sep, value = part.partition("=")
-        if not sep and index == 0:
-            port = key
-        elif key == "port":
-            port = value
-        elif key == "interface":
-            interface = value
-        else:
-            raise UsageError(f"bad --metrics {spec!r}: unknown part {part!r}")
-    if port is None or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"bad --metrics {spec!r}: expected a port 0-65535")
-    if interface is None:
-        interface = DEFAULT_INTERFACE
-    return f"tcp:{int(port)}:interface={interface}"
-
-
-def endpoint_interface(description: str) -> str:
-    match = re.search(r"(?<!\\):interface=((?:\\:|[^:])*)", description)
-    return match.group(1).replace("\\:", ":") if match else ""
 
 
 def is_loopback_interface(interface: str) -> bool:
@@ -119,7 +88,8 @@ class MetricsSite(Site):
 
 
 class MetricsService(service.Service):
-    """Listens on ``description`` (from :func:`metrics_endpoint`) and serves ``registry``."""
+    """Listens on ``description`` (from :func:`peerit.endpoints.metrics_description`) and
+    serves ``registry``."""
 
     name = "peerit-metrics"
 

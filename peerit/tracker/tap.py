@@ -6,12 +6,13 @@ from twisted.application import service
 from twisted.python import usage
 
 from peerit.endpoints import (
-    DEFAULT_RELAY_PORT, DEFAULT_STUN_PORT, listen_parts, parse_udp_endpoint, tcp_description)
+    DEFAULT_RELAY_PORT, DEFAULT_STUN_PORT, listen_parts, metrics_description,
+    parse_udp_endpoint, tcp_description)
 from peerit.errors import UsageError
 from peerit import units
 from peerit.identity import Identity
 from peerit.logs import LOG_FORMATS, program_service
-from peerit.metrics.endpoint import MetricsService, metrics_endpoint, parse_networks
+from peerit.metrics.endpoint import MetricsService, parse_networks
 from peerit.metrics.exposition import registry_with
 from peerit.tracker.metrics import TrackerCollector
 from peerit.tracker.nat import NatCoordinator, NatLimits
@@ -176,7 +177,7 @@ class Options(usage.Options):
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(f"bad --log-format {self['log-format']!r}: text or json")
         try:
-            self.metrics_endpoint = metrics_endpoint(self["metrics"]) \
+            self.metrics_endpoint = metrics_description(self["metrics"]) \
                 if self["metrics"] else None
             self.metrics_allow = parse_networks(self["metrics-allow"])
         except UsageError as e:

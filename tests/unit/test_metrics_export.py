@@ -17,11 +17,11 @@ from twisted.web.test.requesthelper import DummyRequest
 from peerit.daemon.metrics import DaemonCollector
 from peerit.daemon.stats import DaemonStats, candidate_path, traffic_path
 from peerit.daemon.transfer import State
+from peerit.endpoints import listen_parts, metrics_description
 from peerit.errors import UsageError
 from peerit.metrics.counts import Histogram, LabelledCounter
 from peerit.metrics.endpoint import (
-    MetricsPage, MetricsSite, client_allowed, endpoint_interface, is_loopback_interface,
-    metrics_endpoint, parse_networks)
+    MetricsPage, MetricsSite, client_allowed, is_loopback_interface, parse_networks)
 from peerit.metrics.exposition import counter, registry_with
 from peerit.nat.stun import StunResponder
 from peerit.testing.metrics import total
@@ -74,15 +74,15 @@ class CountsTests(SynchronousTestCase):
 
 class EndpointTests(SynchronousTestCase):
     def test_endpoint_defaults_to_loopback(self):
-        self.assertEqual(metrics_endpoint("tcp:9464"), "tcp:9464:interface=127.0.0.1")
-        self.assertEqual(metrics_endpoint("tcp:port=0:interface=\\:\\:1"),
+        self.assertEqual(metrics_description("tcp:9464"), "tcp:9464:interface=127.0.0.1")
+        self.assertEqual(metrics_description("tcp:port=0:interface=\\:\\:1"),
                          "tcp:0:interface=\\:\\:1")
-        self.assertEqual(endpoint_interface("tcp:0:interface=\\:\\:1"), "::1")
+        self.assertEqual(listen_parts("tcp:0:interface=\\:\\:1"), (0, "::1"))
         self.assertTrue(is_loopback_interface("::1"))
         self.assertFalse(is_loopback_interface("0.0.0.0"))
         for bad in ("udp:9464", "tcp:", "tcp:99999", "tcp:9464:backlog=5", "9464"):
             with self.assertRaises(UsageError):
-                metrics_endpoint(bad)
+                metrics_description(bad)
         with self.assertRaises(UsageError):
             parse_networks(["10.0.0.0/33"])
 
