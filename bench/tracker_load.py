@@ -38,12 +38,16 @@ bounded log, trimmed to its maximum length) and with it. With one tracker proces
 pinned to one CPU and the generator to the other (Redis unpinned); with two, nothing is
 pinned: two workers, Redis and the generator share the two CPUs.
 
+``--metrics`` runs the tracker with ``--metrics tcp:0`` and scrapes it every second from
+another process during the whole run (with two workers, the first
+worker's endpoint the log names) (``bench/bench_metrics.py`` runs both side by side).
+
 ``--logic-only`` measures the session logic alone in this process (``Tracker`` +
 ``MemorySwarmStore``, the same batches, no TLS, no sockets): the floor under a real run.
 
     .venv/bin/python bench/tracker_load.py [--sessions 2000] [--swarms-per-session 50]
         [--pool 10000] [--rates 10000,20000,30000,40000,50000] [--seconds 10] [--runs 3]
-        [--max-peers 50] [--modes memory,redis,redis-2] [--json FILE]
+        [--max-peers 50] [--modes memory,redis,redis-2] [--json FILE] [--metrics]
     .venv/bin/python bench/tracker_load.py --logic-only
 """
 
@@ -71,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import package_versions, proc_cpu_times  # noqa: E402
 from peerit.addresses import TrackerAddress  # noqa: E402
 from peerit.identity import Identity  # noqa: E402
+from peerit.testing.metrics import Scraper, metrics_url  # noqa: E402
 from peerit.testing.processes import environment  # noqa: E402
 from peerit.testing.redis import RedisServer  # noqa: E402
 from peerit.wire import tracker as wire  # noqa: E402
@@ -722,6 +727,9 @@ def main():
     parser.add_argument("--modes", default="memory",
                         help="deployments to load one after the other, comma-separated: "
                              "memory, redis, redis-2 (two workers on one Redis)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="run the tracker with --metrics and scrape it every second "
+                             "(from another process) during the whole run")
     parser.add_argument("--tracker-profile", metavar="PATH",
                         help="run the tracker under cProfile and save its stats to PATH")
     args = parser.parse_args()
@@ -788,10 +796,12 @@ def run_mode(args, mode: str) -> dict:
         "--max-swarms", str(max(args.swarms_per_session, 1)),
         *(["--store", redis.url] if redis is not None else []),
         *(["--workers", str(workers), "--stun", "udp:0:interface=127.0.0.1",
-           "--relay", "tcp:0:interface=127.0.0.1"] if workers > 1 else [])]
+           "--relay", "tcp:0:interface=127.0.0.1"] if workers > 1 else []),
+        *(["--metrics", "tcp:0"] if args.metrics else [])]
     tracker = subprocess.Popen(tracker_cmd, env=environment(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     finished = False
+    scraper = None
     try:
         endpoint = Path(data_dir) / "tracker.endpoint"
         deadline = time.monotonic() + 30
@@ -799,6 +809,10 @@ def run_mode(args, mode: str) -> dict:
             if tracker.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"tracker did not start; see {log_path}")
             time.sleep(0.05)
+        if args.metrics:
+            url = metrics_url(log_path.read_text())
+            scraper = Scraper([url], interval=1.0)
+            print(f"scraping {url} every second", flush=True)
         address = TrackerAddress.parse(endpoint.read_text())
         assert address.host.startswith("127."), "loopback only"
         pids = [tracker.pid] if workers == 1 else [
@@ -814,11 +828,18 @@ def run_mode(args, mode: str) -> dict:
                   + (" (one CPU: tracker and generator share it, figures are not comparable)"
                      if workers == 1 else ""), flush=True)
         result = run(args, pids, address, redis)
+        if scraper is not None:
+            scrapes, failures = scraper.stop()
+            scraper = None
+            print(f"metrics: {scrapes} scrapes, {failures} failed", flush=True)
+            result["scrapes"] = {"done": scrapes, "failed": failures}
         verdict = summary(result, args.rates)
         print_summary(result, verdict)
         finished = True
         return {**result, "summary": verdict}
     finally:
+        if scraper is not None:
+            scraper.stop()
         if tracker.poll() is None:
             os.kill(tracker.pid, signal.SIGTERM)
             try:

@@ -1,8 +1,9 @@
 """Endpoint strings users type (Twisted's ``kind:arg:key=value`` syntax) and peer-it's ports.
 
 One parser per kind of endpoint: :func:`parse_udp_endpoint` for the UDP sockets (STUN, the
-daemon's punching/QUIC socket) and :func:`tcp_description` for TLS-over-TCP listeners, which
-also reads ``ssl:`` as ``tcp:`` under peer-it's own TLS. Both honour Twisted's ``\\:`` escape
+daemon's punching/QUIC socket), :func:`tcp_description` for TLS-over-TCP listeners, which
+also reads ``ssl:`` as ``tcp:`` under peer-it's own TLS, and :func:`metrics_description`
+for the plain-HTTP metrics listener (loopback unless told otherwise). Both honour Twisted's ``\\:`` escape
 of colons inside IPv6 addresses.
 """
 
@@ -14,6 +15,7 @@ DEFAULT_TRACKER_PORT = 59000
 DEFAULT_RELAY_PORT = 59001
 DEFAULT_STUN_PORT = 3478      # RFC 8489
 DEFAULT_STUN_ALT_PORT = 3479  # RFC 5780's second port: the primary + 1
+DEFAULT_METRICS_INTERFACE = "127.0.0.1"
 
 # Keyword arguments of Twisted's ssl: endpoint that peer-it's own TLS layer replaces.
 _SSL_ONLY = ("privatekey", "certkey", "extracertchain", "sslmethod", "dhparameters",
@@ -76,6 +78,30 @@ def tcp_description(description: str, option: str = "--listen") -> str:
                          f"or ssl:PORT[:interface=ADDR]")
     kept = [p for p in parts[1:] if p.split("=", 1)[0].lower() not in _SSL_ONLY]
     return ":".join(["tcp", *kept])
+
+
+def metrics_description(spec: str, option: str = "--metrics") -> str:
+    """``tcp:PORT[:interface=ADDR]`` (or ``tcp:port=PORT...``) as the Twisted description
+    the metrics listener uses; the interface is 127.0.0.1 unless given, not Twisted's "all
+    addresses", so turning metrics on publishes nothing by itself."""
+    kind, sep, rest = spec.partition(":")
+    if kind != "tcp" or not rest:
+        raise UsageError(f"bad {option} {spec!r}: expected tcp:PORT[:interface=ADDR]")
+    port_text, interface = None, DEFAULT_METRICS_INTERFACE
+    for index, part in enumerate(split_unescaped(rest)):
+        key, sep, value = part.partition("=")
+        if not sep and index == 0:
+            port_text = key
+        elif key == "port":
+            port_text = value
+        elif key == "interface" and value:
+            interface = value
+        else:
+            raise UsageError(f"bad {option} {spec!r}: unknown part {part!r}")
+    if port_text is None or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise UsageError(f"bad {option} {spec!r}: expected a port 0-65535")
+    escaped = interface.replace(":", "\\:")
+    return f"tcp:{int(port_text)}:interface={escaped}"
 
 
 def listen_parts(description: str) -> tuple[int, str]:

@@ -19,6 +19,7 @@ from peerit.daemon.connector import Candidate, Race, link_attempt
 from peerit.daemon.node import Node
 from peerit.daemon.peer_session import IPeerRouter
 from peerit.daemon.peerlink import PeerLink
+from peerit.daemon.stats import DaemonStats, candidate_path, traffic_path
 from peerit.endpoints import tcp_description
 
 
@@ -26,8 +27,10 @@ class PeerLinks(service.Service):
     name = "peers"
 
     def __init__(self, reactor, node: Node, router: IPeerRouter, listen: str = "tcp:0",
-                 paths=("tcp", "quic", "relay"), udp_paths: Callable[[], object] = None):
+                 paths=("tcp", "quic", "relay"), udp_paths: Callable[[], object] = None,
+                 stats: DaemonStats | None = None):
         self.reactor = reactor
+        self.stats = stats or DaemonStats()
         self.node = node
         self.router = router
         self.listen_spec = listen
@@ -76,7 +79,22 @@ class PeerLinks(service.Service):
                                 info_hash=info_hash, expected_peer_id=info.peer_id, path=path,
                                 on_ready=on_ready, on_failed=on_failed)
             candidates += nat.candidates(info_hash, info, make_link)
-        return Race(self.reactor, candidates).run()
+        return Race(self.reactor, [self._counted(c) for c in candidates]).run().addCallback(
+            self._connected)
+
+    def _counted(self, candidate: Candidate) -> Candidate:
+        path = candidate_path(candidate.label)
+
+        def start():
+            self.stats.connection_attempts.inc(path)
+            return candidate.start()
+        return Candidate(candidate.label, start)
+
+    def _connected(self, link):
+        path = traffic_path(link)
+        self.stats.connections.inc(path)
+        self.stats.connect_seconds.observe(path, value=link.connect_seconds)
+        return link
 
     def _tcp_attempt(self, info_hash: bytes, peer_id: bytes, host: str, port: int):
         endpoint = tls.TLSClientEndpoint(

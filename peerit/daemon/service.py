@@ -36,10 +36,12 @@ from peerit.daemon.node import Node
 from peerit.daemon.operations import DaemonOperations
 from peerit.control.paths import control_path_of
 from peerit.daemon.peers import PeerLinks
+from peerit.daemon.stats import DaemonStats
 from peerit.daemon.trackers import TrackerSessions, make_tracker_client
 from peerit.daemon.transfers import Transfers
 from peerit.daemon.udp_paths import UdpPaths
 from peerit.errors import PeeritError
+from peerit.logs import LogsToApplication
 
 log = Logger()
 
@@ -91,33 +93,40 @@ class OrderedMultiService(service.MultiService):
                     log.failure("stopping {name} failed", name=child.name)
 
 
-class Daemon(OrderedMultiService):
-    """The daemon's children, composed on ``reactor`` (injectable: a ``Clock`` in tests)."""
+class Daemon(LogsToApplication, OrderedMultiService):
+    """The daemon's children, composed on ``reactor`` (injectable: a ``Clock`` in tests);
+    ``log_observer``, when given, becomes the twistd application's (``--log-format``)."""
 
     def __init__(self, reactor, data_dir: str, control: str, listen: str = "tcp:0",
                  trackers: list[TrackerAddress] = (), advertise: list[str] = (),
                  rng=None, tracker_client_factory=None, max_upload_rate: float = 0,
                  udp: str | None = "udp:0", stun_server=None,
-                 paths=("tcp", "quic", "relay"), quic_datagram_size: int = 1200):
+                 paths=("tcp", "quic", "relay"), quic_datagram_size: int = 1200,
+                 log_observer=None):
         super().__init__(reactor)
+        self.log_observer = log_observer
         # Piece order and probe ports need spread, not secrecy: a fast seeded PRNG (the
         # system one cost a getrandom syscall per pick, visible in the profile).
         rng = rng or random.Random(os.urandom(16))
+        # What the daemon did, counted by the children and read by the metrics child.
+        self.stats = DaemonStats()
         self.node = Node(data_dir, advertise)
         self.events = EventHub(reactor, self._event_snapshot, self._event_moving)
         self.transfers = Transfers(
             reactor, self.node, rng, max_upload_rate=max_upload_rate, events=self.events,
+            stats=self.stats,
             trackers_for=lambda metainfo: self.trackers.trackers_for(metainfo),
             connect_peer=lambda info_hash, info: self.peers.connect_peer(info_hash, info))
         self.peers = PeerLinks(reactor, self.node, self.transfers, listen, paths,
-                               udp_paths=lambda: self.udp)
+                               udp_paths=lambda: self.udp, stats=self.stats)
         self.udp = None  # None: no UDP socket, so no STUN, punching, QUIC or relay
         if udp:
             self.udp = UdpPaths(
                 reactor, self.node, udp=udp, stun_server=stun_server, paths=paths,
                 quic_datagram_size=quic_datagram_size, rng=rng,
                 trackers=lambda: list(self.trackers.clients.values()),
-                swarm_trackers=self._swarm_trackers, inbound_link=self.peers.inbound_link)
+                swarm_trackers=self._swarm_trackers, inbound_link=self.peers.inbound_link,
+                stats=self.stats)
         self.trackers = TrackerSessions(
             reactor, self.node, self.transfers, trackers=trackers, udp=self.udp, rng=rng,
             listen_port=lambda: self.peers.listen_port,

@@ -15,6 +15,7 @@ from peerit.bitfield import Bitfield
 from peerit.daemon.choker import Choker, PeerView
 from peerit.daemon.picker import Picker
 from peerit.daemon.rates import RateMeter
+from peerit.daemon.stats import DaemonStats
 from peerit.daemon.swarmtrace import from_environment as trace_from_environment
 from peerit.errors import MalformedMessage, PeeritError
 from peerit.wire import peer as wire
@@ -81,7 +82,8 @@ class ProtocolViolation(Exception):
 class Swarm:
     def __init__(self, metainfo, store, have: Bitfield, clock, rng, my_peer_id: bytes,
                  verify, on_verified=None, on_complete=None, config: SwarmConfig = None,
-                 on_storage_error=None, write_block=None, trace=None):
+                 on_storage_error=None, write_block=None, trace=None,
+                 stats: DaemonStats | None = None):
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.store = store
@@ -108,6 +110,9 @@ class Swarm:
         self.downloading = not have.complete
         self.hash_failures = 0
         self.corrupt_bytes_discarded = 0
+        self.stats = stats or DaemonStats()  # the daemon's, shared by its swarms
+        self.started_at = clock.seconds()
+        self._got_first_block = False
         self._timers = []
         self.running = False
         # An observer of events for bench/timeline.py (swarmtrace.py), None when off.
@@ -117,6 +122,7 @@ class Swarm:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         self.running = True
+        self.started_at = self.clock.seconds()
 
     def _start_timers(self) -> None:
         """Rechoke and stall checks run only while there are peers: a thousand idle shares
@@ -214,6 +220,7 @@ class Swarm:
         if self.peers.get(peer.peer_id) is not peer:
             return
         del self.peers[peer.peer_id]
+        self.stats.retire(peer.link, peer.download.total, peer.upload.total)
         if self.trace is not None:
             self.trace("detach", peer=peer.short_id)
         self.picker.remove_peer_pieces(peer.pieces)
@@ -387,6 +394,9 @@ class Swarm:
             raise ProtocolViolation(
                 f"block {block.piece}:{block.offset} has {length} bytes, asked {expected[0]}")
         now = self.clock.seconds()
+        if not self._got_first_block:
+            self._got_first_block = True
+            self.stats.first_byte_seconds.observe(now - self.started_at)
         peer.last_block_at = now
         peer.download.add(length)
         self.download.add(length)
@@ -424,6 +434,7 @@ class Swarm:
             self.trace("verified" if digest == self.metainfo.piece_hash(piece)
                        else "hash_failed", piece=piece)
         if digest == self.metainfo.piece_hash(piece):
+            self.stats.pieces_verified += 1
             self.picker.piece_verified(piece)
             self.on_verified(piece)
             for peer in list(self.peers.values()):
@@ -432,6 +443,7 @@ class Swarm:
                 self._completed()
             return
         self.hash_failures += 1
+        self.stats.pieces_failed += 1
         self.corrupt_bytes_discarded += self.metainfo.piece_size(piece)
         log.warn("swarm {swarm}: piece {piece} failed its hash check (from {peers})",
                  swarm=self.info_hash.hex()[:12], piece=piece,

@@ -11,10 +11,15 @@ from twisted.python import usage
 from peerit.addresses import TrackerAddress, parse_host_port
 from peerit.control.paths import default_control_path, default_data_dir
 from peerit.daemon.faces import daemon_faces
+from peerit.daemon.metrics import DaemonCollector
 from peerit.daemon.nat.manager import parse_paths
 from peerit.daemon.service import Daemon
-from peerit.endpoints import DEFAULT_STUN_PORT, parse_udp_endpoint
+from peerit.endpoints import (
+    DEFAULT_STUN_PORT, listen_parts, metrics_description, parse_udp_endpoint)
 from peerit.errors import PeeritError
+from peerit.logs import LOG_FORMATS, log_observer
+from peerit.metrics.endpoint import MetricsService, is_loopback_interface
+from peerit.metrics.exposition import registry_with
 from peerit.units import parse_size
 
 
@@ -53,6 +58,12 @@ class Options(usage.Options):
         ["max-upload-rate", None, "0",
          "Cap on upload bytes per second over all peers, e.g. 5M (5,000,000) or 4Mi "
          "(4 MiB); k, M, G = powers of 1000, Ki, Mi, Gi = of 1024; 0 = no cap [default: 0]"],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at http://127.0.0.1:PORT/metrics: tcp:PORT (loopback "
+         "interfaces only; clients other than loopback are refused) [default: off]"],
+        ["log-format", None, "text",
+         "Log lines as text, or json: one JSON object per line with level, namespace, "
+         "time, message and the event's fields (docs/observability.md)"],
     ] + [row for face in FACES for row in face.optParameters]
     optFlags = [row for face in FACES for row in face.optFlags]
 
@@ -79,6 +90,17 @@ class Options(usage.Options):
         self["advertise"].append(value)
 
     def postOptions(self):
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"bad --log-format {self['log-format']!r}: text or json")
+        if self["metrics"]:
+            try:
+                self["metrics"] = metrics_description(self["metrics"])
+            except PeeritError as e:
+                raise usage.UsageError(str(e))
+            if not is_loopback_interface(listen_parts(self["metrics"])[1]):
+                raise usage.UsageError(
+                    "--metrics: the daemon serves metrics on a loopback interface only "
+                    "(tcp:PORT or tcp:PORT:interface=127.0.0.1)")
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
@@ -106,14 +128,19 @@ class Options(usage.Options):
 
 def makeService(options, reactor=None) -> Daemon:
     """The daemon's child services (see ``peerit.daemon.service``) on ``reactor``, with
-    its faces."""
+    its faces; with ``--metrics``, one more child serving them."""
     if reactor is None:
         from twisted.internet import reactor
     daemon = Daemon(reactor, options["data-dir"], options["control"], options["listen"],
                     options["trackers"], options["advertise"],
                     max_upload_rate=options["max-upload-rate"], udp=options["udp"],
                     stun_server=options["stun-server"], paths=options["paths"],
-                    quic_datagram_size=options["quic-datagram-size"])
+                    quic_datagram_size=options["quic-datagram-size"],
+                    log_observer=log_observer(options))
     for face in FACES:
         face.attach(daemon, options, reactor)
+    if options["metrics"]:
+        collector = DaemonCollector(daemon.stats, daemon.transfers, daemon.trackers)
+        # A face like the page: up before the control socket that tells scripts "ready".
+        daemon.add_face(MetricsService(reactor, options["metrics"], registry_with(collector)))
     return daemon

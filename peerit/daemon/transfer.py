@@ -19,7 +19,7 @@ import enum
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from twisted.internet import defer
@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from peerit.bitfield import Bitfield
 from peerit.daemon.state import SwarmRecord
+from peerit.daemon.stats import DaemonStats
 from peerit.daemon.storage import FileStore
 from peerit.daemon.swarm import Swarm, SwarmConfig
 from peerit.daemon.writer import PieceHashes
@@ -93,6 +94,7 @@ class TransferHost:
     trackers_for: Callable                   # (metainfo) -> [tracker session]
     connect_peer: Callable                   # (info_hash, PeerInfo) -> Deferred[session]
     events: object = None                    # EventHub the transfer publishes changes to
+    stats: DaemonStats = field(default_factory=DaemonStats)  # counters for the metrics
 
 
 def file_stamps(store: FileStore) -> str:
@@ -254,7 +256,8 @@ class Transfer:
             self.metainfo, self.store, self.have, self.clock, self.host.rng,
             self.host.peer_id, verify=self._verify_piece, on_verified=self._piece_verified,
             on_complete=self._completed, config=SwarmConfig(),
-            on_storage_error=self._storage_failed, write_block=self._write_block)
+            on_storage_error=self._storage_failed, write_block=self._write_block,
+            stats=self.host.stats)
         self.swarm.start()
         self._move(State.SEEDING if self.have.complete else State.DOWNLOADING)
         self.error = ""

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from peerit.daemon.node import Node
 from peerit.daemon.peer_session import IPeerRouter
 from peerit.daemon.state import SwarmRecord
+from peerit.daemon.stats import DaemonStats
 from peerit.daemon.transfer import State, Transfer, TransferHost, file_stamps
 from peerit.daemon.writer import BlockWriter
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
@@ -39,9 +40,11 @@ class Transfers(service.Service):
     name = "transfers"
 
     def __init__(self, reactor, node: Node, rng, trackers_for: Callable,
-                 connect_peer: Callable, max_upload_rate: float = 0, events=None):
+                 connect_peer: Callable, max_upload_rate: float = 0, events=None,
+                 stats: DaemonStats | None = None):
         self.reactor = reactor
         self.events = events  # the EventHub transfers publish their changes to
+        self.stats = stats or DaemonStats()
         self.node = node
         self.rng = rng
         self._trackers_for = trackers_for
@@ -73,7 +76,7 @@ class Transfers(service.Service):
             resume=self.node.state, in_thread=self._in_thread, hasher=self._hasher,
             writer=self._writer, call_from_thread=self.reactor.callFromThread,
             trackers_for=self._trackers_for, connect_peer=self._connect_peer,
-            events=self.events)
+            events=self.events, stats=self.stats)
         self._restore()
         self._sync_call = self.reactor.callLater(SYNC_INTERVAL, self._sync)
 

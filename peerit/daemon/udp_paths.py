@@ -12,6 +12,7 @@ from twisted.internet import defer
 
 from peerit.errors import PeeritError
 from peerit.daemon.nat.manager import NatManager
+from peerit.daemon.stats import DaemonStats, nat_pair
 from peerit.nat.quic import QuicSettings
 
 
@@ -25,8 +26,10 @@ class UdpPaths(service.Service):
     def __init__(self, reactor, node, *, udp: str, trackers: Callable[[], Iterable],
                  swarm_trackers: Callable[[bytes], Iterable],
                  inbound_link: Callable[[str], object], stun_server=None,
-                 paths=("tcp", "quic", "relay"), quic_datagram_size: int = 1200, rng=None):
+                 paths=("tcp", "quic", "relay"), quic_datagram_size: int = 1200, rng=None,
+                 stats: DaemonStats | None = None):
         self.reactor = reactor
+        self.stats = stats or DaemonStats()
         self.node = node
         self.udp_spec = udp
         self._trackers = trackers
@@ -46,8 +49,11 @@ class UdpPaths(service.Service):
             udp=self.udp_spec, stun_server=self.stun_server,
             local_hosts=self.node.addresses,
             quic_settings=QuicSettings(max_datagram_size=self.quic_datagram_size),
-            paths=self.paths, rng=self.rng)
+            paths=self.paths, rng=self.rng, on_punch_outcome=self._punch_outcome)
         self.nat.start()
+
+    def _punch_outcome(self, mine: str, theirs: str, succeeded: bool) -> None:
+        self.stats.punches.inc(nat_pair(mine, theirs), "success" if succeeded else "failure")
 
     def stopService(self):
         super().stopService()

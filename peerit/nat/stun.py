@@ -5,15 +5,23 @@ fed every STUN datagram the socket receives. It retransmits the RFC way (an init
 doubling on each retry) but within a short bound, since netcheck and the keep-alive would
 rather report "no answer" after 3 s than wait the RFC's 39.5 s.
 
-:class:`StunResponder` answers Binding requests for the tracker. STUN over UDP is an
-amplification risk (a spoofed 20-byte request would get a 52-byte answer sent to the victim),
-so the responder never sends a reply larger than the request that caused it: unpadded short
-requests get nothing, and our :class:`StunClient` pads every request to ``REQUEST_SIZE``
-bytes with an RFC 5780 PADDING attribute (as QUIC pads its Initial packets). It also answers
-only well-formed Binding requests, keeps its answers to the attributes a client needs
-(XOR-MAPPED-ADDRESS, SOFTWARE, FINGERPRINT), limits replies per source address (a burst of
-20, then 10/s) and in total (5000/s), and reflects nothing the request carried except the
-transaction id (and up to four unknown attribute types in a 420).
+:class:`StunResponder` answers Binding requests for the tracker, from any standard client
+(browsers' ICE, libnice, coturn, pystun): a bare 20-byte request gets an answer. STUN over UDP
+is an amplification risk (a spoofed request makes us send to a victim), so the responder keeps
+every answer small and the traffic it can cause bounded:
+
+- the answer carries only what the client needs: XOR-MAPPED-ADDRESS; FINGERPRINT when the
+  request had one; SOFTWARE only when the answer with it is no larger than the request (our
+  own padded requests get it). The largest answer to any request is 68 bytes, and no answer is
+  more than ``MAX_AMPLIFICATION`` (2.4) times its request: the worst case is a 24-byte request
+  with one unknown comprehension-required attribute, whose 420 answer is 56 bytes (7/3);
+- each source address gets a burst of 20 answers, then 10 per second (a victim whose address
+  is spoofed receives at most that, about 680 bytes/s);
+- all answers together spend a budget of bytes per second (``--stun-budget``, 1 MB/s by
+  default), however many source addresses an attacker spoofs.
+
+It answers only well-formed Binding requests and reflects nothing the request carried except
+the transaction id (and up to four unknown attribute types in a 420).
 """
 
 import os
@@ -25,7 +33,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from peerit.errors import MalformedMessage, PeeritError, TimedOut
-from peerit.ratelimit import KeyedTokenBuckets
+from peerit.ratelimit import KeyedTokenBuckets, TokenBucket
 from peerit.wire import stun
 
 Address = tuple[str, int]
@@ -58,7 +66,8 @@ class BindingResult:
 
 
 # Requests from our client are padded to this many bytes, more than any answer of ours
-# (IPv6 XOR-MAPPED-ADDRESS + SOFTWARE + FINGERPRINT, or an error with its reason).
+# (IPv6 XOR-MAPPED-ADDRESS + SOFTWARE + FINGERPRINT, or an error with its reason): trackers
+# older than the rate-limited responder answered only requests at least as long as the answer.
 REQUEST_SIZE = 100
 
 
@@ -214,14 +223,31 @@ def _optional_address(message: stun.StunMessage, attribute_type: int) -> Address
 KNOWN_REQUEST_ATTRIBUTES = frozenset({stun.CHANGE_REQUEST, stun.PADDING})
 REPLIES_PER_SECOND_PER_SOURCE = 10.0
 BURST_PER_SOURCE = 20.0
-REPLIES_PER_SECOND_TOTAL = 5000.0
+BYTES_PER_SECOND_TOTAL = 1_000_000.0
 MAX_TRACKED_SOURCES = 65536
+# Enforced on every answer; the worst answer the rules above can produce is 56/24 = 2.33.
+MAX_AMPLIFICATION = 2.4
+_BINDING_ERROR_BYTES = stun.BINDING_ERROR.to_bytes(2, "big")
 
 
 @dataclass(frozen=True)
 class Reply:
     datagram: bytes
     from_alternate_port: bool = False  # send it from the other port (CHANGE-REQUEST port)
+
+
+@dataclass
+class ResponderCounts:
+    """What a responder did since it started; read by the metrics at scrape time."""
+    received: int = 0  # datagrams handed to respond()
+    received_bytes: int = 0
+    answered: int = 0  # success and error responses sent
+    errors: int = 0  # of which error responses (400, 420)
+    sent_bytes: int = 0
+    ignored: int = 0  # anything that is not a well-formed Binding request
+    rate_limited: int = 0  # well-formed requests over their source address's rate
+    over_budget: int = 0  # answers dropped because the global byte budget was spent
+    too_large: int = 0  # answers over MAX_AMPLIFICATION times the request (never expected)
 
 
 class StunResponder:
@@ -239,62 +265,72 @@ class StunResponder:
                  software: str | None = SOFTWARE_NAME,
                  per_source_rate: float = REPLIES_PER_SECOND_PER_SOURCE,
                  per_source_burst: float = BURST_PER_SOURCE,
-                 total_rate: float = REPLIES_PER_SECOND_TOTAL):
+                 bytes_per_second: float = BYTES_PER_SECOND_TOTAL):
         self._alternate_port = alternate_port
         self._software = stun.software(software) if software else None
         self._per_source = KeyedTokenBuckets(clock, per_source_rate, per_source_burst,
                                              max_keys=MAX_TRACKED_SOURCES)
-        self._total = KeyedTokenBuckets(clock, total_rate, total_rate, max_keys=1)
-        self.answered = 0
-        self.refused = 0  # well-formed requests over the rate limit
-        self.ignored = 0  # anything that is not a well-formed Binding request
-        self.too_short = 0  # requests shorter than their answer (unpadded): not answered
+        self._budget = TokenBucket(clock, bytes_per_second, bytes_per_second)
+        self.counts = ResponderCounts()
 
     def respond(self, datagram: bytes, source: Address) -> Reply | None:
+        counts = self.counts
+        counts.received += 1
+        counts.received_bytes += len(datagram)
         try:
             request = stun.parse(datagram)
         except MalformedMessage:
-            self.ignored += 1
+            counts.ignored += 1
             return None
         if request.type != stun.BINDING_REQUEST:
             # Indications, responses and other methods never get an answer.
-            self.ignored += 1
+            counts.ignored += 1
             return None
-        if not (self._per_source.allow(source[0]) and self._total.allow(None)):
-            self.refused += 1
+        if not self._per_source.take(source[0]):
+            counts.rate_limited += 1
             return None
-        self.answered += 1
+        reply = self._answer(request, source, len(datagram))
+        if len(reply.datagram) > MAX_AMPLIFICATION * len(datagram):
+            counts.too_large += 1
+            return None
+        if not self._budget.take(len(reply.datagram)):
+            counts.over_budget += 1
+            return None
+        counts.answered += 1
+        counts.sent_bytes += len(reply.datagram)
+        if reply.datagram[:2] == _BINDING_ERROR_BYTES:
+            counts.errors += 1
+        return reply
+
+    def _answer(self, request: stun.StunMessage, source: Address, request_size: int) -> Reply:
+        fingerprint = request.attributes[-1:] != () \
+            and request.attributes[-1].type == stun.FINGERPRINT
         unknown = request.unknown_required(KNOWN_REQUEST_ATTRIBUTES)
         if unknown:
-            return self._bounded(self._error(request, 420, "Unknown Attribute", unknown),
-                                 datagram)
+            return Reply(self._error(request, 420, "Unknown Attribute", fingerprint, unknown))
         try:
             change_ip, change_port = stun.read_change_request(request)
         except MalformedMessage:
-            return self._bounded(self._error(request, 400, "Bad Request"), datagram)
+            return Reply(self._error(request, 400, "Bad Request", fingerprint))
         if change_ip or (change_port and not self._alternate_port):
-            return self._bounded(self._error(request, 420, "Unknown Attribute",
-                                             (stun.CHANGE_REQUEST,)), datagram)
-        attributes = [stun.xor_mapped_address(source, request.transaction_id)]
-        if self._software:
-            attributes.append(self._software)
-        response = stun.StunMessage(stun.BINDING_SUCCESS, request.transaction_id,
-                                    tuple(attributes))
-        return self._bounded(stun.build(response), datagram, change_port)
+            return Reply(self._error(request, 420, "Unknown Attribute", fingerprint,
+                                     (stun.CHANGE_REQUEST,)))
+        attributes = (stun.xor_mapped_address(source, request.transaction_id),)
+        response = stun.build(stun.StunMessage(stun.BINDING_SUCCESS, request.transaction_id,
+                                               attributes), fingerprint=fingerprint)
+        if self._software and len(response) + 4 + len(self._software.value) \
+                + -len(self._software.value) % 4 <= request_size:
+            # Optional, so only where it costs no amplification (our padded requests).
+            response = stun.build(stun.StunMessage(
+                stun.BINDING_SUCCESS, request.transaction_id,
+                attributes + (self._software,)), fingerprint=fingerprint)
+        return Reply(response, from_alternate_port=change_port)
 
-    def _bounded(self, reply: bytes, request: bytes, from_alternate_port: bool = False):
-        """No reply larger than its request: a spoofed source gains nothing by using us as
-        an amplifier. Our clients pad their requests (RFC 5780 PADDING) to REQUEST_SIZE."""
-        if len(reply) > len(request):
-            self.too_short += 1
-            return None
-        return Reply(reply, from_alternate_port=from_alternate_port)
-
-    def _error(self, request: stun.StunMessage, code: int, reason: str,
+    def _error(self, request: stun.StunMessage, code: int, reason: str, fingerprint: bool,
                unknown: tuple[int, ...] = ()) -> bytes:
         attributes = [stun.error_code(code, reason)]
         if unknown:
             # A request could list many unknown types; four say enough and bound the reply.
             attributes.append(stun.unknown_attributes(unknown[:4]))
         return stun.build(stun.StunMessage(stun.BINDING_ERROR, request.transaction_id,
-                                           tuple(attributes)))
+                                           tuple(attributes)), fingerprint=fingerprint)

@@ -30,6 +30,7 @@ from peerit.identity import format_fingerprint
 from peerit.tracker.relay import RelayBroker, RelayRefused
 from peerit.tracker.session import ACTIVE, Tracker, TrackerSession
 from peerit.tracker.signals import PUNCH, RELAY, Delivery
+from peerit.tracker.stats import nat_pair
 from peerit.wire import tracker as wire
 
 log = Logger(namespace="peerit.tracker.nat")
@@ -162,6 +163,7 @@ class NatCoordinator:
         session.send(wire.Punch(attempt_id, nonce, request.info_hash, target.peer_id, True,
                                 theirs, mapping_of(target)))
         self.punches += 1
+        self.tracker.stats.punches.inc(nat_pair(mapping_of(session), mapping_of(target)))
         log.debug("punch {attempt} {a} -> {b}", attempt=attempt_id.hex()[:8],
                   a=_who(session), b=_who(target))
 

@@ -622,6 +622,11 @@ class RedisSwarmStore:
     def stats(self) -> dict:
         return {**self.view.stats(), "owned": len(self._owned), "redis": self.ready}
 
+    def census(self, size_bounds: tuple[int, ...]) -> dict:
+        """The whole table's figures (the view holds every process's entries): every worker
+        reports the same, hence ``max`` across workers in docs/observability.md."""
+        return self.view.census(size_bounds)
+
 
 class RedisStoreService(service.Service):
     """Runs a :class:`RedisSwarmStore` for ``tracker`` (hooks set, started, stopped)."""

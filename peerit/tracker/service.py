@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from peerit.addresses import TrackerAddress
 from peerit.endpoints import parse_udp_endpoint, tcp_description
 from peerit.identity import Identity
+from peerit.nat.stun import BYTES_PER_SECOND_TOTAL, StunResponder
 from peerit.tracker.protocol import tls_factory
 from peerit.tracker.relay import RelayBroker, RelayFactory
 from peerit.tracker.session import Tracker
@@ -181,7 +182,8 @@ class NatPortsService(service.Service):
 
     def __init__(self, reactor, tracker: Tracker, stun: str | None,
                  stun_alt_port: int | None, relay: str | None,
-                 broker: RelayBroker | None, listen_udp=None):
+                 broker: RelayBroker | None, listen_udp=None,
+                 stun_budget: float = BYTES_PER_SECOND_TOTAL):
         self.reactor = reactor
         # listen_udp(reactor, port, protocol, interface) -> port (workers share theirs)
         self._listen_udp = listen_udp or (
@@ -192,6 +194,8 @@ class NatPortsService(service.Service):
         self.stun_alt_port = stun_alt_port
         self.relay = relay
         self.broker = broker
+        self.stun_budget = stun_budget
+        self.stun_responder: StunResponder | None = None  # once bound; metrics read its counts
         self.ports = []
         self.stun_ports: tuple[int, int] = (0, 0)
         self.relay_port = 0
@@ -214,7 +218,8 @@ class NatPortsService(service.Service):
             if self.stun:
                 port, interface = parse_udp_endpoint(self.stun, "STUN endpoint")
                 alternate = self.stun_alt_port != 0
-                protocols = stun_protocols(self.reactor, alternate)
+                protocols = stun_protocols(self.reactor, alternate, self.stun_budget)
+                self.stun_responder = protocols[0].responder
                 primary = self._listen_udp(self.reactor, port, protocols[0], interface)
                 self.ports.append(primary)
                 alt_port = 0

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from peerit.errors import MalformedMessage, FrameTooLarge
 from peerit.identity import format_fingerprint
 from peerit.ratelimit import TokenBucket
+from peerit.tracker.stats import REFUSAL_CLOSES, TrackerStats
 from peerit.tracker.store import Contact, ISwarmStore
 from peerit.wire import tracker as wire
 from peerit.wire.framing import FrameDecoder, frame, frame_header
@@ -134,6 +135,7 @@ class Tracker:
         self._per_address: dict[str, int] = {}
         self._open = 0
         self.requests_handled = 0
+        self.stats = TrackerStats()
         self.register_handler(wire.Announce, _on_announce)
         self.register_handler(wire.PeerListRequest, _on_peer_list_request)
         self.register_handler(wire.KeepAlive, _on_keepalive)
@@ -160,20 +162,28 @@ class Tracker:
         if self._open >= self.limits.max_sessions:
             log.warn("refused connection from {source}: {count} sessions open (limit)",
                      source=source_host, count=self._open)
+            self.stats.refusals.inc("max_sessions")
             return None
         count = self._per_address.get(source_host, 0)
         if count >= self.limits.max_sessions_per_address:
             log.warn("refused connection from {source}: {count} sessions from that address "
                      "(limit)", source=source_host, count=count)
+            self.stats.refusals.inc("max_sessions_per_address")
             return None
         self._per_address[source_host] = count + 1
         self._open += 1
+        self.stats.sessions_opened += 1
         return TrackerSession(self, link, source_host, source_port)
 
     @property
     def session_count(self) -> int:
         """Connections open, in any state."""
         return self._open
+
+    @property
+    def active_count(self) -> int:
+        """Sessions past Hello."""
+        return len(self._sessions)
 
     def session_of(self, peer_id: bytes) -> "TrackerSession | None":
         return self._sessions.get(peer_id)
@@ -256,6 +266,7 @@ class TrackerSession:
         self._last_heard = now
         self._requests = TokenBucket(self._clock, limits.request_rate, limits.request_burst)
         self._refusals = 0
+        self._refused = 0  # requests answered with an Error (refuse), for the result label
         self._paused_since: float | None = None
         self._timer = self._clock.callLater(limits.handshake_timeout, self._handshake_expired)
 
@@ -297,6 +308,13 @@ class TrackerSession:
     def connection_lost(self) -> None:
         if self.state == CLOSED:
             return
+        stats = self.tracker.stats
+        if self.state == HANDSHAKING:
+            # Gone before TLS proved a key: a failed handshake (or a port scan).
+            stats.refusals.inc("tls_failed")
+            stats.sessions_closed.inc("tls_failed")
+        else:
+            stats.sessions_closed.inc("disconnected")
         if self.state == ACTIVE:
             log.info("tracker session {peer} from {source} ended",
                      peer=self._who(), source=self.source_host)
@@ -344,6 +362,10 @@ class TrackerSession:
         log.warn("tracker session {peer} from {source}:{port} closed: {code}: {reason}",
                  peer=self._who(), source=self.source_host, port=self.source_port,
                  code=code, reason=reason)
+        stats = self.tracker.stats
+        stats.sessions_closed.inc(code)
+        if code in REFUSAL_CLOSES:
+            stats.refusals.inc(code)
         if self.state != HANDSHAKING:
             self._write_error(code, reason, refused_opcode, info_hash)
         self._finish()
@@ -351,6 +373,8 @@ class TrackerSession:
 
     def refuse(self, request, code: str, reason: str) -> None:
         """Answer one request with an Error; the session stays open."""
+        self.tracker.stats.refusals.inc(code)
+        self._refused += 1
         self._write_error(code, reason, wire.messages.opcode_of(type(request)),
                           getattr(request, "info_hash", wire.NO_INFO_HASH))
 
@@ -386,7 +410,9 @@ class TrackerSession:
             else:
                 self.fail("unknown_message", f"no handler for {type(message).__name__}")
             return
+        kind = self.tracker.stats.kind(type(message))
         if type(message) is not wire.KeepAlive and not self._take_token():
+            kind.rate_limited += 1
             self._refusals += 1
             if self._refusals > self._limits.request_burst:
                 self.fail("rate_limited", "kept sending over the request rate")
@@ -396,10 +422,19 @@ class TrackerSession:
             return
         self._refusals = 0
         self.tracker.requests_handled += 1
+        refused = self._refused
         try:
             handler(self, message)
         except SessionClosed as e:
+            kind.closed += 1
             self.fail(e.code, e.reason)
+            return
+        if self._refused == refused:
+            kind.ok += 1
+        else:
+            kind.refused += 1
+        # From the read that brought the request to the end of its handling.
+        kind.seconds.observe(self._clock.seconds() - self._last_heard)
 
     def _take_token(self) -> bool:
         # The instant these frames were received (set by data_received): one clock read per

@@ -13,6 +13,7 @@ O(sample), not O(swarm).
 """
 
 import random
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from zope.interface import Interface, implementer
@@ -82,6 +83,11 @@ class ISwarmStore(Interface):
 
     def stats() -> dict:
         """Counts for logs and benchmarks: peers, swarms, entries."""
+
+    def census(size_bounds: tuple[int, ...]) -> dict:
+        """For metrics, at scrape time: ``seeders`` and ``leechers`` over all swarms, and
+        ``sizes``, how many swarms have at most each bound of members (cumulative, a last
+        count for all swarms)."""
 
 
 class _IndexedSet:
@@ -314,3 +320,17 @@ class MemorySwarmStore:
     def stats(self) -> dict:
         return {"peers": len(self._peers), "swarms": len(self._swarms),
                 "entries": self._entries}
+
+    def census(self, size_bounds: tuple[int, ...]) -> dict:
+        seeders = leechers = 0
+        per_bound = [0] * (len(size_bounds) + 1)
+        for swarm in self._swarms.values():
+            s, n = len(swarm.seeders), len(swarm.leechers)
+            seeders += s
+            leechers += n
+            per_bound[bisect_left(size_bounds, s + n)] += 1
+        sizes, running = [], 0
+        for count in per_bound:
+            running += count
+            sizes.append(running)
+        return {"seeders": seeders, "leechers": leechers, "sizes": sizes}

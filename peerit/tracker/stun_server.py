@@ -19,7 +19,7 @@ from twisted.python import usage
 
 from peerit.endpoints import DEFAULT_STUN_ALT_PORT, DEFAULT_STUN_PORT, parse_udp_endpoint
 from peerit.errors import UsageError
-from peerit.nat.stun import StunResponder
+from peerit.nat.stun import BYTES_PER_SECOND_TOTAL, StunResponder
 
 
 
@@ -51,10 +51,12 @@ class StunServerProtocol(DatagramProtocol):
             self.log.debug("STUN reply to {addr} failed: {error}", addr=addr, error=e)
 
 
-def stun_protocols(clock: IReactorTime, with_alternate: bool) -> list[StunServerProtocol]:
+def stun_protocols(clock: IReactorTime, with_alternate: bool,
+                   bytes_per_second: float = BYTES_PER_SECOND_TOTAL) -> list[StunServerProtocol]:
     """The primary port's protocol and, when asked, the alternate's, sharing one responder
-    (so one rate limit covers both ports)."""
-    responder = StunResponder(clock, alternate_port=with_alternate)
+    (so one rate limit and one byte budget cover both ports)."""
+    responder = StunResponder(clock, alternate_port=with_alternate,
+                              bytes_per_second=bytes_per_second)
     primary = StunServerProtocol(responder)
     if not with_alternate:
         return [primary]
@@ -64,13 +66,14 @@ def stun_protocols(clock: IReactorTime, with_alternate: bool) -> list[StunServer
 
 
 def stun_services(endpoint_spec_primary: str, secondary_port: int | None,
-                  clock: IReactorTime | None = None) -> list[service.IService]:
+                  clock: IReactorTime | None = None,
+                  bytes_per_second: float = BYTES_PER_SECOND_TOTAL) -> list[service.IService]:
     """UDP services for the tracker: the primary endpoint and, unless ``secondary_port`` is
     None or 0, the same interface on ``secondary_port``."""
     if clock is None:
         from twisted.internet import reactor as clock
     port, interface = parse_udp_endpoint(endpoint_spec_primary, "STUN endpoint")
-    protocols = stun_protocols(clock, bool(secondary_port))
+    protocols = stun_protocols(clock, bool(secondary_port), bytes_per_second)
     services = [internet.UDPServer(port, protocols[0], interface=interface)]
     if secondary_port:
         if secondary_port == port:
@@ -84,6 +87,8 @@ class Options(usage.Options):
         ["stun", None, f"udp:{DEFAULT_STUN_PORT}", "UDP endpoint answering STUN Binding requests"],
         ["stun-alt-port", None, str(DEFAULT_STUN_ALT_PORT),
          "second port on the same address (0 for none), for NAT behaviour tests"],
+        ["stun-budget", None, str(int(BYTES_PER_SECOND_TOTAL)),
+         "bytes per second all STUN answers may take together"],
     ]
 
 
@@ -95,7 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         options.parseOptions(argv if argv is not None else sys.argv[1:])
         top = service.MultiService()
-        for child in stun_services(options["stun"], int(options["stun-alt-port"]), reactor):
+        budget = float(options["stun-budget"])
+        if not budget > 0:
+            raise ValueError("--stun-budget must be positive")
+        for child in stun_services(options["stun"], int(options["stun-alt-port"]), reactor,
+                                   budget):
             child.setServiceParent(top)
     except (usage.UsageError, UsageError, ValueError) as e:
         sys.exit(f"stun_server: {e}")

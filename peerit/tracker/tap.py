@@ -7,10 +7,15 @@ from twisted.application import service
 from twisted.python import usage
 
 from peerit.endpoints import (
-    DEFAULT_RELAY_PORT, DEFAULT_STUN_PORT, listen_parts, parse_udp_endpoint, tcp_description)
+    DEFAULT_RELAY_PORT, DEFAULT_STUN_PORT, listen_parts, metrics_description,
+    parse_udp_endpoint, tcp_description)
 from peerit.errors import UsageError
 from peerit import units
 from peerit.identity import Identity
+from peerit.logs import LOG_FORMATS, program_service
+from peerit.metrics.endpoint import MetricsService, parse_networks
+from peerit.metrics.exposition import registry_with
+from peerit.tracker.metrics import TrackerCollector
 from peerit.tracker.nat import NatCoordinator, NatLimits
 from peerit.tracker.redis_store import RedisStoreService, RedisSwarmStore, new_owner
 from peerit.tracker.relay import RelayBroker, RelayLimits
@@ -103,12 +108,13 @@ def read_password_file(path: str) -> bytes:
     return password
 
 
-def worker_relay(relay: str | None, index: int) -> str | None:
-    """Worker ``index``'s relay: the given port + index (each worker runs its own relay,
-    since a token is redeemed where it was issued), or a free port for port 0."""
-    if relay is None:
+def worker_endpoint(description: str | None, index: int) -> str | None:
+    """Worker ``index``'s own TCP endpoint: the given port + index, or a free port for port 0.
+    Each worker runs its own relay (a token is redeemed where it was issued) and serves its
+    own metrics (each worker is one Prometheus target: nothing counted twice)."""
+    if description is None:
         return None
-    port, interface = listen_parts(relay)
+    port, interface = listen_parts(description)
     escaped = interface.replace(":", "\\:")
     return f"tcp:{port + index if port else 0}" + (f":interface={escaped}" if interface else "")
 
@@ -157,6 +163,9 @@ class Options(usage.Options):
         ["stun-alt-port", None, "auto",
          "Second STUN port on the same address (NAT behaviour tests), 0 for none. auto: the "
          "STUN port + 1 (a free port with udp:0)."],
+        ["stun-budget", None, "1M",
+         "Bytes per second all STUN answers may take together (k, M, Ki, Mi...): bounds "
+         "what spoofed requests can make the tracker send, however many sources they use."],
         ["relay", None, "auto",
          "TCP endpoint of the relay (tcp:PORT[:interface=ADDR]), or none. auto: port "
          f"{DEFAULT_RELAY_PORT} on the --listen interface (a free port with tcp:0)."],
@@ -185,12 +194,36 @@ class Options(usage.Options):
          "redis://...", _positive_int],
         ["worker", None, None,
          "Run as worker I of a --workers parent (set by the parent, not by hand).", int],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR] "
+         "(interface 127.0.0.1 unless given) [default: off]. Only loopback clients are "
+         "served unless --metrics-allow names others."],
+        ["log-format", None, "text",
+         "Log lines as text, or json: one JSON object per line with level, namespace, "
+         "time, message and the event's fields (docs/observability.md)."],
     ]
+
+    def __init__(self):
+        super().__init__()
+        self["metrics-allow"] = []
+
+    def opt_metrics_allow(self, value):
+        """Address or network (10.0.0.0/24) besides loopback allowed to read --metrics
+        (repeatable), e.g. the Prometheus server's."""
+        self["metrics-allow"].append(value)
 
     def postOptions(self):
         try:
             tcp_description(self["listen"])
         except Exception as e:
+            raise usage.UsageError(str(e)) from None
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"bad --log-format {self['log-format']!r}: text or json")
+        try:
+            self.metrics_endpoint = metrics_description(self["metrics"]) \
+                if self["metrics"] else None
+            self.metrics_allow = parse_networks(self["metrics-allow"])
+        except UsageError as e:
             raise usage.UsageError(str(e)) from None
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
@@ -216,6 +249,7 @@ class Options(usage.Options):
                 rate=parse_rate(self["relay-rate"]), max_sessions=self["relay-sessions"],
                 per_peer=self["relay-per-peer"], idle_timeout=self["relay-idle-timeout"])
             self.nat_limits = NatLimits(max_attempts=self["nat-attempts"])
+            self.stun_budget = parse_rate(self["stun-budget"])
         except (ValueError, UsageError) as e:
             raise usage.UsageError(str(e)) from None
         self.redis_url = self.redis_password = None
@@ -244,7 +278,7 @@ def makeService(options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     identity = Identity.load_or_create(options["data-dir"], common_name="peer-it tracker")
-    top = service.MultiService()
+    top = program_service(options)
     if options.redis_url is not None:
         _check_redis(options)
     stun, stun_alt_port, relay = options.nat_endpoints
@@ -255,8 +289,9 @@ def makeService(options, reactor=None) -> service.MultiService:
             stun_ports = (interface, stun_port, stun_alt_port)
         WorkerPool(reactor, options["workers"], options.listen_host, options.listen_port,
                    stun_ports,
-                   lambda index, port, stun: worker_argv(options, index, port, stun,
-                                                         worker_relay(relay, index)),
+                   lambda index, port, stun: worker_argv(
+                       options, index, port, stun, worker_endpoint(relay, index),
+                       worker_endpoint(options.metrics_endpoint, index)),
                    options["data-dir"], identity).setServiceParent(top)
         return top
     worker = options["worker"]
@@ -273,14 +308,21 @@ def makeService(options, reactor=None) -> service.MultiService:
     else:
         tracker = Tracker(reactor, MemorySwarmStore(), options.limits)
     broker = RelayBroker(reactor, options.relay_limits) if relay else None
-    NatCoordinator(tracker, broker, options.nat_limits, remote=remote)
+    coordinator = NatCoordinator(tracker, broker, options.nat_limits, remote=remote)
     shared = worker is not None
     if shared:
         ParentWatch(reactor).setServiceParent(top)
     # Before the tracker's port: its ports are bound (and tracker.stun_info set) before the
     # tracker says it is ready, so the first session already learns them.
-    NatPortsService(reactor, tracker, stun, stun_alt_port, relay, broker,
-                    listen_udp=listen_udp_shared if shared else None).setServiceParent(top)
+    nat_ports = NatPortsService(reactor, tracker, stun, stun_alt_port, relay, broker,
+                                listen_udp=listen_udp_shared if shared else None,
+                                stun_budget=options.stun_budget)
+    nat_ports.setServiceParent(top)
+    if options.metrics_endpoint is not None:
+        collector = TrackerCollector(tracker, coordinator, broker,
+                                     stun=lambda: nat_ports.stun_responder)
+        MetricsService(reactor, options.metrics_endpoint, registry_with(collector),
+                       options.metrics_allow).setServiceParent(top)
     TrackerService(reactor, tracker, identity, options["listen"], options["data-dir"],
                    other_connections=options.relay_limits.connection_cap if relay else 0,
                    listen=_shared_listener(options) if shared else None,

@@ -286,9 +286,10 @@ class ParentWatch(service.Service):
             self._loop.stop()
 
 
-def worker_argv(options, index: int, port: int, stun, relay: str | None) -> list[str]:
+def worker_argv(options, index: int, port: int, stun, relay: str | None,
+                metrics: str | None = None) -> list[str]:
     """``twistd peerit-tracker`` with the parent's options, as worker ``index``."""
-    overridden = {"listen", "stun", "stun-alt-port", "relay", "workers", "worker"}
+    overridden = {"listen", "stun", "stun-alt-port", "relay", "workers", "worker", "metrics"}
     args = []
     for name, *_ in options.optParameters:
         value = options[name]
@@ -305,6 +306,9 @@ def worker_argv(options, index: int, port: int, stun, relay: str | None) -> list
         suffix = f":interface={interface.replace(':', chr(92) + ':')}" if interface else ""
         args += [f"--stun=udp:{stun_port}{suffix}", f"--stun-alt-port={alt_port}"]
     args.append(f"--relay={relay or 'none'}")
+    if metrics is not None:
+        args.append(f"--metrics={metrics}")
+        args += [f"--metrics-allow={network}" for network in options["metrics-allow"]]
     args.append(f"--worker={index}")
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "--nodaemon", "--pidfile=", "--logfile=-", "peerit-tracker", *args]

@@ -79,6 +79,14 @@ def test_coturn_answers_our_client_with_the_router_address(lab):
         assert mapped.split(":")[0] == ROUTER_PUBLIC["r1"], result.stdout
 
 
+def test_turnutils_stunclient_gets_the_router_address_from_our_responder(lab):
+    """Interop the other way: coturn's client (bare 20-byte Binding requests) behind the NAT
+    gets an answer from our STUN responder, with r1's public address."""
+    result = lab.exec("a1", ["turnutils_stunclient", "-p", str(STUN_PORT), TRACKER_IP],
+                      timeout=30)
+    assert f"UDP reflexive addr: {ROUTER_PUBLIC['r1']}:" in result.stdout, result.stdout
+
+
 def test_filtering_is_what_the_type_claims(lab):
     """Datagrams from four public endpoints to the mapped port: only the expected ones pass."""
     listener = lab.python(

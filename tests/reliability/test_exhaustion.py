@@ -23,6 +23,7 @@ from test_tracker_loss import peers_in_table
 from fuzzing import SEEDS, Mutator
 from peerit.addresses import TrackerAddress
 from peerit.identity import Identity
+from peerit.nat.stun import MAX_AMPLIFICATION
 from peerit.testing.badpeers import BlockingTlsClient
 from peerit.wire import stun
 
@@ -227,5 +228,7 @@ def test_udp_flood_gets_no_amplification_and_real_requests_still_answered(
         "flood_s": round(flood_s, 1), "peak_rss_mib": round(peak / 1024, 1),
         "still_serving": True,
     })
+    # One source: its rate limit keeps the total far below what it sent; each answer within
+    # the responder's cap on answer/request size (a bare 20-byte request gets 32 bytes).
     assert received_bytes <= sent_bytes, "the flood got more bytes back than it sent"
-    assert larger == 0, f"{larger} replies were larger than their request (amplification)"
+    assert biggest_ratio <= MAX_AMPLIFICATION, f"an answer {biggest_ratio:.2f}x its request"

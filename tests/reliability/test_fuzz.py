@@ -34,7 +34,7 @@ from peerit.control import commands
 from peerit.errors import MalformedMessage
 from peerit.identity import Identity
 from peerit.metainfo import Metainfo
-from peerit.nat.stun import StunResponder
+from peerit.nat.stun import MAX_AMPLIFICATION, StunResponder
 from peerit.testing.badpeers import BlockingTlsClient, announce_blocking, read_frame
 from peerit.wire import framing, peer, probe, stun, tracker
 
@@ -145,7 +145,7 @@ def test_every_parser_raises_only_its_own_errors_on_mutated_input(figures):
         "stun_max_reply_to_request_ratio": round(_amplification["max_ratio"], 2),
         "seconds": round(time.monotonic() - started, 1),
     })
-    assert _amplification["larger_than_request"] == 0, _amplification
+    assert _amplification["max_ratio"] <= MAX_AMPLIFICATION, _amplification
 
 
 @settings(max_examples=pick(150, 5000), deadline=None,
@@ -396,7 +396,7 @@ def _stun_answers(port: int) -> bool:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.settimeout(1.0)
     try:
-        # Padded as our client pads (the tracker never answers with more than it got).
+        # Padded as our own client pads (a bare request is answered too).
         request = stun.build(stun.StunMessage(stun.BINDING_REQUEST, os.urandom(12),
                                               (stun.padding(64),)))
         for _ in range(5):

@@ -5,7 +5,8 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.errors import MalformedMessage, TimedOut
-from peerit.nat.stun import Reply, StunClient, StunErrorResponse, StunResponder
+from peerit.nat.stun import (
+    MAX_AMPLIFICATION, REQUEST_SIZE, Reply, StunClient, StunErrorResponse, StunResponder)
 from peerit.wire import stun
 
 SERVER = ("198.18.0.1", 3478)
@@ -152,7 +153,7 @@ class ResponderTests(SynchronousTestCase):
         self.responder = StunResponder(self.clock, alternate_port=True)
 
     def request(self, *attributes, tid=b"t" * 12, message_type=stun.BINDING_REQUEST):
-        # Padded as our client pads: the responder never answers with more than it got.
+        # Padded as our client pads (any size is answered; this is what peer-it sends).
         return stun.build(stun.StunMessage(message_type, tid, attributes + (stun.padding(64),)))
 
     def test_answers_with_the_source_address_software_and_fingerprint(self):
@@ -165,21 +166,64 @@ class ResponderTests(SynchronousTestCase):
                          [stun.XOR_MAPPED_ADDRESS, stun.SOFTWARE, stun.FINGERPRINT])
         self.assertFalse(reply.from_alternate_port)
 
-    def test_no_reply_is_larger_than_its_request(self):
-        """A bare 20-byte request would get 52 bytes (64 over IPv6): it gets nothing. Padded
-        to our client's REQUEST_SIZE, it is answered, and never with more bytes."""
-        bare = stun.build(stun.StunMessage(stun.BINDING_REQUEST, b"t" * 12), fingerprint=False)
-        self.assertEqual(len(bare), 20)
-        self.assertIsNone(self.responder.respond(bare, CLIENT))
-        self.assertIsNone(self.responder.respond(bare, ("2001:db8::1", 9)))
-        self.assertEqual(self.responder.too_short, 2)
-        from peerit.nat.stun import REQUEST_SIZE, StunClient
+    def test_bare_20_byte_request_golden_bytes(self):
+        """A plain RFC 8489 Binding request (20 bytes, no attributes, as coturn's and browsers'
+        clients send) gets the minimal answer: XOR-MAPPED-ADDRESS only, 32 bytes."""
+        request = bytes.fromhex("000100002112a442000102030405060708090a0b")
+        reply = self.responder.respond(request, ("192.0.2.1", 32853))
+        self.assertEqual(reply.datagram.hex(),
+                         "0101000c2112a442000102030405060708090a0b"
+                         "002000080001a147e112a643")
+        self.assertFalse(reply.from_alternate_port)
+
+    def test_fingerprint_in_the_answer_only_when_the_request_had_one(self):
+        for fingerprint in (False, True):
+            request = stun.build(stun.StunMessage(stun.BINDING_REQUEST, b"t" * 12),
+                                 fingerprint=fingerprint)
+            response = stun.parse(self.responder.respond(request, CLIENT).datagram)
+            types = [a.type for a in response.attributes]
+            self.assertEqual(types, [stun.XOR_MAPPED_ADDRESS]
+                             + ([stun.FINGERPRINT] if fingerprint else []))
+            self.assertEqual(stun.mapped_address(response), CLIENT)
+
+    def test_standard_request_sizes_are_answered(self):
+        """20, 28, 32 and 40 bytes (a 4-, 8- or 16-byte optional attribute, e.g. SOFTWARE),
+        over IPv4 and IPv6, all get a success carrying the source address."""
+        for value_size in (None, 4, 8, 16):
+            attributes = () if value_size is None else (
+                stun.Attribute(stun.SOFTWARE, b"s" * (value_size - 4)),)
+            request = stun.build(stun.StunMessage(stun.BINDING_REQUEST, b"t" * 12,
+                                                  attributes), fingerprint=False)
+            for source in (CLIENT, ("2001:db8::1", 9)):
+                response = stun.parse(self.responder.respond(request, source).datagram)
+                self.assertEqual(response.type, stun.BINDING_SUCCESS)
+                self.assertEqual(stun.mapped_address(response), source)
+
+    def test_software_only_where_it_costs_no_amplification(self):
+        """Our client's padded request gets SOFTWARE; a short request does not."""
         sent = []
         StunClient(task.Clock(), lambda data, addr: sent.append(data)).binding(SERVER)
         self.assertGreaterEqual(len(sent[0]), REQUEST_SIZE)
         for source in (CLIENT, ("2001:db8::1", 9)):
             reply = self.responder.respond(sent[0], source)
             self.assertLessEqual(len(reply.datagram), len(sent[0]))
+            self.assertEqual(stun.read_software(stun.parse(reply.datagram)), "peer-it")
+        short = stun.build(stun.StunMessage(stun.BINDING_REQUEST, b"t" * 12))
+        self.assertIsNone(stun.read_software(
+            stun.parse(self.responder.respond(short, CLIENT).datagram)))
+
+    def test_worst_case_amplification(self):
+        """The documented worst case: a 24-byte request with one unknown required attribute
+        gets a 56-byte 420 (7/3); a 20-byte request from IPv6 gets 44 bytes (2.2)."""
+        request = stun.build(stun.StunMessage(stun.BINDING_REQUEST, b"t" * 12,
+                                              (stun.Attribute(0x0042, b""),)),
+                             fingerprint=False)
+        reply = self.responder.respond(request, CLIENT)
+        self.assertEqual((len(request), len(reply.datagram)), (24, 56))
+        self.assertEqual(stun.read_error_code(stun.parse(reply.datagram))[0], 420)
+        bare = stun.build(stun.StunMessage(stun.BINDING_REQUEST, b"t" * 12), fingerprint=False)
+        self.assertEqual(len(self.responder.respond(bare, ("2001:db8::1", 9)).datagram), 44)
+        self.assertLessEqual(56 / 24, MAX_AMPLIFICATION)
 
     def test_change_port_is_answered_from_the_alternate_port(self):
         reply = self.responder.respond(self.request(stun.change_request(change_port=True)),
@@ -214,8 +258,8 @@ class ResponderTests(SynchronousTestCase):
                      b"\x00\x01\x00\x00" + stun.MAGIC_COOKIE_BYTES + b"short",
                      b"\xc0" * 40, b""):
             self.assertIsNone(self.responder.respond(data, CLIENT))
-        self.assertEqual(self.responder.answered, 0)
-        self.assertEqual(self.responder.ignored, 6)
+        self.assertEqual(self.responder.counts.answered, 0)
+        self.assertEqual(self.responder.counts.ignored, 6)
 
     def test_rate_limited_per_source_address(self):
         """A burst of 20 per source address, then 10 per second; other sources unaffected."""
@@ -227,13 +271,23 @@ class ResponderTests(SynchronousTestCase):
         answered = sum(self.responder.respond(self.request(), ("192.0.2.9", 1)) is not None
                        for _ in range(100))
         self.assertEqual(answered, 10)
-        self.assertEqual(self.responder.refused, 170)
+        self.assertEqual(self.responder.counts.rate_limited, 170)
 
-    def test_total_rate_limit(self):
-        responder = StunResponder(self.clock, total_rate=50)
-        answered = sum(responder.respond(self.request(), (f"192.0.2.{i}", 1)) is not None
+    def test_global_byte_budget(self):
+        """However many source addresses, the answers spend at most the budget per second
+        (after a one-second burst)."""
+        responder = StunResponder(self.clock, bytes_per_second=3200)
+        bare = stun.build(stun.StunMessage(stun.BINDING_REQUEST, b"t" * 12), fingerprint=False)
+        answered = sum(responder.respond(bare, (f"192.0.2.{i}", 1)) is not None
+                       for i in range(1, 200))
+        self.assertEqual(answered, 100)  # 3200 bytes / 32 bytes each
+        self.assertEqual(responder.counts.over_budget, 99)
+        self.clock.advance(0.5)
+        answered = sum(responder.respond(bare, (f"198.51.100.{i}", 1)) is not None
                        for i in range(1, 200))
         self.assertEqual(answered, 50)
+        self.assertEqual(responder.counts.sent_bytes, 150 * 32)
+        self.assertEqual(responder.counts.received_bytes, (199 + 199) * 20)
 
     def test_client_and_responder_agree(self):
         """The client, fed the responder's answer, gets back the address the responder saw."""
@@ -249,16 +303,19 @@ class ResponderTests(SynchronousTestCase):
 class HostileResponderInputTests(SynchronousTestCase):
     @settings(max_examples=500, deadline=None)
     @given(st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=16)), max_size=4))
-    def test_any_well_framed_request_gets_a_reply_or_none_never_an_exception(self, attributes):
+    def test_any_well_framed_request_gets_a_bounded_answer(self, attributes):
         responder = StunResponder(task.Clock(), alternate_port=True, per_source_burst=1e9)
         message = stun.StunMessage(stun.BINDING_REQUEST, b"q" * 12, tuple(
             stun.Attribute(t, v) for t, v in attributes if t != stun.FINGERPRINT))
-        request = stun.build(message)
-        reply = responder.respond(request, CLIENT)
-        if reply is not None:
+        request = stun.build(message, fingerprint=bool(len(attributes) % 2))
+        for source in (CLIENT, ("2001:db8::1", 9)):
+            reply = responder.respond(request, source)
             response = stun.parse(reply.datagram)
+            self.assertEqual(response.transaction_id, b"q" * 12)
             self.assertIn(response.type, (stun.BINDING_SUCCESS, stun.BINDING_ERROR))
-            self.assertLessEqual(len(reply.datagram), len(request))
+            self.assertLessEqual(len(reply.datagram), MAX_AMPLIFICATION * len(request))
+            self.assertLessEqual(len(reply.datagram), 68)
+        self.assertEqual(responder.counts.too_large, 0)
 
     @settings(max_examples=500, deadline=None)
     @given(st.binary(max_size=120))

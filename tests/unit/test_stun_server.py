@@ -24,7 +24,7 @@ class FakeDatagramTransport:
 
 
 def request(*attributes):
-    # Padded as our client pads: the responder never answers with more than it got.
+    # Padded as our client pads (any size is answered; this is what peer-it sends).
     return stun.build(stun.StunMessage(stun.BINDING_REQUEST, b"r" * 12,
                                        attributes + (stun.padding(64),)))
 

@@ -131,9 +131,9 @@ class StoreOptionTests(SynchronousTestCase):
     def test_each_worker_gets_the_parents_options_its_ports_and_its_own_relay(self):
         options = self.parse("--workers", "3", "--store", "redis://127.0.0.1/0",
                              "--listen", "tcp:59000:interface=10.0.0.1", "--max-peers", "80")
-        self.assertEqual(tap.worker_relay("tcp:59001:interface=10.0.0.1", 2),
+        self.assertEqual(tap.worker_endpoint("tcp:59001:interface=10.0.0.1", 2),
                          "tcp:59003:interface=10.0.0.1")
-        self.assertEqual(tap.worker_relay("tcp:0", 2), "tcp:0")
+        self.assertEqual(tap.worker_endpoint("tcp:0", 2), "tcp:0")
         argv = worker_argv(options, 2, 59000, ("10.0.0.1", 3478, 3479), "tcp:59003")
         tail = argv[argv.index("peerit-tracker") + 1:]
         self.assertIn("--max-peers=80", tail)
@@ -145,6 +145,19 @@ class StoreOptionTests(SynchronousTestCase):
         self.assertFalse([a for a in tail if a.startswith("--workers")])
         reparsed = self.parse(*tail)
         self.assertEqual((reparsed["worker"], reparsed["max-peers"]), (2, 80))
+
+    def test_each_worker_serves_its_own_metrics_on_the_port_plus_its_index(self):
+        options = self.parse("--workers", "2", "--store", "redis://127.0.0.1/0",
+                             "--metrics", "tcp:9100", "--metrics-allow", "10.0.0.0/24")
+        metrics = tap.worker_endpoint(options.metrics_endpoint, 1)
+        self.assertEqual(metrics, "tcp:9101:interface=127.0.0.1")
+        argv = worker_argv(options, 1, 59000, None, None, metrics)
+        tail = argv[argv.index("peerit-tracker") + 1:]
+        self.assertEqual([a for a in tail if a.startswith("--metrics")],
+                         ["--metrics=tcp:9101:interface=127.0.0.1",
+                          "--metrics-allow=10.0.0.0/24"])
+        reparsed = self.parse(*tail)
+        self.assertEqual(reparsed.metrics_endpoint, "tcp:9101:interface=127.0.0.1")
 
 
 class ParentWatchTests(SynchronousTestCase):

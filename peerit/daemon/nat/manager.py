@@ -71,7 +71,8 @@ class NatManager:
                  local_hosts: Callable[[], Iterable[str]] | None = None,
                  quic_settings: QuicSettings = QuicSettings(),
                  paths: Iterable[str] = PATHS, rng=None,
-                 listen_udp=None, connect_tcp=None, resolve=None):
+                 listen_udp=None, connect_tcp=None, resolve=None,
+                 on_punch_outcome: Callable[[str, str, bool], object] | None = None):
         self.reactor = reactor
         self.clock = reactor
         self.identity = identity
@@ -87,7 +88,8 @@ class NatManager:
         self.dialer = PathDialer(reactor, rng or random.SystemRandom(), identity,
                                  paths=self.paths, pool=self.sockets,
                                  coordinator=self.coordinator, public=self.public,
-                                 swarm_trackers=swarm_trackers, connect_tcp=connect_tcp)
+                                 swarm_trackers=swarm_trackers, connect_tcp=connect_tcp,
+                                 on_punch_outcome=on_punch_outcome)
         self.pushes = TrackerPushHandler(reactor, identity, paths=self.paths,
                                          trackers=trackers, public=self.public,
                                          dialer=self.dialer, pool=self.sockets,

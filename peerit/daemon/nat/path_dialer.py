@@ -82,7 +82,8 @@ class PathDialer:
 
     def __init__(self, clock, rng, identity, *, paths: Iterable[str], pool: SocketPool,
                  coordinator: punch.PunchCoordinator, public: PublicAddress,
-                 swarm_trackers: Callable[[bytes], Iterable], connect_tcp):
+                 swarm_trackers: Callable[[bytes], Iterable], connect_tcp,
+                 on_punch_outcome: Callable[[str, str, bool], object] | None = None):
         self.clock = clock
         self.rng = rng
         self.identity = identity
@@ -95,6 +96,8 @@ class PathDialer:
         self._connect_tcp = connect_tcp
         self._punch_waits: dict[tuple, Deferred] = {}
         self._relay_waits: dict[tuple, Deferred] = {}
+        # (our mapping, theirs, succeeded) for each punch attempt that ends: for metrics.
+        self._on_punch_outcome = on_punch_outcome or (lambda mine, theirs, ok: None)
         self.running = False
 
     def stop(self) -> None:
@@ -226,11 +229,16 @@ class PathDialer:
     def start_attempt(self, message, path_found: Deferred) -> punch.PunchAttempt:
         """A PunchAttempt for a Punch message; ``path_found`` fires with the Path or fails
         with NoPath."""
+        my_mapping = self._public.mapping
+        their_mapping = punch.mapping_behaviour(message.mapping)
+
         def succeeded(path):
+            self._on_punch_outcome(my_mapping, their_mapping, True)
             if not path_found.called:
                 path_found.callback(path)
 
         def failed(reason):
+            self._on_punch_outcome(my_mapping, their_mapping, False)
             if not path_found.called:
                 path_found.errback(NoPath(f"punch failed: {reason}"))
         candidates = []
@@ -243,8 +251,7 @@ class PathDialer:
             role=punch.CONTROLLING if message.controlling else punch.CONTROLLED,
             their_candidates=candidates, main_socket=self._pool.main,
             on_success=succeeded, on_failure=failed,
-            my_mapping=self._public.mapping,
-            their_mapping=punch.mapping_behaviour(message.mapping),
+            my_mapping=my_mapping, their_mapping=their_mapping,
             open_socket=self._pool.open_extra)
         try:
             self._coordinator.start(attempt)
