@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from peerit.bitfield import Bitfield
 from peerit.daemon.choker import Choker, PeerView
+from peerit.daemon.metadata_fetch import metadata_answer
 from peerit.daemon.picker import Picker
 from peerit.daemon.rates import RateMeter
 from peerit.errors import MalformedMessage, PeeritError
@@ -61,6 +62,7 @@ class PeerState:
     strikes: int = 0
     attached_at: float = 0.0
     snubbed_since: float | None = None  # sat on requests: they went to others meanwhile
+    metadata_answers: int = 0  # metadata requests answered on this link
 
     @property
     def short_id(self) -> str:
@@ -253,6 +255,8 @@ class Swarm:
             self._on_reject(peer, message)
         elif kind is wire.KeepAlive:
             pass
+        elif kind is wire.MetadataRequest:
+            self._on_metadata_request(peer, message.piece)
         else:
             raise ProtocolViolation(f"unexpected {kind.__name__}")
 
@@ -449,6 +453,20 @@ class Swarm:
         peer.upload_queue.append(key)
         if len(peer.upload_queue) == 1:
             peer.link.want_to_upload()
+
+    def _on_metadata_request(self, peer: PeerState, piece: int) -> None:
+        """Serve our info section to a peer that holds only a link (we hold verified
+        metadata: its hash is our info-hash). Each piece at most twice per link."""
+        peer.metadata_answers += 1
+        limit = 2 * -(-len(self.metainfo.info_bytes) // wire.METADATA_PIECE_SIZE)
+        if peer.metadata_answers > limit:
+            raise ProtocolViolation("too many metadata requests")
+        answer = metadata_answer(self.metainfo.info_bytes, piece,
+                                 peer.metadata_answers > 1)
+        if answer is None:
+            raise ProtocolViolation(f"metadata piece {piece} out of range")
+        for message in answer:
+            peer.link.send(message)
 
     def next_upload(self, peer: PeerState):
         """The next block to send to ``peer`` as (piece, offset, data), or None."""
