@@ -5,6 +5,7 @@ import os
 from twisted.application import service
 from twisted.python import usage
 
+from peerit.addresses import DEFAULT_MAILBOX_PORT
 from peerit.errors import UsageError
 from peerit.identity import Identity
 from peerit.tracker.nat import NatCoordinator, NatLimits
@@ -97,6 +98,19 @@ def nat_endpoints(listen: str, stun: str, alt: str, relay: str):
     return stun_spec, alt_port, relay_spec
 
 
+def mailbox_endpoint(listen: str, mailbox: str) -> str | None:
+    """The ``tcp:`` endpoint of the code rendezvous, or None (``none``, the default).
+    ``auto``: port DEFAULT_MAILBOX_PORT on the --listen interface (a free one with tcp:0)."""
+    if mailbox == "none":
+        return None
+    if mailbox != "auto":
+        return tcp_description(mailbox)
+    port, interface = _listen_parts(tcp_description(listen))
+    escaped = interface.replace(":", "\\:")
+    suffix = f":interface={escaped}" if interface else ""
+    return f"tcp:{0 if port == 0 else DEFAULT_MAILBOX_PORT}{suffix}"
+
+
 _positive_int.coerceDoc = "A whole number, at least 1."
 _positive_float.coerceDoc = "A number of seconds (or per second), above 0."
 
@@ -154,6 +168,11 @@ class Options(usage.Options):
         ["relay-idle-timeout", None, _RELAY.idle_timeout,
          "Seconds of silence both ways after which a relayed session is closed.",
          _positive_float],
+        ["mailbox", None, "none",
+         "TCP endpoint of the rendezvous for short codes (peerit-ctl send/receive; a "
+         "magic-wormhole mailbox: it relays PAKE messages and learns nothing), auto, or "
+         f"none. auto: port {DEFAULT_MAILBOX_PORT} on the --listen interface (a free port "
+         "with tcp:0); its URL is written to DATA_DIR/mailbox.url."],
         ["nat-attempts", None, _NAT.max_attempts,
          f"Punches and relays a peer may be part of per {_NAT.attempt_window:g}s.",
          _positive_int],
@@ -188,6 +207,7 @@ class Options(usage.Options):
                 rate=parse_rate(self["relay-rate"]), max_sessions=self["relay-sessions"],
                 per_peer=self["relay-per-peer"], idle_timeout=self["relay-idle-timeout"])
             self.nat_limits = NatLimits(max_attempts=self["nat-attempts"])
+            self.mailbox_endpoint = mailbox_endpoint(self["listen"], self["mailbox"])
         except (ValueError, UsageError) as e:
             raise usage.UsageError(str(e)) from None
 
@@ -205,6 +225,12 @@ def makeService(options, reactor=None) -> service.MultiService:
     # ready, so the first session already learns them.
     NatPortsService(reactor, tracker, stun, stun_alt_port, relay,
                     broker).setServiceParent(top)
+    if options.mailbox_endpoint:
+        # Before the tracker: it is listening once tracker.endpoint says the tracker is.
+        # Imported only when asked for: the mailbox server brings autobahn along.
+        from peerit.tracker.mailbox import MailboxService
+        MailboxService(reactor, options.mailbox_endpoint,
+                       options["data-dir"]).setServiceParent(top)
     TrackerService(reactor, tracker, identity, options["listen"], options["data-dir"],
                    other_connections=options.relay_limits.connection_cap if relay else 0,
                    ).setServiceParent(top)
