@@ -97,6 +97,32 @@ class Client:
     async def remove(self, ident: str, delete_data: bool = False) -> dict:
         return await self._call(commands.Remove, id=ident, delete_data=delete_data)
 
+    async def download_link(self, link: str, target_dir: str = "") -> dict:
+        return await self._call(
+            commands.DownloadLink, link=link,
+            target_dir=os.path.abspath(target_dir) if target_dir else "")
+
+    async def link_of(self, ident: str) -> dict:
+        return await self._call(commands.LinkOf, id=ident)
+
+    async def export_metainfo(self, ident: str, path: str, overwrite: bool = False) -> dict:
+        return await self._call(commands.ExportMetainfo, id=ident,
+                                path=os.path.abspath(path), overwrite=overwrite)
+
+    async def send(self, data_path: str, metainfo_path: str) -> dict:
+        # Reaching the rendezvous is bounded by the daemon (15 s); allow for it.
+        return await self._call(commands.Send, data_path=os.path.abspath(data_path),
+                                metainfo_path=os.path.abspath(metainfo_path))
+
+    async def send_status(self, info_hash: str) -> dict:
+        return await self._call(commands.SendStatus, id=info_hash)
+
+    async def receive(self, code: str, target_dir: str = "") -> dict:
+        # The daemon bounds the exchange (rendezvous, the sender's answer); this only
+        # needs to outlast it.
+        return await self._call(commands.Receive, timeout=CALL_TIMEOUT * 2, code=code,
+                                target_dir=os.path.abspath(target_dir) if target_dir else "")
+
     async def netcheck(self) -> dict:
         answer = await self._call(commands.NetCheck, timeout=30)
         return json.loads(answer["report"])

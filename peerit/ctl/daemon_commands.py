@@ -7,6 +7,7 @@ import time
 
 from twisted.internet import defer
 
+from peerit import links
 from peerit.addresses import TrackerAddress
 from peerit.client import Client
 from peerit.ctl.offline import _printable, describe, format_size
@@ -50,6 +51,15 @@ def with_client(function):
                 client.close()
         return run_reactor(main) or 0
     return run
+
+
+def checked_first(check, run):
+    """A ``run`` that checks its arguments (a link, a code) before reaching the daemon: bad
+    input gets its own error and exit code even when no daemon runs."""
+    def checked(args):
+        check(args)
+        return run(args)
+    return checked
 
 
 def emit(args, value, text: str) -> None:
@@ -100,15 +110,7 @@ async def share(client, args, reactor):
                      if TrackerAddress.parse(t) not in trackers]
         local = scan_share(data_path)
         metainfo_path = os.path.abspath(args.output or f"{local.name}.p2p")
-        bar = _bar(local.total_size, f"hashing {local.name}", args)
-        try:
-            metainfo = await reactor_thread(reactor, lambda: create_metainfo_from_share(
-                local, trackers=tuple(trackers),
-                progress=bar and (lambda done: reactor.callFromThread(
-                    bar.update, done - bar.n))))
-        finally:
-            if bar is not None:
-                bar.close()
+        metainfo = await hash_share(reactor, local, trackers, args)
         if os.path.exists(metainfo_path):
             try:
                 same = Metainfo.read(metainfo_path).info_hash == metainfo.info_hash
@@ -120,10 +122,29 @@ async def share(client, args, reactor):
         metainfo.write(metainfo_path, overwrite=True)
         check = False
     answer = await client.share(data_path, metainfo_path, check=check)
+    try:
+        link = (await client.link_of(answer["info_hash"]))["link"]
+    except PeeritError:
+        link = ""  # no tracker with a fingerprint to name in a link
     result = {"metainfo": metainfo_path, "info_hash": answer["info_hash"],
-              "name": answer["name"], "state": answer["state"], **describe(metainfo)}
+              "name": answer["name"], "state": answer["state"], "link": link,
+              **describe(metainfo)}
     emit(args, result, f"sharing {_printable(answer['name'])} in place\n"
-                       f"metainfo  {metainfo_path}\ninfo-hash {answer['info_hash']}")
+                       f"metainfo  {metainfo_path}\ninfo-hash {answer['info_hash']}"
+                       + (f"\nlink      {link}" if link else ""))
+
+
+async def hash_share(reactor, local, trackers, args) -> Metainfo:
+    """The metainfo of scanned files, hashed off the reactor with a progress bar."""
+    bar = _bar(local.total_size, f"hashing {local.name}", args)
+    try:
+        return await reactor_thread(reactor, lambda: create_metainfo_from_share(
+            local, trackers=tuple(trackers),
+            progress=bar and (lambda done: reactor.callFromThread(
+                bar.update, done - bar.n))))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 async def reactor_thread(reactor, function):
@@ -142,8 +163,12 @@ def _bar(total: int, desc: str, args):
 # -- download ------------------------------------------------------------------------------
 
 async def download(client, args, reactor):
-    Metainfo.read(args.file)  # a bad .p2p is reported here, in the user's terms
-    answer = await client.download(args.file, args.to or "")
+    if links.looks_like_link(args.file):
+        links.parse(args.file)  # a bad link is reported here, before the daemon is asked
+        answer = await client.download_link(args.file.strip(), args.to or "")
+    else:
+        Metainfo.read(args.file)  # a bad .p2p is reported here, in the user's terms
+        answer = await client.download(args.file, args.to or "")
     info_hash = answer["info_hash"]
     if args.detach:
         emit(args, answer, f"downloading {_printable(answer['name'])} to "
@@ -236,14 +261,19 @@ async def netcheck(client, args, reactor):
                                                       sorted(report.items())))
 
 
-def register(subparsers, common) -> None:
+def control_parent() -> argparse.ArgumentParser:
+    """The --control option every daemon command takes."""
     control = argparse.ArgumentParser(add_help=False)
     control.add_argument(
         "--control", metavar="unix:PATH",
         help="the daemon's control socket (default: $PEERIT_CONTROL, else the daemon's "
              "default: $XDG_RUNTIME_DIR/peerit/control.sock or "
              "~/.local/share/peerit/control.sock)")
-    parents = [common, control]
+    return control
+
+
+def register(subparsers, common) -> None:
+    parents = [common, control_parent()]
 
     def add(name, function, help, description=None):
         p = subparsers.add_parser(name, parents=parents, help=help,
@@ -264,11 +294,16 @@ def register(subparsers, common) -> None:
                    help="also list this tracker in the .p2p (the daemon's own are listed)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
 
-    p = add("download", download, "download what a .p2p describes",
+    p = add("download", download, "download what a .p2p or a peerit: link describes",
             "Start downloading, then show a live progress bar (percent, rate, ETA, peers) "
             "until every piece is verified. The daemon keeps the download (and then seeds "
-            "it) if you interrupt this command.")
-    p.add_argument("file", metavar="FILE.p2p")
+            "it) if you interrupt this command. Given a peerit: link, the daemon first "
+            "fetches the share's metadata from its peers and checks it against the link's "
+            "info-hash.")
+    p.add_argument("file", metavar="FILE.p2p|LINK")
+    p.set_defaults(run=checked_first(lambda args: links.parse(args.file)
+                                     if links.looks_like_link(args.file) else None,
+                                     with_client(download)))
     p.add_argument("--to", metavar="DIR", help="download into DIR (default: the daemon's "
                    "DATA_DIR/downloads)")
     p.add_argument("--detach", action="store_true", help="return as soon as it started")

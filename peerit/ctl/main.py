@@ -12,7 +12,7 @@ import sys
 from peerit import __version__
 from peerit.errors import PeeritError
 
-COMMAND_MODULES = ("peerit.ctl.offline", "peerit.ctl.daemon_commands")
+COMMAND_MODULES = ("peerit.ctl.offline", "peerit.ctl.daemon_commands", "peerit.ctl.link_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,9 +6,11 @@ revenge``; the person reads it to the receiver, whose daemon gives the same code
 the code into a shared key the mailbox never learns, so the mailbox can neither read the link
 nor sit in the middle: it gets one guess, and a wrong guess burns the code for both sides.
 
-Through that channel the sender passes the link (with its own peer id) and the receiver its
-peer id. Each then pins the other: the sender's daemon admits only that receiver to the share
-(a private send) and the receiver's daemon takes data only from that sender.
+Through that channel the sender passes the link (with its own peer id); the receiver's daemon
+prepares the download (a target it cannot write is refused now, not after the exchange) and
+answers with its peer id, or with why it refused. Each then pins the other: the sender's
+daemon admits only that receiver to the share (a private send) and the receiver's daemon
+takes data only from that sender.
 
 Every wait is bounded: reaching the mailbox (``connect_timeout``), a sender waiting for its
 receiver (the code's lifetime, after which the code is released and no longer works) and a
@@ -17,7 +19,6 @@ waiting sender, because it expired or never existed, fails after it).
 """
 
 import json
-import re
 
 import wormhole
 from twisted.internet import defer
@@ -25,8 +26,9 @@ from twisted.logger import Logger
 from wormhole import errors as wormhole_errors
 
 from peerit import links
+from peerit.links import check_code
 from peerit.errors import (
-    BadLink, CodeExpired, PeeritError, RendezvousUnreachable, UsageError, WrongCode)
+    BadLink, CodeExpired, PeeritError, ReceiverRefused, RendezvousUnreachable, WrongCode)
 
 log = Logger()
 
@@ -35,16 +37,6 @@ DEFAULT_CODE_LIFETIME = 600.0
 CONNECT_TIMEOUT = 15.0
 RECEIVE_WAIT = 30.0
 MAX_MESSAGE = 16 * 1024  # a link and a peer id: far less; checked before decoding
-CODE_PATTERN = re.compile(r"^[0-9]{1,6}(-[a-z]{1,20}){2,6}$")
-
-
-def check_code(code: str) -> str:
-    """A code as a person typed it, normalised; one clear line when it cannot be one."""
-    code = code.strip().lower().replace(" ", "-")
-    if not CODE_PATTERN.match(code):
-        raise UsageError(f"bad code {code[:40]!r}: expected a number and words, like "
-                         f"7-guitarist-revenge")
-    return code
 
 
 class CodeExchange:
@@ -97,6 +89,9 @@ class CodeExchange:
     async def _await_receiver(self, w, code: str) -> bytes:
         try:
             message = await self._within(w.get_message(), self.code_lifetime)
+            refusal = _decode(message).get("refused")
+            if refusal is not None:
+                raise ReceiverRefused(f"the receiver refused: {str(refusal)[:200]}")
             peer = _peer_of(message)
         except defer.TimeoutError:
             await self._close(w)  # releases the nameplate: the code no longer works
@@ -110,13 +105,14 @@ class CodeExchange:
         return peer
 
     # -- receiver -------------------------------------------------------------------------
-    async def accept(self, code: str, my_peer_id: bytes) -> tuple[links.Link, bytes]:
-        """The sender's link (its ``peer_id`` the sender's, pinned) for a code."""
+    async def accept(self, code: str, my_peer_id: bytes, prepare=None):
+        """The sender's link (its ``peer_id`` the sender's, pinned) for a code, and what
+        ``prepare(link)`` returned: it readies the download and raises a PeeritError to
+        refuse it (the sender is told why)."""
         code = check_code(code)
         w = self._open()
         await self._connected(w)
         w.set_code(code)
-        w.send_message(json.dumps({"peer": my_peer_id.hex()}).encode())
         try:
             message = await self._within(w.get_message(), self.receive_wait)
             sender = _peer_of(message)
@@ -128,10 +124,20 @@ class CodeExchange:
         except Exception as e:
             await self._close(w)
             raise self._translate(e, code) from None
-        await self._close(w)
         if link.peer_id != sender:
-            raise WrongCode(f"code {code}: the sender's link names another peer")
-        return link, sender
+            await self._close(w)
+            raise PeeritError(f"code {code}: the sender's link names another peer")
+        prepared = None
+        try:
+            if prepare is not None:
+                prepared = await defer.maybeDeferred(prepare, link)
+        except PeeritError as e:
+            w.send_message(json.dumps({"refused": str(e)}).encode())
+            await self._close(w)
+            raise
+        w.send_message(json.dumps({"peer": my_peer_id.hex()}).encode())
+        await self._close(w)
+        return link, prepared
 
     # -- plumbing -------------------------------------------------------------------------
     def _within(self, d: defer.Deferred, seconds: float) -> defer.Deferred:

@@ -82,7 +82,7 @@ class ControlProtocol(amp.AMP):
     def list(self, offset, limit):
         if offset < 0 or not 0 < limit <= commands.MAX_PAGE:
             raise UsageError(f"page limit must be 1..{commands.MAX_PAGE}")
-        transfers = sorted(self.daemon.transfers.values(), key=lambda t: t.metainfo.name)
+        transfers = sorted(self.daemon.transfers.values(), key=lambda t: t.name)
         page = transfers[offset:offset + limit]
         return {"transfers": [t.summary() for t in page], "total": len(transfers)}
 
@@ -109,6 +109,41 @@ class ControlProtocol(amp.AMP):
         t = self.daemon.find(id)
         self.daemon.remove(t, delete_data)
         return {"info_hash": t.info_hash.hex()}
+
+    @commands.DownloadLink.responder
+    def download_link(self, link, target_dir):
+        _check_paths(target_dir)
+        t = self.daemon.add_link(link, target_dir)
+        return {"info_hash": t.info_hash.hex(), "name": t.name, "path": t.path}
+
+    @commands.LinkOf.responder
+    def link_of(self, id):
+        t = self.daemon.find(id)
+        return {"link": str(self.daemon.link_of(t)), "info_hash": t.info_hash.hex()}
+
+    @commands.ExportMetainfo.responder
+    def export_metainfo(self, id, path, overwrite):
+        _check_paths(path)
+        t = self.daemon.find(id)
+        return {"path": self.daemon.export_metainfo(t, path, overwrite),
+                "info_hash": t.info_hash.hex()}
+
+    @commands.Send.responder
+    def send(self, data_path, metainfo_path):
+        _check_paths(data_path, metainfo_path)
+        return defer.ensureDeferred(self.daemon.send(data_path, metainfo_path))
+
+    @commands.SendStatus.responder
+    def send_status(self, id):
+        return self.daemon.send_status(id)
+
+    @commands.Receive.responder
+    def receive(self, code, target_dir):
+        _check_paths(target_dir)
+        d = defer.ensureDeferred(self.daemon.receive(code, target_dir))
+        d.addCallback(lambda t: {"info_hash": t.info_hash.hex(), "name": t.name,
+                                 "path": t.path})
+        return d
 
     @commands.NetCheck.responder
     def netcheck(self):

@@ -313,8 +313,9 @@ class MetadataSwarm:
         self.info_hash = fetch.info_hash
         self.my_peer_id = my_peer_id
         self.max_peers = max_peers
-        self.links: dict[bytes, object] = {}
+        self.peers: dict[bytes, object] = {}  # peer id -> link
         self.running = True
+        self.downloading = True  # what a transfer's dialing asks of its swarm
 
     def can_attach(self, peer_id: bytes) -> str | None:
         if not self.running:
@@ -323,24 +324,24 @@ class MetadataSwarm:
             return "that is ourselves"
         if peer_id in self.fetch.banned:
             return "banned in this swarm"
-        if len(self.links) >= self.max_peers:
+        if len(self.peers) >= self.max_peers:
             return "too many peers"
         return None
 
     def attach(self, link):
         reason = self.can_attach(link.peer_id)
-        if reason is None and link.peer_id in self.links:
+        if reason is None and link.peer_id in self.peers:
             reason = "already connected"
         if reason is not None:
             link.close(reason)
             return None
-        self.links[link.peer_id] = link
+        self.peers[link.peer_id] = link
         self.fetch.add_peer(link.peer_id, link.send)
         return MetadataPeer(link, link.peer_id)
 
     def detach(self, peer: MetadataPeer) -> None:
-        if self.links.get(peer.peer_id) is peer.link:
-            del self.links[peer.peer_id]
+        if self.peers.get(peer.peer_id) is peer.link:
+            del self.peers[peer.peer_id]
             self.fetch.remove_peer(peer.peer_id)
 
     def handle(self, peer: MetadataPeer, message) -> None:
@@ -353,14 +354,14 @@ class MetadataSwarm:
 
     def ban(self, peer: MetadataPeer, reason: str) -> None:
         """A link's protocol breaker (a malformed message)."""
-        self.links.pop(peer.peer_id, None)
+        self.peers.pop(peer.peer_id, None)
         self.fetch.banned.add(peer.peer_id)
         self.fetch.remove_peer(peer.peer_id)
         peer.link.close(f"banned: {reason}")
 
     def banned_by_fetch(self, peer_id, reason: str) -> None:
         """The fetch's ``on_ban``: close the liar's link."""
-        link = self.links.pop(peer_id, None)
+        link = self.peers.pop(peer_id, None)
         if link is not None:
             link.close(f"banned: {reason}")
 
@@ -370,9 +371,9 @@ class MetadataSwarm:
     def stop(self, reason: str = "metadata phase over") -> None:
         self.running = False
         self.fetch.stop()
-        for link in list(self.links.values()):
+        for link in list(self.peers.values()):
             link.close(reason)
-        self.links.clear()
+        self.peers.clear()
 
     def peer_summaries(self) -> list[dict]:
         return []

@@ -20,9 +20,11 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from peerit import __version__
+from peerit import __version__, links
 from peerit.addresses import TrackerAddress, format_host_port
+from peerit.daemon.code_exchange import DEFAULT_CODE_LIFETIME, RECEIVE_WAIT, CodeExchange
 from peerit.daemon.connector import Candidate, Race, link_attempt
+from peerit.daemon.metadata_phase import MetadataPhase
 from peerit.daemon.peerlink import PeerLink
 from peerit.daemon.state import StateDB, SwarmRecord
 from peerit.daemon.transfer import Transfer, file_stamps
@@ -69,7 +71,9 @@ class Daemon(service.MultiService):
                  trackers: list[TrackerAddress] = (), advertise: list[str] = (),
                  rng=None, tracker_client_factory=None, max_upload_rate: float = 0,
                  udp: str | None = "udp:0", stun_server=None,
-                 paths=("tcp", "quic", "relay"), quic_datagram_size: int = 1200):
+                 paths=("tcp", "quic", "relay"), quic_datagram_size: int = 1200,
+                 mailbox: str | None = None, code_lifetime: float = DEFAULT_CODE_LIFETIME,
+                 code_wait: float = RECEIVE_WAIT):
         super().__init__()
         self.reactor = reactor
         self.clock = reactor
@@ -92,6 +96,13 @@ class Daemon(service.MultiService):
             from peerit.daemon.ratelimit import TokenBucket
             self.upload_limiter = TokenBucket(reactor, max_upload_rate)
         self.transfers: dict[bytes, Transfer] = {}
+        self.mailbox_url = mailbox  # the rendezvous for short codes (send/receive)
+        self.code_lifetime = code_lifetime
+        self.code_wait = code_wait
+        self._exchange = None
+        # Private sends and receives: info-hash -> the one peer admitted (b"": nobody yet).
+        self.pinned: dict[bytes, bytes] = {}
+        self.sends: dict[bytes, dict] = {}  # info-hash -> where a send stands
         self.trackers = {}  # TrackerAddress -> tracker client
         self.identity = None
         self.peer_id = None
@@ -109,6 +120,7 @@ class Daemon(service.MultiService):
         self.identity = Identity.load_or_create(self.data_dir)
         self.peer_id = self.identity.peer_id
         self.state = StateDB(os.path.join(self.data_dir, "state.sqlite3"))
+        self.pinned = self.state.pinned()
         self._pool = ThreadPool(1, 2, name="peerit-disk")
         self._pool.start()
         # Received blocks: hashed on one thread, written on another (Transfer._write_block).
@@ -300,6 +312,11 @@ class Daemon(service.MultiService):
         transfer = self.transfers.get(info_hash)
         if transfer is None:
             return defer.succeed("unknown swarm")
+        pinned = self.pinned.get(info_hash)
+        if pinned is not None and peer_id != pinned:
+            log.info("transfer {t}: refused {peer}: a private send admits one peer only",
+                     t=transfer.short, peer=peer_id.hex()[:12])
+            return defer.succeed("private send: not the admitted peer")
         return transfer.authorize(peer_id)
 
     def connect_peer(self, info_hash: bytes, info) -> defer.Deferred:
@@ -365,6 +382,19 @@ class Daemon(service.MultiService):
                 transfer.state, transfer.error = "error", str(e)
                 continue
             transfer.start(check)
+        for info_hash, text, root in self.state.links():
+            if info_hash in self.transfers:  # its metadata was saved: nothing to fetch
+                self.state.remove_link(info_hash)
+                continue
+            try:
+                link = links.parse(text)
+            except PeeritError as e:
+                log.error("dropping unreadable saved link: {e}", e=str(e))
+                self.state.remove_link(info_hash)
+                continue
+            phase = MetadataPhase(self, link, root)
+            self.transfers[info_hash] = phase
+            phase.start()
         if self.transfers:
             log.info("restored {n} transfers", n=len(self.transfers))
 
@@ -406,20 +436,37 @@ class Daemon(service.MultiService):
         transfer.start(list(range(metainfo.piece_count)) if check else None)
         return transfer
 
-    def add_download(self, metainfo_path: str, target_dir: str) -> Transfer:
-        metainfo = Metainfo.read(metainfo_path)
-        root = os.path.abspath(os.path.expanduser(target_dir)) if target_dir else \
+    def _root(self, target_dir: str) -> str:
+        return os.path.abspath(os.path.expanduser(target_dir)) if target_dir else \
             os.path.join(self.data_dir, "downloads")
-        existing = self.transfers.get(metainfo.info_hash)
-        if existing is not None:
-            if existing.root == root:
-                return existing
-            raise UsageError(f"{metainfo.info_hash.hex()[:16]} is already "
+
+    def _existing(self, info_hash: bytes, root: str):
+        existing = self.transfers.get(info_hash)
+        if existing is not None and existing.root != root:
+            raise UsageError(f"{info_hash.hex()[:16]} is already "
                              f"{'shared' if existing.role == 'seed' else 'downloading'}"
                              f" at {existing.path}")
+        return existing
+
+    def add_download(self, metainfo_path: str, target_dir: str) -> Transfer:
+        metainfo = Metainfo.read(metainfo_path)
+        root = self._root(target_dir)
+        existing = self._existing(metainfo.info_hash, root)
+        if existing is not None:
+            return existing
         if not self.trackers_for(metainfo):
             raise UsageError("no tracker to find peers: the .p2p lists none with a "
                              "fingerprint and the daemon has no --tracker")
+        transfer, present = self._open_download(metainfo, root)
+        self.state.add(SwarmRecord(
+            metainfo.info_hash, metainfo.to_bytes(), root, "download", False,
+            None, None, None, time.time(), None))
+        self.transfers[metainfo.info_hash] = transfer
+        # Data already at the target (an earlier download, a copy) counts once checked.
+        transfer.start(list(range(metainfo.piece_count)) if present else None)
+        return transfer
+
+    def _open_download(self, metainfo, root: str) -> tuple[Transfer, bool]:
         transfer = Transfer(self, metainfo, root, "download")
         present = os.path.exists(transfer.path)
         try:
@@ -430,18 +477,170 @@ class Daemon(service.MultiService):
             else:
                 transfer.store.close()
             raise
-        self.state.add(SwarmRecord(
-            metainfo.info_hash, metainfo.to_bytes(), root, "download", False,
+        return transfer, present
+
+    # -- links and codes (docs/links.md) --------------------------------------------------
+    def add_link(self, link, target_dir: str, pin: bytes | None = None) -> Transfer:
+        """Download what a link names: its metadata from the swarm first. ``pin``: the one
+        peer to take it from (a code exchange's sender)."""
+        if isinstance(link, str):
+            link = links.parse(link)
+        root = self._root(target_dir)
+        existing = self._existing(link.info_hash, root)
+        if existing is not None:
+            return existing
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise UsageError(f"{root} is not a directory")
+        if pin is not None:
+            self._pin(link.info_hash, pin)
+        self.state.add_link(link.info_hash, str(link), root, time.time())
+        phase = MetadataPhase(self, link, root)
+        self.transfers[link.info_hash] = phase
+        phase.start()
+        return phase
+
+    def metadata_fetched(self, phase: MetadataPhase, info_bytes: bytes) -> None:
+        """The link's info section arrived and matched: from now on an ordinary download,
+        saved with its metadata (a restart does not fetch it again)."""
+        if self.transfers.get(phase.info_hash) is not phase:
+            return  # removed meanwhile
+        banned = set(phase.swarm.fetch.banned) if phase.swarm is not None else set()
+        phase.stop("metadata fetched", announce=False)
+        try:
+            metainfo = Metainfo.from_info(info_bytes, phase.link.trackers)
+            transfer, present = self._open_download(metainfo, phase.root)
+        except PeeritError as e:
+            phase.state, phase.error = "error", str(e)
+            log.error("transfer {t}: cannot start after its metadata: {e}", t=phase.short,
+                      e=str(e))
+            return
+        self.state.metadata_fetched(SwarmRecord(
+            metainfo.info_hash, metainfo.to_bytes(), phase.root, "download", False,
             None, None, None, time.time(), None))
         self.transfers[metainfo.info_hash] = transfer
-        # Data already at the target (an earlier download, a copy) counts once checked.
         transfer.start(list(range(metainfo.piece_count)) if present else None)
+        if transfer.swarm is not None:
+            # A peer that served bad metadata stays banned in the swarm of the data.
+            transfer.swarm.banned |= banned
+        transfer.peers_found(list(phase.known.values()))  # dial them again at once
+
+    def link_of(self, transfer) -> links.Link:
+        if isinstance(transfer, MetadataPhase):
+            return transfer.link
+        # Our own peer id as the seeder hint when we hold everything.
+        hint = self.peer_id if transfer.have.complete else None
+        return links.from_metainfo(transfer.metainfo, hint, self.tracker_addresses)
+
+    def export_metainfo(self, transfer, path: str, overwrite: bool) -> str:
+        if isinstance(transfer, MetadataPhase):
+            raise UsageError(f"{transfer.short}: its metadata is not fetched yet")
+        path = os.path.abspath(os.path.expanduser(path))
+        transfer.metainfo.write(path, overwrite=overwrite)
+        return path
+
+    def _pin(self, info_hash: bytes, peer_id: bytes | None) -> None:
+        if peer_id is None:
+            self.pinned.pop(info_hash, None)
+        else:
+            self.pinned[info_hash] = peer_id
+        self.state.set_pinned(info_hash, peer_id)
+
+    def _code_exchange(self) -> CodeExchange:
+        if not self.mailbox_url:
+            raise UsageError("no rendezvous for codes: start the daemon with --mailbox "
+                             "ws://HOST:PORT/v1 (or a --tracker whose operator runs one)")
+        if self._exchange is None:
+            self._exchange = CodeExchange(self.reactor, self.mailbox_url,
+                                          code_lifetime=self.code_lifetime,
+                                          receive_wait=self.code_wait)
+        return self._exchange
+
+    async def send(self, data_path: str, metainfo_path: str) -> dict:
+        """Share privately and get a code for it: only the peer who uses the code may then
+        connect for this share (until it is removed)."""
+        exchange = self._code_exchange()
+        metainfo = Metainfo.read(metainfo_path)
+        info_hash = metainfo.info_hash
+        if info_hash in self.transfers and self.pinned.get(info_hash) is None:
+            raise UsageError(f"{info_hash.hex()[:16]} is already shared publicly; remove it "
+                             f"first to send it privately")
+        if self.sends.get(info_hash, {}).get("state") == "waiting for the receiver":
+            raise UsageError(f"{info_hash.hex()[:16]} already has a code waiting")
+        self._pin(info_hash, b"")  # before the share starts: nobody gets in meanwhile
+        try:
+            transfer = self.add_seed(data_path, metainfo_path, check=False)
+            link = self.link_of(transfer)
+            code, receiver = await exchange.offer(link, self.peer_id)
+        except BaseException:
+            self._end_send(info_hash)
+            raise
+        self.sends[info_hash] = {"code": code, "state": "waiting for the receiver",
+                                 "receiver": "", "error": "", "error_code": 0,
+                                 "delivered": False}
+        receiver.addCallbacks(lambda peer: self._receiver_known(info_hash, peer),
+                              lambda failure: self._send_failed(info_hash, failure))
+        return {"code": code, "info_hash": info_hash.hex(), "name": metainfo.name,
+                "link": str(link)}
+
+    def _receiver_known(self, info_hash: bytes, peer_id: bytes) -> None:
+        send = self.sends.get(info_hash)
+        if send is None or info_hash not in self.transfers:
+            return
+        self._pin(info_hash, peer_id)
+        send.update(state="sending", receiver=peer_id.hex())
+        log.info("send {t}: admitting receiver {peer} only", t=info_hash.hex()[:12],
+                 peer=peer_id.hex()[:12])
+
+    def _send_failed(self, info_hash: bytes, failure) -> None:
+        send = self.sends.get(info_hash)
+        error = failure.value
+        if send is not None:
+            send.update(state="failed", error=failure.getErrorMessage(),
+                        error_code=getattr(error, "exit_code", 1))
+        log.info("send {t}: {error}", t=info_hash.hex()[:12], error=failure.getErrorMessage())
+        self._end_send(info_hash)
+
+    def _end_send(self, info_hash: bytes) -> None:
+        """A send nobody will receive: stop sharing (the files stay) and forget the pin."""
+        transfer = self.transfers.get(info_hash)
+        if transfer is not None:
+            self.remove(transfer, delete_data=False)
+        self._pin(info_hash, None)
+
+    def peer_complete(self, info_hash: bytes, peer_id: bytes) -> None:
+        send = self.sends.get(info_hash)
+        if send is not None and send["receiver"] == peer_id.hex():
+            send.update(state="delivered", delivered=True)
+
+    def send_status(self, info_hash_hex: str) -> dict:
+        """Where a send stands (also once it failed and its share was removed)."""
+        try:
+            info_hash = bytes.fromhex(info_hash_hex)
+        except ValueError:
+            info_hash = b""
+        send = self.sends.get(info_hash)
+        if send is None:
+            raise UnknownSwarm(f"no send of {info_hash_hex[:16]!r} in this daemon")
+        transfer = self.transfers.get(info_hash)
+        summary = transfer.summary() if transfer is not None else \
+            {"size": 0, "uploaded": 0, "peers": 0}
+        return {**send, "info_hash": info_hash.hex(), "size": summary["size"],
+                "uploaded": summary["uploaded"], "peers": summary["peers"]}
+
+    async def receive(self, code: str, target_dir: str) -> Transfer:
+        """Take the share a code names; data comes only from the sender the code pinned."""
+        exchange = self._code_exchange()
+        _, transfer = await exchange.accept(
+            code, self.peer_id, lambda link: self.add_link(link, target_dir, pin=link.peer_id))
         return transfer
 
     def remove(self, transfer: Transfer, delete_data: bool) -> None:
         transfer.stop("removed")
         self.transfers.pop(transfer.info_hash, None)
         self.state.remove(transfer.info_hash)
+        self.state.remove_link(transfer.info_hash)
+        if transfer.info_hash in self.pinned:
+            self._pin(transfer.info_hash, None)
         if delete_data:
             transfer.store.delete_files()
         else:

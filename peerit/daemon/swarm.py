@@ -91,6 +91,7 @@ class Swarm:
         self.on_verified = on_verified or (lambda piece: None)
         self.on_complete = on_complete or (lambda: None)
         self.on_storage_error = on_storage_error  # PeeritError -> None; None: raise it
+        self.on_peer_complete = None  # peer id -> None, when a peer comes to hold everything
         self.config = config or SwarmConfig()
         self.picker = Picker(metainfo.piece_count, metainfo.piece_size,
                              self.config.block_size, have, rng)
@@ -271,12 +272,16 @@ class Swarm:
             raise ProtocolViolation(str(e)) from None
         peer.pieces = pieces
         self.picker.add_peer_pieces(pieces)
+        if self.on_peer_complete is not None and pieces.complete:
+            self.on_peer_complete(peer.peer_id)
         self._update_interest(peer)
 
     def _on_have(self, peer: PeerState, piece: int) -> None:
         self._check_piece(piece)
         if peer.pieces.add(piece):
             self.picker.add_peer_piece(piece)
+            if self.on_peer_complete is not None and peer.pieces.complete:
+                self.on_peer_complete(peer.peer_id)
             if not self.picker.wanted(piece):
                 return  # nothing new to ask for (in a swarm, most Haves are such)
             if not peer.am_interested:

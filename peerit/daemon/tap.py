@@ -37,6 +37,15 @@ class Options(usage.Options):
         ["quic-datagram-size", None, "1200",
          "Largest QUIC datagram (1200 fits every path; 1452 suits 1500-byte MTU paths) "
          "[default: 1200]"],
+        ["mailbox", None, None,
+         "Rendezvous for short codes (peerit-ctl send/receive), as ws://HOST:PORT/v1: a "
+         "magic-wormhole mailbox, such as a tracker's --mailbox [default: port 59002 on "
+         "the first --tracker's host]"],
+        ["code-lifetime", None, "600",
+         "Seconds a code from peerit-ctl send stays usable [default: 600]"],
+        ["code-wait", None, "30",
+         "Seconds peerit-ctl receive waits for a sender to answer its code before "
+         "reporting it expired or unknown [default: 30]"],
         ["max-upload-rate", None, "0",
          "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
          "[default: 0]"],
@@ -86,6 +95,22 @@ class Options(usage.Options):
                 raise ValueError
         except ValueError:
             raise usage.UsageError("--quic-datagram-size must be 1200..65527")
+        from peerit.addresses import check_mailbox_url, default_mailbox_url
+        try:
+            if self["mailbox"]:
+                self["mailbox"] = check_mailbox_url(self["mailbox"])
+            elif self["trackers"]:
+                self["mailbox"] = default_mailbox_url(self["trackers"][0])
+        except PeeritError as e:
+            raise usage.UsageError(str(e))
+        try:
+            for name in ("code-lifetime", "code-wait"):
+                self[name] = float(self[name])
+                if not 0 < self[name] <= 86400:
+                    raise ValueError(name)
+        except ValueError as e:
+            raise usage.UsageError(f"--{e.args[0] if e.args else 'code-lifetime'} must be a "
+                                   f"number of seconds, above 0 and at most 86400")
         self["data-dir"] = os.path.abspath(os.path.expanduser(
             self["data-dir"] or default_data_dir()))
         if not self["control"]:
@@ -100,4 +125,6 @@ def makeService(options):
                   options["trackers"], options["advertise"],
                   max_upload_rate=options["max-upload-rate"], udp=options["udp"],
                   stun_server=options["stun-server"], paths=options["paths"],
-                  quic_datagram_size=options["quic-datagram-size"])
+                  quic_datagram_size=options["quic-datagram-size"],
+                  mailbox=options["mailbox"], code_lifetime=options["code-lifetime"],
+                  code_wait=options["code-wait"])

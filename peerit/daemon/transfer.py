@@ -90,6 +90,10 @@ class Transfer:
         return self.info_hash.hex()[:12]
 
     @property
+    def name(self) -> str:
+        return self.metainfo.name
+
+    @property
     def path(self) -> str:
         return os.path.join(self.root, self.metainfo.name)
 
@@ -177,6 +181,8 @@ class Transfer:
             self.daemon.peer_id, verify=self._verify_piece, on_verified=self._piece_verified,
             on_complete=self._completed, config=SwarmConfig(),
             on_storage_error=self._storage_failed, write_block=self._write_block)
+        self.swarm.on_peer_complete = lambda peer_id: self.daemon.peer_complete(
+            self.info_hash, peer_id)
         self.swarm.start()
         self.state = "seeding" if self.have.complete else "downloading"
         self.error = ""
@@ -268,8 +274,9 @@ class Transfer:
 
     # -- peers ----------------------------------------------------------------------------
     def peers_found(self, peers) -> None:
+        pinned = self.daemon.pinned.get(self.info_hash)  # a private send or receive
         for info in peers:
-            if info.peer_id != self.daemon.peer_id:
+            if info.peer_id != self.daemon.peer_id and pinned in (None, info.peer_id):
                 self.known[info.peer_id] = info
         if self.swarm is not None and self.swarm.downloading:
             self._dial_some()

@@ -7,8 +7,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit import links
 from peerit.addresses import TrackerAddress
-from peerit.daemon.code_exchange import CodeExchange, check_code
-from peerit.errors import CodeExpired, RendezvousUnreachable, UsageError, WrongCode
+from peerit.daemon.code_exchange import CodeExchange
+from peerit.links import check_code
+from peerit.errors import (
+    CodeExpired, NoSpace, ReceiverRefused, RendezvousUnreachable, UsageError, WrongCode)
 from peerit.testing.wormholes import FakeMailbox
 
 SENDER = b"S" * 32
@@ -34,13 +36,27 @@ class CodeExchangeTests(SynchronousTestCase):
     def test_matching_codes_pass_the_link_and_pin_both_peers(self):
         code, receiver = self.offer()
         self.assertRegex(code, r"^\d+-[a-z]+-[a-z]+$")
-        accepted = defer.ensureDeferred(self.exchange().accept(code, RECEIVER))
-        link, sender = self.successResultOf(accepted)
-        self.assertEqual(sender, SENDER)
+        prepared = []
+        accepted = defer.ensureDeferred(self.exchange().accept(
+            code, RECEIVER, lambda link: prepared.append(link) or "ready"))
+        link, ready = self.successResultOf(accepted)
+        self.assertEqual(ready, "ready")
         self.assertEqual(link, links.Link(LINK.info_hash, LINK.trackers, "holiday", 1234,
                                           SENDER))
+        self.assertEqual(prepared, [link])
         self.assertEqual(self.successResultOf(receiver), RECEIVER)
         self.assertEqual(self.mailbox.nameplates, {})  # both sides released the code
+
+    def test_a_receiver_that_cannot_take_the_share_tells_the_sender_why(self):
+        code, receiver = self.offer()
+
+        def prepare(link):
+            raise NoSpace("cannot write /full: no space left on device")
+        d = defer.ensureDeferred(self.exchange().accept(code, RECEIVER, prepare))
+        self.failureResultOf(d, NoSpace)
+        failure = self.failureResultOf(receiver, ReceiverRefused)
+        self.assertIn("no space left", failure.getErrorMessage())
+        self.assertEqual(failure.value.exit_code, 18)
 
     def test_wrong_code_fails_both_sides_and_burns_the_code(self):
         code, receiver = self.offer()
