@@ -11,11 +11,15 @@ from peerit import links
 from peerit.addresses import TrackerAddress
 from peerit.client import Client
 from peerit.ctl.offline import _printable, describe, format_size
-from peerit.errors import PeeritError, TimedOut, UsageError
+from peerit.errors import (
+    MetadataMismatch, MetadataTooLarge, PeeritError, TimedOut, UsageError)
 from peerit.metainfo import Metainfo, create_metainfo_from_share, scan_share
 
 POLL_INTERVAL = 0.5
 FINISHED_STATES = ("seeding",)
+# A download from a link whose only peers served oversized or tampered metadata.
+METADATA_FAILURES = {"metadata too large": MetadataTooLarge,
+                     "metadata mismatch": MetadataMismatch}
 
 
 def run_reactor(coroutine_function):
@@ -191,6 +195,10 @@ async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
             status = await client.status(info_hash)
             if status["state"] == "error":
                 raise PeeritError(f"download failed: {status['error']}")
+            if status["state"] in METADATA_FAILURES:
+                raise METADATA_FAILURES[status["state"]](
+                    f"{status['error'] or status['state']} (the daemon keeps looking for "
+                    f"other peers)")
             if status["state"] in FINISHED_STATES:
                 return status
             if args.timeout and time.monotonic() - started > args.timeout:

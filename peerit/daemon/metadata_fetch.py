@@ -38,6 +38,7 @@ class _Source:
     rejected: bool = False  # holds no verified metadata (yet)
     strikes: int = 0
     pending: dict = field(default_factory=dict)  # piece -> deadline
+    digests: dict = field(default_factory=dict)  # piece -> SHA-256 of what it sent
 
 
 class MetadataFetch:
@@ -55,6 +56,8 @@ class MetadataFetch:
         self.sources: dict[object, _Source] = {}
         self.banned: set = set()
         self.problem = ""  # why the fetch is not progressing, for the user
+        self.mismatches = 0  # peers banned for metadata that failed the info-hash
+        self.oversized = 0  # peers announcing metadata above the cap
         self.size: int | None = None
         self.done = False
         self._buffer: bytearray | None = None
@@ -122,6 +125,7 @@ class MetadataFetch:
             return
         source.size = size
         if size > self.max_size:
+            self.oversized += 1
             # Not proof of lying (the share may be that big), but we will not allocate it.
             self.problem = (f"peers announce {size} bytes of metadata, over the "
                             f"{self.max_size} byte cap")
@@ -147,6 +151,9 @@ class MetadataFetch:
         if self._wanted.get(piece) == source.key:
             del self._wanted[piece]
         source.strikes = 0
+        # Kept even when unused, so that once the whole is verified a liar whose copy was
+        # not the one used is still found out.
+        source.digests[piece] = hashlib.sha256(data).digest()
         if source.size != self.size or piece in self._owner:
             return  # asked when its size was unknown, or a late duplicate: not used
         start = piece * wire.METADATA_PIECE_SIZE
@@ -165,6 +172,7 @@ class MetadataFetch:
         data = bytes(self._buffer)
         contributors = list(dict.fromkeys(self._owner.values()))
         if hashlib.sha256(data).digest() == self.info_hash:
+            self._unmask(data)
             self.done = True
             self._buffer = None
             self._cancel_timer()
@@ -172,6 +180,7 @@ class MetadataFetch:
             self.on_done(data)
             return
         if len(contributors) == 1:
+            self.mismatches += 1
             source = self.sources.get(contributors[0])
             if source is not None:
                 self._ban(source, "served metadata that does not match the info-hash")
@@ -179,12 +188,30 @@ class MetadataFetch:
                 self.banned.add(contributors[0])
                 self.on_ban(contributors[0], "served metadata that does not match the "
                                              "info-hash")
-        elif self._suspects is None:
-            # Who lied is unknown: ask the contributors again, one at a time, each for all.
-            self._suspects = [k for k in contributors if k in self.sources]
-        self.problem = "metadata from peers did not match the info-hash; fetching again"
+            self.problem = "metadata from a peer does not match the info-hash: peer banned"
+        else:
+            if self._suspects is None:
+                # Who lied is unknown: ask the contributors again, one at a time, for all.
+                self._suspects = [k for k in contributors if k in self.sources]
+            self.problem = ("metadata from peers does not match the info-hash; fetching "
+                            "it again from one peer at a time")
         self._owner.clear()
         self._next_size_if_exhausted()
+
+    def _unmask(self, data: bytes) -> None:
+        """With the true metadata known, ban every peer that announced another size or sent
+        a piece that differs from it."""
+        step = wire.METADATA_PIECE_SIZE
+        for source in list(self.sources.values()):
+            if source.size is not None and source.size != len(data):
+                self._ban(source, f"announced {source.size} bytes of metadata, not "
+                                  f"{len(data)}")
+                continue
+            for piece, digest in source.digests.items():
+                if hashlib.sha256(data[piece * step:(piece + 1) * step]).digest() != digest:
+                    self.mismatches += 1
+                    self._ban(source, "served metadata that does not match the info-hash")
+                    break
 
     def _next_size_if_exhausted(self) -> None:
         """When no peer with the current size remains, try a size another peer announced."""
@@ -274,6 +301,16 @@ class MetadataFetch:
         self._request_more()
         if waiting or any(s.pending for s in self.sources.values()):
             self._arm_timer()
+
+    def stuck(self) -> str | None:
+        """``too large`` or ``mismatch`` when no peer is left to ask and that is why."""
+        if self.done or self._usable() or any(s.pending for s in self.sources.values()):
+            return None
+        if self.oversized:
+            return "too large"
+        if self.mismatches:
+            return "mismatch"
+        return None
 
     def stop(self) -> None:
         self.done = True

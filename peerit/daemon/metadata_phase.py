@@ -90,7 +90,10 @@ class MetadataPhase(Transfer):
         swarm = self.swarm
         fetch = swarm.fetch if swarm is not None else None
         state = self.state
-        if state == "fetching metadata" and swarm is not None and not swarm.peers:
+        stuck = fetch.stuck() if fetch is not None else None
+        if state == "fetching metadata" and stuck is not None:
+            state = f"metadata {stuck}"  # peerit-ctl's exit code 13 or 14
+        elif state == "fetching metadata" and swarm is not None and not swarm.peers:
             state = "fetching metadata, waiting for peers"
         return {
             "info_hash": self.info_hash.hex(),

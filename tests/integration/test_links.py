@@ -101,8 +101,9 @@ def test_link_only_download_is_byte_identical_and_a_restart_does_not_refetch(swa
 
 
 def test_peer_serving_tampered_metadata_is_banned_and_an_honest_one_completes(swarm, tmp_path):
-    """Alone, a liar's metadata fails the info-hash: it is banned and nothing is started;
-    when an honest seeder appears the download completes from it."""
+    """Alone, a liar's metadata fails the info-hash: it is banned, nothing is started and
+    `download LINK` exits 14 with one line; when an honest seeder appears the download
+    completes from it."""
     src = random_file(tmp_path / "src" / "disk.img", 6 * MiB, seed=42)
     start(swarm, "honest")
     shared = share(swarm, "honest", src)
@@ -114,9 +115,12 @@ def test_peer_serving_tampered_metadata_is_banned_and_an_honest_one_completes(sw
     swarm.ctl("liar", "share", str(liar_copy), "--p2p", shared["metainfo"])
     swarm.wait_complete("liar", shared["info_hash"])
     start(swarm, "dl")
-    swarm.ctl("dl", "download", shared["link"], "--to", str(tmp_path / "out"), "--detach")
-    status = swarm.wait_for("dl", shared["info_hash"], lambda s: s["banned"] >= 1, 60)
-    assert status["state"].startswith("fetching metadata")
+    result = swarm.ctl("dl", "download", shared["link"], "--to", str(tmp_path / "out"),
+                       check=False)
+    assert result.returncode == 14, result.stderr
+    assert result.stderr.count("\n") == 1 and "does not match" in result.stderr
+    status = swarm.status("dl", shared["info_hash"])
+    assert status["state"] == "metadata mismatch" and status["banned"] == 1
     assert not (tmp_path / "out" / "disk.img").exists()
     assert "served metadata that does not match the info-hash" in \
         (swarm.workdir / "dl.log").read_text()

@@ -3,12 +3,17 @@ in-memory peers that answer with the serving side's own logic."""
 
 import hashlib
 import os
+import random
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from peerit.bitfield import Bitfield
 from peerit.daemon.metadata_fetch import (
     MetadataFetch, MetadataSwarm, REQUEST_TIMEOUT, metadata_answer)
+from peerit.daemon.swarm import Swarm
+from peerit.metainfo import FileEntry, Metainfo
+from peerit.testing.swarms import MemoryNetwork, MemoryStore, verifier
 from peerit.wire import peer as wire
 
 PIECES = 10
@@ -91,6 +96,7 @@ class FetchTests(SynchronousTestCase):
         self.assertIsNone(h.fetch._buffer)
         self.assertIn("over the", h.fetch.problem)
         self.assertEqual(h.peers["a"].asked, [0])  # not asked for more
+        self.assertEqual(h.fetch.stuck(), "too large")
 
     def test_a_lone_peer_serving_tampered_metadata_is_banned(self):
         h = Harness()
@@ -101,8 +107,13 @@ class FetchTests(SynchronousTestCase):
         self.assertEqual(h.done, [])
         self.assertEqual([k for k, _ in h.bans], ["liar"])
         self.assertIn("does not match the info-hash", h.bans[0][1])
+        self.assertEqual(h.fetch.stuck(), "mismatch")
+        h.add("honest")
+        self.assertIsNone(h.fetch.stuck())  # someone left to ask
+        h.run()
+        self.assertEqual(h.done, [INFO_HASH])
 
-    def test_liar_among_honest_peers_is_found_and_banned_and_the_fetch_completes(self):
+    def test_a_liar_among_honest_peers_never_gets_an_honest_one_banned(self):
         h = Harness()
         tampered = bytearray(INFO)
         tampered[-1] ^= 1  # only the last piece differs
@@ -111,10 +122,21 @@ class FetchTests(SynchronousTestCase):
         h.add("honest2")
         h.run(100)
         self.assertEqual(h.done, [INFO_HASH])
-        # Whether the liar's piece was used depends on arrival order; an honest peer is
-        # never banned for it.
+        # Whether or not the liar's last piece was used, an honest peer is never banned.
         self.assertNotIn("honest1", [k for k, _ in h.bans])
         self.assertNotIn("honest2", [k for k, _ in h.bans])
+
+    def test_a_liar_whose_copy_was_not_used_is_still_banned_once_the_truth_is_known(self):
+        h = Harness()
+        tampered = bytearray(INFO)
+        tampered[0] ^= 1  # piece 0: every peer is asked it first
+        honest = h.add("honest")
+        h.add("liar", info=bytes(tampered))
+        for _ in range(2):  # the honest size and piece 0 arrive first: that copy is used
+            h.fetch.received("honest", honest.queue.pop(0))
+        h.run(100)
+        self.assertEqual(h.done, [INFO_HASH])
+        self.assertEqual([k for k, _ in h.bans], ["liar"])
 
     def test_liar_that_contributed_is_banned_after_the_one_at_a_time_round(self):
         """Every piece from the liar but one: the hash fails with two contributors, then
@@ -271,3 +293,71 @@ class MetadataSwarmTests(SynchronousTestCase):
         swarm.stop("got it")
         self.assertEqual(b.closed, "got it")
         self.assertEqual(swarm.can_attach(b"C" * 32), "swarm not active")
+
+
+class OverMemoryLinksTests(SynchronousTestCase):
+    """The fetch against real data-phase swarms, every message encoded and parsed."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.network = MemoryNetwork()
+        # Enough pieces for an info section of several metadata pieces (no data is moved:
+        # the piece hashes need not match any).
+        count = 2000
+        self.metainfo = Metainfo("big.bin", 1 << 14, count << 14, False,
+                                 (FileEntry("big.bin", count << 14),), os.urandom(32 * count))
+        self.n = 0
+
+        def seeder(complete=True):
+            self.n += 1
+            store = MemoryStore(self.metainfo, None)
+            count = self.metainfo.piece_count
+            swarm = Swarm(self.metainfo, store,
+                          Bitfield.full(count) if complete else Bitfield(count), self.clock,
+                          random.Random(self.n), hashlib.sha256(b"%d" % self.n).digest(),
+                          verify=verifier(store))
+            swarm.start()
+            return swarm
+        self.seeder = seeder
+
+    def fetcher(self):
+        done, bans = [], []
+        box = []
+        fetch = MetadataFetch(self.metainfo.info_hash, self.clock, done.append,
+                              lambda key, reason: (bans.append(reason),
+                                                   box[0].banned_by_fetch(key, reason)))
+        swarm = MetadataSwarm(fetch, b"F" * 32)
+        box.append(swarm)
+        return swarm, done, bans
+
+    def test_the_info_section_comes_from_several_swarms_and_parses_to_the_share(self):
+        self.assertGreater(len(self.metainfo.info_bytes), 3 * wire.METADATA_PIECE_SIZE)
+        fetcher, done, bans = self.fetcher()
+        a, b = self.seeder(), self.seeder(complete=False)  # a leecher holds it verified too
+        self.network.connect(fetcher, a)
+        self.network.connect(fetcher, b)
+        self.network.pump()
+        self.assertEqual(bans, [])
+        self.assertEqual(done, [self.metainfo.info_bytes])
+        served = [s for s in (a, b) if any(p.metadata_answers for p in s.peers.values())]
+        self.assertEqual(len(served), 2)
+        parsed = Metainfo.from_info(done[0])
+        self.assertEqual(parsed.info_hash, self.metainfo.info_hash)
+        self.assertEqual(parsed.piece_hashes, self.metainfo.piece_hashes)
+
+    def test_a_swarm_bans_a_peer_asking_the_same_metadata_over_and_over(self):
+        seeder = self.seeder()
+        fetcher, _, _ = self.fetcher()
+        _, there = self.network.connect(fetcher, seeder)
+        pieces = -(-len(self.metainfo.info_bytes) // wire.METADATA_PIECE_SIZE)
+        for _ in range(2 * pieces + 1):
+            seeder.handle(there.state, wire.MetadataRequest(0))
+        self.assertIn("too many metadata requests", there.closed)
+        self.assertIn(there.peer_id, seeder.banned)
+
+    def test_a_request_beyond_the_metadata_is_a_protocol_violation(self):
+        seeder = self.seeder()
+        fetcher, _, _ = self.fetcher()
+        _, there = self.network.connect(fetcher, seeder)
+        seeder.handle(there.state, wire.MetadataRequest(10_000))
+        self.assertIn("out of range", there.closed)
