@@ -332,12 +332,18 @@ def metadata_answer(info_bytes: bytes | None, piece: int, size_sent: bool) -> li
     return answer
 
 
+MAX_HAVES_KEPT = 1 << 16  # pieces a peer may announce before the metadata says how many
+
+
 @dataclass(eq=False)
 class MetadataPeer:
-    """What a link in the metadata phase holds as its swarm state."""
+    """What a link in the metadata phase holds as its swarm state, and what the peer said
+    about its pieces meanwhile (replayed to the swarm of the data when the link moves on)."""
     link: object
     peer_id: bytes
     upload_queue: tuple = ()  # nothing to upload before the metadata is known
+    bitfield: bytes | None = None
+    haves: set = field(default_factory=set)
 
 
 class MetadataSwarm:
@@ -351,6 +357,7 @@ class MetadataSwarm:
         self.my_peer_id = my_peer_id
         self.max_peers = max_peers
         self.peers: dict[bytes, object] = {}  # peer id -> link
+        self.states: dict[bytes, MetadataPeer] = {}
         self.running = True
         self.downloading = True  # what a transfer's dialing asks of its swarm
 
@@ -374,11 +381,13 @@ class MetadataSwarm:
             return None
         self.peers[link.peer_id] = link
         self.fetch.add_peer(link.peer_id, link.send)
-        return MetadataPeer(link, link.peer_id)
+        state = self.states[link.peer_id] = MetadataPeer(link, link.peer_id)
+        return state
 
     def detach(self, peer: MetadataPeer) -> None:
         if self.peers.get(peer.peer_id) is peer.link:
             del self.peers[peer.peer_id]
+            self.states.pop(peer.peer_id, None)
             self.fetch.remove_peer(peer.peer_id)
 
     def handle(self, peer: MetadataPeer, message) -> None:
@@ -388,10 +397,15 @@ class MetadataSwarm:
             peer.link.send(wire.MetadataReject(message.piece))
         elif kind in (wire.MetadataSize, wire.MetadataPiece, wire.MetadataReject):
             self.fetch.received(peer.peer_id, message)
+        elif kind is wire.Bitfield:
+            peer.bitfield = message.bits[:wire.MAX_FRAME_SIZE]
+        elif kind is wire.Have and len(peer.haves) < MAX_HAVES_KEPT:
+            peer.haves.add(message.piece)
 
     def ban(self, peer: MetadataPeer, reason: str) -> None:
         """A link's protocol breaker (a malformed message)."""
         self.peers.pop(peer.peer_id, None)
+        self.states.pop(peer.peer_id, None)
         self.fetch.banned.add(peer.peer_id)
         self.fetch.remove_peer(peer.peer_id)
         peer.link.close(f"banned: {reason}")
@@ -399,11 +413,22 @@ class MetadataSwarm:
     def banned_by_fetch(self, peer_id, reason: str) -> None:
         """The fetch's ``on_ban``: close the liar's link."""
         link = self.peers.pop(peer_id, None)
+        self.states.pop(peer_id, None)
         if link is not None:
             link.close(f"banned: {reason}")
 
     def next_upload(self, peer: MetadataPeer):
         return None
+
+    def hand_over(self) -> list[MetadataPeer]:
+        """End the phase keeping the links open (they move on to the swarm of the data):
+        their peers, and what each said about its pieces."""
+        self.running = False
+        self.fetch.stop()
+        moving = list(self.states.values())
+        self.peers.clear()
+        self.states.clear()
+        return moving
 
     def stop(self, reason: str = "metadata phase over") -> None:
         self.running = False
@@ -411,6 +436,7 @@ class MetadataSwarm:
         for link in list(self.peers.values()):
             link.close(reason)
         self.peers.clear()
+        self.states.clear()
 
     def peer_summaries(self) -> list[dict]:
         return []

@@ -33,6 +33,7 @@ from peerit.errors import PeeritError, UnknownSwarm, UsageError
 from peerit.identity import Identity
 from peerit.metainfo import Metainfo
 from peerit import tls
+from peerit.wire import peer as wire
 from peerit.wire import tracker as tracker_wire
 
 log = Logger()
@@ -505,6 +506,7 @@ class Daemon(service.MultiService):
         if self.transfers.get(phase.info_hash) is not phase:
             return  # removed meanwhile
         banned = set(phase.swarm.fetch.banned) if phase.swarm is not None else set()
+        moving = phase.swarm.hand_over() if phase.swarm is not None else []
         phase.stop("metadata fetched", announce=False)
         try:
             metainfo = Metainfo.from_info(info_bytes, phase.link.trackers)
@@ -513,6 +515,8 @@ class Daemon(service.MultiService):
             phase.state, phase.error = "error", str(e)
             log.error("transfer {t}: cannot start after its metadata: {e}", t=phase.short,
                       e=str(e))
+            for peer in moving:
+                peer.link.close("metadata unusable")
             return
         self.state.metadata_fetched(SwarmRecord(
             metainfo.info_hash, metainfo.to_bytes(), phase.root, "download", False,
@@ -522,7 +526,29 @@ class Daemon(service.MultiService):
         if transfer.swarm is not None:
             # A peer that served bad metadata stays banned in the swarm of the data.
             transfer.swarm.banned |= banned
-        transfer.peers_found(list(phase.known.values()))  # dial them again at once
+        self._move_links(transfer, moving)
+        transfer.peers_found(list(phase.known.values()))  # those not linked yet: dial
+
+    @staticmethod
+    def _move_links(transfer, moving) -> None:
+        """The metadata phase's links join the swarm of the data as they are (closing them
+        and dialing again raced with the peer's view of the old link, and cost seconds);
+        what each peer said about its pieces meanwhile is replayed."""
+        swarm = transfer.swarm
+        for peer in moving:
+            link = peer.link
+            if swarm is None or not swarm.running:
+                link.close("metadata fetched")  # checking existing data first: dial later
+                continue
+            link.attach()
+            if link.state is None:
+                continue
+            if peer.bitfield is not None:
+                swarm.handle(link.state, wire.Bitfield(peer.bitfield))
+            for piece in sorted(peer.haves):
+                if swarm.peers.get(link.peer_id) is not link.state:
+                    break  # banned for a piece out of range
+                swarm.handle(link.state, wire.Have(piece))
 
     def link_of(self, transfer) -> links.Link:
         if isinstance(transfer, MetadataPhase):
