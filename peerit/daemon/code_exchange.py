@@ -153,15 +153,14 @@ class CodeExchange:
     def _translate(self, error: Exception, code: str) -> PeeritError:
         if isinstance(error, PeeritError):
             return error
-        errors = wormhole_errors
-        if isinstance(error, errors.WrongPasswordError):
+        if isinstance(error, wormhole_errors.WrongPasswordError):
             return WrongCode(f"wrong code{' ' + code if code else ''}: the other side typed "
                              f"another one; the code is burnt, ask for a new one")
-        if isinstance(error, (errors.ServerConnectionError, errors.ServerError,
-                              errors.WelcomeError, ConnectionError)):
+        if isinstance(error, (wormhole_errors.ServerConnectionError, wormhole_errors.ServerError,
+                              wormhole_errors.WelcomeError, ConnectionError)):
             return RendezvousUnreachable(
                 f"cannot reach the rendezvous {self.mailbox_url}: {_one_line(error)}")
-        if isinstance(error, errors.WormholeClosed):
+        if isinstance(error, wormhole_errors.WormholeClosed):
             return CodeExpired(f"code {code} was closed before the exchange finished")
         return PeeritError(f"code exchange failed: {_one_line(error)}")
 

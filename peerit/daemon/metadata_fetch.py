@@ -34,7 +34,6 @@ class _Source:
     key: object
     send: object
     size: int | None = None  # what it announced
-    asked_size: bool = False
     rejected: bool = False  # holds no verified metadata (yet)
     strikes: int = 0
     pending: dict = field(default_factory=dict)  # piece -> deadline
@@ -239,7 +238,6 @@ class MetadataFetch:
 
     def _ask(self, source: _Source, piece: int) -> None:
         source.pending[piece] = self.clock.seconds() + self.request_timeout
-        source.asked_size = True
         self._wanted[piece] = source.key
         source.send(wire.MetadataRequest(piece))
         self._arm_timer()
