@@ -6,11 +6,12 @@ revenge``; the person reads it to the receiver, whose daemon gives the same code
 the code into a shared key the mailbox never learns, so the mailbox can neither read the link
 nor sit in the middle: it gets one guess, and a wrong guess burns the code for both sides.
 
-Through that channel the sender passes the link (with its own peer id); the receiver's daemon
-prepares the download (a target it cannot write is refused now, not after the exchange) and
-answers with its peer id, or with why it refused. Each then pins the other: the sender's
-daemon admits only that receiver to the share (a private send) and the receiver's daemon
-takes data only from that sender.
+Through that channel, three messages: the sender passes the link (with its own peer id); the
+receiver's daemon prepares the download (a target it cannot write is refused now, not after
+the exchange) and answers with its peer id, or with why it refused; the sender pins that
+receiver (its daemon now admits only that peer to the share: a private send) and says
+``ready``, and only then does the receiver start, taking data only from that sender (a dial
+before the pin would be refused, and retried seconds later).
 
 Every wait is bounded: reaching the mailbox (``connect_timeout``), a sender waiting for its
 receiver (the code's lifetime, after which the code is released and no longer works) and a
@@ -70,9 +71,10 @@ class CodeExchange:
             raise self._translate(e, "") from None
 
     # -- sender ---------------------------------------------------------------------------
-    async def offer(self, link: links.Link, my_peer_id: bytes):
+    async def offer(self, link: links.Link, my_peer_id: bytes, admit=None):
         """A code for ``link``; returns ``(code, receiver)`` where ``receiver`` is a Deferred
-        firing with the receiver's peer id (or failing with WrongCode or CodeExpired)."""
+        firing with the receiver's peer id (or failing with WrongCode, CodeExpired or
+        ReceiverRefused). ``admit(peer_id)`` pins the receiver before it is told to start."""
         w = self._open()
         await self._connected(w)
         w.allocate_code(2)
@@ -83,16 +85,18 @@ class CodeExchange:
             raise self._translate(e, "") from None
         sent = links.Link(link.info_hash, link.trackers, link.name, link.size, my_peer_id)
         w.send_message(json.dumps({"link": str(sent), "peer": my_peer_id.hex()}).encode())
-        receiver = defer.ensureDeferred(self._await_receiver(w, code))
+        receiver = defer.ensureDeferred(self._await_receiver(w, code, admit))
         return code, receiver
 
-    async def _await_receiver(self, w, code: str) -> bytes:
+    async def _await_receiver(self, w, code: str, admit) -> bytes:
         try:
             message = await self._within(w.get_message(), self.code_lifetime)
             refusal = _decode(message).get("refused")
             if refusal is not None:
                 raise ReceiverRefused(f"the receiver refused: {str(refusal)[:200]}")
             peer = _peer_of(message)
+            if admit is not None:
+                admit(peer)
         except defer.TimeoutError:
             await self._close(w)  # releases the nameplate: the code no longer works
             raise CodeExpired(f"code {code} expired: nobody used it within "
@@ -100,6 +104,7 @@ class CodeExchange:
         except Exception as e:
             await self._close(w)
             raise self._translate(e, code) from None
+        w.send_message(json.dumps({"ready": True}).encode())
         await self._close(w)
         log.info("code {code}: receiver {peer} pinned", code=code, peer=peer.hex()[:16])
         return peer
@@ -108,7 +113,7 @@ class CodeExchange:
     async def accept(self, code: str, my_peer_id: bytes, prepare=None):
         """The sender's link (its ``peer_id`` the sender's, pinned) for a code, and what
         ``prepare(link)`` returned: it readies the download and raises a PeeritError to
-        refuse it (the sender is told why)."""
+        refuse it (the sender is told why). Returns once the sender has pinned us."""
         code = check_code(code)
         w = self._open()
         await self._connected(w)
@@ -136,7 +141,18 @@ class CodeExchange:
             await self._close(w)
             raise
         w.send_message(json.dumps({"peer": my_peer_id.hex()}).encode())
+        try:
+            ready = _decode(await self._within(w.get_message(), self.receive_wait))
+        except defer.TimeoutError:
+            await self._close(w)
+            raise CodeExpired(f"code {code}: the sender did not confirm within "
+                              f"{self.receive_wait:g}s") from None
+        except Exception as e:
+            await self._close(w)
+            raise self._translate(e, code) from None
         await self._close(w)
+        if ready.get("ready") is not True:
+            raise PeeritError(f"code {code}: the sender sent a malformed confirmation")
         return link, prepared
 
     # -- plumbing -------------------------------------------------------------------------

@@ -481,9 +481,11 @@ class Daemon(service.MultiService):
         return transfer, present
 
     # -- links and codes (docs/links.md) --------------------------------------------------
-    def add_link(self, link, target_dir: str, pin: bytes | None = None) -> Transfer:
+    def add_link(self, link, target_dir: str, pin: bytes | None = None,
+                 start: bool = True) -> Transfer:
         """Download what a link names: its metadata from the swarm first. ``pin``: the one
-        peer to take it from (a code exchange's sender)."""
+        peer to take it from (a code exchange's sender), ``start=False``: not yet (until
+        that sender has pinned us)."""
         if isinstance(link, str):
             link = links.parse(link)
         root = self._root(target_dir)
@@ -497,7 +499,8 @@ class Daemon(service.MultiService):
         self.state.add_link(link.info_hash, str(link), root, time.time())
         phase = MetadataPhase(self, link, root)
         self.transfers[link.info_hash] = phase
-        phase.start()
+        if start:
+            phase.start()
         return phase
 
     def metadata_fetched(self, phase: MetadataPhase, info_bytes: bytes) -> None:
@@ -596,22 +599,22 @@ class Daemon(service.MultiService):
         try:
             transfer = self.add_seed(data_path, metainfo_path, check=False)
             link = self.link_of(transfer)
-            code, receiver = await exchange.offer(link, self.peer_id)
+            code, receiver = await exchange.offer(
+                link, self.peer_id, lambda peer: self._receiver_known(info_hash, peer))
         except BaseException:
             self._end_send(info_hash)
             raise
         self.sends[info_hash] = {"code": code, "state": "waiting for the receiver",
                                  "receiver": "", "error": "", "error_code": 0,
                                  "delivered": False}
-        receiver.addCallbacks(lambda peer: self._receiver_known(info_hash, peer),
-                              lambda failure: self._send_failed(info_hash, failure))
+        receiver.addErrback(lambda failure: self._send_failed(info_hash, failure))
         return {"code": code, "info_hash": info_hash.hex(), "name": metainfo.name,
                 "link": str(link)}
 
     def _receiver_known(self, info_hash: bytes, peer_id: bytes) -> None:
         send = self.sends.get(info_hash)
         if send is None or info_hash not in self.transfers:
-            return
+            raise PeeritError("this send was removed meanwhile")
         self._pin(info_hash, peer_id)
         send.update(state="sending", receiver=peer_id.hex())
         log.info("send {t}: admitting receiver {peer} only", t=info_hash.hex()[:12],
@@ -657,7 +660,10 @@ class Daemon(service.MultiService):
         """Take the share a code names; data comes only from the sender the code pinned."""
         exchange = self._code_exchange()
         _, transfer = await exchange.accept(
-            code, self.peer_id, lambda link: self.add_link(link, target_dir, pin=link.peer_id))
+            code, self.peer_id,
+            lambda link: self.add_link(link, target_dir, pin=link.peer_id, start=False))
+        if isinstance(transfer, MetadataPhase) and transfer.state == "stopped":
+            transfer.start()
         return transfer
 
     def remove(self, transfer: Transfer, delete_data: bool) -> None:

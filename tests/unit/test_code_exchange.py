@@ -5,13 +5,13 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from peerit import links
+from peerit import errors, links
 from peerit.addresses import TrackerAddress
 from peerit.daemon.code_exchange import CodeExchange
 from peerit.links import check_code
 from peerit.errors import (
     CodeExpired, NoSpace, ReceiverRefused, RendezvousUnreachable, UsageError, WrongCode)
-from peerit.testing.wormholes import FakeMailbox
+from peerit.testing.wormholes import FakeMailbox, FakeWormhole
 
 SENDER = b"S" * 32
 RECEIVER = b"R" * 32
@@ -28,13 +28,14 @@ class CodeExchangeTests(SynchronousTestCase):
         return CodeExchange(None, "ws://mailbox.invalid/v1", clock=self.clock,
                             create=self.mailbox.create, **kwargs)
 
-    def offer(self, exchange=None):
-        d = defer.ensureDeferred((exchange or self.exchange()).offer(LINK, SENDER))
+    def offer(self, exchange=None, admit=None):
+        d = defer.ensureDeferred((exchange or self.exchange()).offer(LINK, SENDER, admit))
         code, receiver = self.successResultOf(d)
         return code, receiver
 
     def test_matching_codes_pass_the_link_and_pin_both_peers(self):
-        code, receiver = self.offer()
+        admitted = []
+        code, receiver = self.offer(admit=admitted.append)
         self.assertRegex(code, r"^\d+-[a-z]+-[a-z]+$")
         prepared = []
         accepted = defer.ensureDeferred(self.exchange().accept(
@@ -44,6 +45,7 @@ class CodeExchangeTests(SynchronousTestCase):
         self.assertEqual(link, links.Link(LINK.info_hash, LINK.trackers, "holiday", 1234,
                                           SENDER))
         self.assertEqual(prepared, [link])
+        self.assertEqual(admitted, [RECEIVER])  # pinned before the receiver was let go
         self.assertEqual(self.successResultOf(receiver), RECEIVER)
         self.assertEqual(self.mailbox.nameplates, {})  # both sides released the code
 
@@ -111,3 +113,31 @@ class CodeExchangeTests(SynchronousTestCase):
         w.send_message(b"\xff not json")
         failure = self.failureResultOf(receiver)
         self.assertIn("malformed", failure.getErrorMessage())
+
+    def test_the_receiver_waits_for_the_sender_to_pin_it(self):
+        """A receiver that dialed before the sender admitted it would be refused: accept
+        returns only once the sender's confirmation arrived."""
+        code, receiver = self.offer(admit=lambda peer: None)
+        held = []
+        deliver = FakeWormhole._deliver
+
+        def hold_confirmation(wormhole, message):
+            if b'"ready"' in message:
+                held.append((wormhole, message))
+            else:
+                deliver(wormhole, message)
+        self.patch(FakeWormhole, "_deliver", hold_confirmation)
+        d = defer.ensureDeferred(self.exchange(receive_wait=30).accept(code, RECEIVER))
+        self.assertEqual(len(held), 1)
+        self.assertNoResult(d)
+        deliver(*held[0])
+        self.successResultOf(d)
+
+    def test_a_send_that_cannot_admit_leaves_the_receiver_unconfirmed(self):
+        def admit(peer):
+            raise errors.PeeritError("this send was removed meanwhile")
+        code, receiver = self.offer(admit=admit)
+        d = defer.ensureDeferred(self.exchange(receive_wait=30).accept(code, RECEIVER))
+        self.failureResultOf(receiver, errors.PeeritError)
+        self.clock.advance(30)
+        self.failureResultOf(d, CodeExpired)
