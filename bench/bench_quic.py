@@ -115,15 +115,19 @@ def make_protocols(size: int, on_done):
 def child(args) -> None:
     from twisted.internet import reactor
     from peerit.identity import Identity
-    from peerit.nat.quic import QuicDatagramProtocol
+    from peerit.nat.quic import QuicEndpoint
+    from peerit.nat.udp import DatagramKind, UdpMux
 
     me = Identity.load_or_create(args.identity)
     other = Identity.load_or_create(args.peer_identity)
     Sender, Receiver = make_protocols(args.size * 1024 * 1024, lambda result: finish(result))
-    proto = QuicDatagramProtocol(me, reactor, settings_from(args))
-    port = reactor.listenUDP(args.port, proto, interface="127.0.0.1")
-    buffers = (proto.transport.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-               proto.transport.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+    mux = UdpMux(reactor)
+    endpoint = QuicEndpoint(me, mux.send, reactor, settings_from(args), send_many=mux.send_many)
+    mux.set_handler(DatagramKind.QUIC, endpoint.datagram_received)
+    port = reactor.listenUDP(args.port, mux, interface="127.0.0.1")
+    endpoint.host = port.getHost()
+    buffers = (port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+               port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
     profiler = cProfile.Profile() if args.profile else None
     outcome = {"buffers": buffers}
     peer = ("127.0.0.1", args.peer_port)
@@ -137,16 +141,16 @@ def child(args) -> None:
         finish({"error": failure.getErrorMessage()})
 
     if args.role == "receive":
-        proto.endpoint.accept_from(peer, [other.peer_id], lambda pid: Receiver(),
+        endpoint.accept_from(peer, [other.peer_id], lambda pid: Receiver(),
                                    timeout=30).addErrback(failed)
         print("ready", flush=True)
     else:
         time.sleep(0.2)  # the receiver armed before the parent started us; be safe anyway
-        proto.endpoint.connect(peer, other.peer_id, lambda pid: Sender()).addErrback(failed)
+        endpoint.connect(peer, other.peer_id, lambda pid: Sender()).addErrback(failed)
     reactor.callLater(600, lambda: finish({"error": "timed out"}))
     if args.trace:
         from twisted.internet import task
-        task.LoopingCall(trace_links, args.role, proto.endpoint).start(args.trace, now=False)
+        task.LoopingCall(trace_links, args.role, endpoint).start(args.trace, now=False)
     if profiler:
         profiler.enable()
     reactor.run()
@@ -155,13 +159,13 @@ def child(args) -> None:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.top)
         outcome["profile"] = text.getvalue()
-    reader, writer = port.doRead, proto._writer
+    reader, writer = port.doRead, mux._writer
     outcome["io"] = (f"{writer.datagrams} sent in {writer.syscalls} syscalls, "
                      f"{reader.datagrams} read in {reader.syscalls}")
     port.stopListening()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     outcome["cpu"] = usage.ru_utime + usage.ru_stime
-    outcome["send_failures"] = proto.endpoint.send_failures
+    outcome["send_failures"] = endpoint.send_failures
     print("RESULT " + json.dumps(outcome), flush=True)
 
 

@@ -256,7 +256,7 @@ def sample_natlab(args) -> None:
 def inject_profiler(directory: Path) -> None:
     """Every daemon LocalSwarm starts runs under twistd's cProfile, one stats file per
     daemon (named after its data directory), written when it is stopped."""
-    from peerit.testing import localswarm
+    from peerit import local_swarm as localswarm
     directory.mkdir(parents=True, exist_ok=True)
     original = localswarm.twistd_argv
 

@@ -18,6 +18,7 @@ from twisted.internet import defer, endpoints, error as twisted_error
 from twisted.protocols import amp
 
 from peerit.control import commands
+from peerit.control.paths import control_path_of, default_control_path
 from peerit.errors import DaemonNotRunning, PermissionDenied, PeeritError, TimedOut
 
 CONNECT_TIMEOUT = 5
@@ -26,7 +27,6 @@ CALL_TIMEOUT = 60
 
 def control_path(explicit: str | None = None) -> str:
     """The control socket: ``explicit``, else $PEERIT_CONTROL, else the daemon's default."""
-    from peerit.daemon.service import control_path_of, default_control_path
     spec = explicit or os.environ.get("PEERIT_CONTROL") or default_control_path()
     return control_path_of(spec)
 

@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from peerit.client import BlockingClient
 from peerit.ctl.offline import format_size, parse_size
-from peerit.testing.localswarm import LocalSwarm
-from peerit.testing.files import sha256_of
+from peerit.local_swarm import LocalSwarm, sha256_of
 
 
 
@@ -59,7 +59,6 @@ def main(argv=None) -> int:
                                dynamic_ncols=True)
                     for i, name in enumerate(("bob", "carol"))}
             # Poll through the Python client API (peerit.client), as a script would.
-            from peerit.client import BlockingClient
             clients = {name: BlockingClient(swarm.daemons[name].control) for name in bars}
             pending = set(bars)
             while pending:

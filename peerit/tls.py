@@ -18,19 +18,14 @@ from twisted.protocols.tls import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-try:
-    # pyOpenSSL's cffi binding: SSL_read into a caller's buffer (pyOpenSSL's own recv
-    # allocates a buffer and copies out of it for every record). Checked against
-    # pyOpenSSL 26.4; tests/unit/test_tls.py fails if the direct path is not taken.
-    from OpenSSL._util import ffi as _ffi, lib as _lib
-    _DIRECT_READ = hasattr(SSL.Connection, "_raise_ssl_error") and all(
-        hasattr(_lib, name) for name in ("SSL_read", "SSL_write", "BIO_get_mem_data",
-                                         "SSL_get_error", "SSL_ERROR_WANT_READ"))
-    _WANT_READ = _lib.SSL_ERROR_WANT_READ
-except ImportError:  # pragma: no cover - a pyOpenSSL without the binding: plain recv
-    _DIRECT_READ = False
-
 from peerit.identity import Identity, peer_id_of_certificate
+from peerit.shims.openssl import binding_has, ffi as _ffi, lib as _lib
+
+# SSL_read into a caller's buffer (pyOpenSSL's own recv allocates a buffer and copies out of
+# it for every record); tests/unit/test_tls.py fails if the direct path is not taken.
+_DIRECT_READ = binding_has("SSL_read", "SSL_write", "BIO_get_mem_data", "SSL_get_error",
+                           "SSL_ERROR_WANT_READ")
+_WANT_READ = _lib.SSL_ERROR_WANT_READ if _DIRECT_READ else None
 
 
 TLS13_CIPHERSUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"

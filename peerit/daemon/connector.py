@@ -1,7 +1,8 @@
 """Dial a peer: race its candidate paths with small staggers; the first to finish wins.
 
-Each candidate is a callable returning a Deferred that fires with a ready ``PeerLink`` (TLS
-and protocol handshakes done, identity checked). Candidates start ``stagger`` seconds apart, or
+Each candidate is a callable returning a Deferred that fires with a ready link, the
+``PeerSession`` of a ``PeerLink`` in state AUTHORIZED (TLS and protocol handshakes done,
+identity checked). Candidates start ``stagger`` seconds apart, or
 at once when the previous one failed; the first link ready wins and every other attempt is
 cancelled or closed (as wormhole's ``there_can_be_only_one``). The NAT work adds punched QUIC
 and relay candidates to the same race.
@@ -19,7 +20,7 @@ from peerit.errors import PeeritError
 @dataclass
 class Candidate:
     label: str  # e.g. "tcp 192.0.2.7:4000 (lan)"
-    start: Callable[[], Deferred]  # -> Deferred[PeerLink]
+    start: Callable[[], Deferred]  # -> Deferred[PeerSession]
 
 
 class NoPath(PeeritError):
@@ -115,7 +116,7 @@ class Race:
 
 
 def link_attempt(connect, make_link) -> Deferred:
-    """Run one connection attempt until its ``PeerLink`` is ready.
+    """Run one connection attempt until its link is ready (fires with its ``PeerSession``).
 
     ``connect(factory) -> Deferred`` opens the transport (e.g. a TLS-wrapped TCP endpoint's
     ``connect``); ``make_link(on_ready, on_failed)`` builds the protocol. The returned Deferred

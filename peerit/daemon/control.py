@@ -1,29 +1,26 @@
-"""AMP responders for the control socket: each one a thin call into the ``Daemon``."""
+"""The control socket: a child service listening on a UNIX socket, and its AMP responders,
+each one a thin call into the :class:`~peerit.daemon.operations.DaemonOperations`."""
 
 import json
+import os
 
-from twisted.internet import defer
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
-from peerit import __version__
 from peerit.control import commands
+from peerit.daemon.operations import DaemonOperations
 from peerit.errors import PeeritError, UsageError
 
 MAX_CONTROL_SESSIONS = 32
 
 
-def _check_paths(*paths: str) -> None:
-    """A NUL cannot be in a path (the OS raises ValueError, not OSError, deep inside)."""
-    for path in paths:
-        if "\x00" in path:
-            raise UsageError(f"{path[:60]!r}: a path cannot contain a NUL character")
-
-
 class ControlProtocol(amp.AMP):
-    def __init__(self, daemon):
+    def __init__(self, operations: DaemonOperations):
         super().__init__()
-        self.daemon = daemon
+        self.operations = operations
 
     def connectionMade(self):
         super().connectionMade()
@@ -52,121 +49,119 @@ class ControlProtocol(amp.AMP):
 
     @commands.DaemonInfo.responder
     def info(self):
-        d = self.daemon
-        return {
-            "version": __version__,
-            "peer_id": d.peer_id.hex(),
-            "data_dir": d.data_dir,
-            "listen_port": d.listen_port,
-            "trackers": [str(a) for a in d.trackers],
-            "trackers_connected": [str(a) for a, c in d.trackers.items() if c.connected],
-        }
+        return self.operations.info()
 
     @commands.Share.responder
     def share(self, data_path, metainfo_path, check):
-        _check_paths(data_path, metainfo_path)
-        t = self.daemon.add_seed(data_path, metainfo_path, check)
-        return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name, "state": t.state}
+        return self.operations.share(data_path, metainfo_path, check)
 
     @commands.Download.responder
     def download(self, metainfo_path, target_dir):
-        _check_paths(metainfo_path, target_dir)
-        t = self.daemon.add_download(metainfo_path, target_dir)
-        return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name, "path": t.path}
+        return self.operations.download(metainfo_path, target_dir)
 
     @commands.Status.responder
     def status(self, id):
-        return self.daemon.find(id).summary()
+        return self.operations.status(id)
 
     @commands.List.responder
     def list(self, offset, limit):
-        if offset < 0 or not 0 < limit <= commands.MAX_PAGE:
-            raise UsageError(f"page limit must be 1..{commands.MAX_PAGE}")
-        transfers = sorted(self.daemon.transfers.values(), key=lambda t: t.name)
-        page = transfers[offset:offset + limit]
-        return {"transfers": [t.summary() for t in page], "total": len(transfers)}
+        return self.operations.list(offset, limit)
 
     @commands.Peers.responder
     def peers(self, id):
-        transfer = self.daemon.find(id)
-        peers = transfer.swarm.peer_summaries() if transfer.swarm else []
-        return {"peers": peers[:commands.MAX_PEERS_LISTED], "total": len(peers)}
+        return self.operations.peers(id)
 
     @commands.Pause.responder
     def pause(self, id):
-        t = self.daemon.find(id)
-        t.pause()
-        return {"info_hash": t.info_hash.hex()}
+        return self.operations.pause(id)
 
     @commands.Resume.responder
     def resume(self, id):
-        t = self.daemon.find(id)
-        t.resume()
-        return {"info_hash": t.info_hash.hex()}
-
-    @commands.Remove.responder
-    def remove(self, id, delete_data):
-        t = self.daemon.find(id)
-        self.daemon.remove(t, delete_data)
-        return {"info_hash": t.info_hash.hex()}
+        return self.operations.resume(id)
 
     @commands.DownloadLink.responder
     def download_link(self, link, target_dir):
-        _check_paths(target_dir)
-        t = self.daemon.add_link(link, target_dir)
-        return {"info_hash": t.info_hash.hex(), "name": t.name, "path": t.path}
+        return self.operations.download_link(link, target_dir)
 
     @commands.LinkOf.responder
     def link_of(self, id):
-        t = self.daemon.find(id)
-        return {"link": str(self.daemon.link_of(t)), "info_hash": t.info_hash.hex()}
+        return self.operations.link(id)
 
     @commands.ExportMetainfo.responder
     def export_metainfo(self, id, path, overwrite):
-        _check_paths(path)
-        t = self.daemon.find(id)
-        return {"path": self.daemon.export_metainfo(t, path, overwrite),
-                "info_hash": t.info_hash.hex()}
+        return self.operations.export_metainfo(id, path, overwrite)
 
     @commands.Send.responder
     def send(self, data_path, metainfo_path):
-        _check_paths(data_path, metainfo_path)
-        return defer.ensureDeferred(self.daemon.send(data_path, metainfo_path))
+        return self.operations.send(data_path, metainfo_path)
 
     @commands.SendStatus.responder
     def send_status(self, id):
-        return self.daemon.send_status(id)
+        return self.operations.send_status(id)
 
     @commands.Receive.responder
     def receive(self, code, target_dir):
-        _check_paths(target_dir)
-        d = defer.ensureDeferred(self.daemon.receive(code, target_dir))
-        d.addCallback(lambda t: {"info_hash": t.info_hash.hex(), "name": t.name,
-                                 "path": t.path})
-        return d
+        return self.operations.receive(code, target_dir)
+
+    @commands.Remove.responder
+    def remove(self, id, delete_data):
+        return self.operations.remove(id, delete_data)
 
     @commands.NetCheck.responder
     def netcheck(self):
-        netcheck = getattr(self.daemon, "netcheck", None)
-        if netcheck is None:
-            raise PeeritError("this daemon has no UDP socket to check (start it with --udp)")
-        d = netcheck()
+        d = self.operations.netcheck()
         d.addCallback(lambda report: {"report": json.dumps(report)})
         return d
 
 
 class ControlFactory(Factory):
-    def __init__(self, daemon):
-        self.daemon = daemon
+    def __init__(self, operations: DaemonOperations):
+        self.operations = operations
         self.sessions = 0
 
     def buildProtocol(self, addr):
         if self.sessions >= MAX_CONTROL_SESSIONS:
             return None
-        protocol = ControlProtocol(self.daemon)
+        protocol = ControlProtocol(self.operations)
         protocol.factory = self
         return protocol
 
 
-def control_factory(daemon) -> Factory:
-    return ControlFactory(daemon)
+def control_factory(operations: DaemonOperations) -> Factory:
+    return ControlFactory(operations)
+
+
+class ControlSocket(service.Service):
+    """Listens on ``path`` for peerit-ctl; the last child to start, the first to stop."""
+
+    name = "control"
+
+    def __init__(self, reactor, path: str, operations: DaemonOperations):
+        self.reactor = reactor
+        self.path = path
+        self.operations = operations
+        self._port = None
+
+    def startService(self):
+        super().startService()
+        return defer.ensureDeferred(self._listen())
+
+    async def _listen(self):
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Permissions come from the directory (Twisted's advice): only we may enter it.
+        os.chmod(directory, 0o700)
+        endpoint = endpoints.UNIXServerEndpoint(self.reactor, self.path, mode=0o600,
+                                                wantPID=True)
+        try:
+            self._port = await endpoint.listen(control_factory(self.operations))
+        except CannotListenError as e:
+            if "lock" in str(e):
+                raise PeeritError(f"another peer-it daemon already uses the control socket "
+                                  f"{self.path} (give this one its own --control)") from None
+            raise PeeritError(f"cannot listen on {self.path}: {e.socketError}") from None
+
+    def stopService(self):
+        super().stopService()
+        if self._port is not None:
+            return self._port.stopListening()

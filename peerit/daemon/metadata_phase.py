@@ -1,16 +1,17 @@
 """A download known only by its ``peerit:`` link, until its metadata is fetched and verified.
 
-It finds peers and dials them exactly as a transfer does (it is one, without files): its
-links attach to a ``MetadataSwarm`` instead of a swarm of pieces. Once the info section's
-hash matches the link, the daemon replaces it by an ordinary download of that metadata
-(``Daemon.metadata_fetched``), which is saved: a restart never fetches it again.
+It finds peers and dials them exactly as a transfer does (it is one, without files, in state
+FETCHING): its links attach to a ``MetadataSwarm`` instead of a swarm of pieces. Once the
+info section's hash matches the link, ``on_metadata(phase, info_bytes)`` (the registry,
+``Transfers.metadata_fetched``) replaces it by an ordinary download of that metadata, which
+is saved: a restart never fetches it again.
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from peerit.daemon.metadata_fetch import MetadataFetch, MetadataSwarm
-from peerit.daemon.transfer import Transfer
+from peerit.daemon.transfer import State, Transfer, TransferHost
 from peerit.links import Link
 
 log = Logger()
@@ -27,16 +28,17 @@ class _NoFiles:
 
 
 class MetadataPhase(Transfer):
-    def __init__(self, daemon, link: Link, root: str):
+    def __init__(self, host: TransferHost, link: Link, root: str, on_metadata):
         # Not Transfer.__init__: there is no metainfo, piece set or file store yet.
-        self.daemon = daemon
-        self.clock = daemon.clock
+        self.host = host
+        self.clock = host.clock
+        self.on_metadata = on_metadata
         self.link = link
         self.info_hash = link.info_hash
         self.root = root
         self.role = "download"
         self.store = _NoFiles()
-        self.state = "stopped"
+        self.state = State.STOPPED
         self.error = ""
         self.paused = False
         self.swarm: MetadataSwarm | None = None
@@ -58,7 +60,7 @@ class MetadataPhase(Transfer):
 
     @property
     def trackers(self):
-        return self.daemon.trackers_for(self.link)
+        return self.host.trackers_for(self.link)  # a link names its trackers as a .p2p does
 
     @property
     def bytes_left(self) -> int:
@@ -66,12 +68,13 @@ class MetadataPhase(Transfer):
 
     def start(self, check=None) -> defer.Deferred:
         if self.paused:
-            self.state = "paused"
+            if self.state is not State.PAUSED:
+                self._move(State.PAUSED)
             return defer.succeed(None)
         fetch = MetadataFetch(self.info_hash, self.clock, self._fetched,
                               lambda key, reason: self.swarm.banned_by_fetch(key, reason))
-        self.swarm = MetadataSwarm(fetch, self.daemon.peer_id)
-        self.state = "fetching metadata"
+        self.swarm = MetadataSwarm(fetch, self.host.peer_id)
+        self._move(State.FETCHING)
         self.error = ""
         self.announce("started")
         self._maintain_call = self.clock.callLater(0, self._maintain)
@@ -80,8 +83,8 @@ class MetadataPhase(Transfer):
     def _fetched(self, info_bytes: bytes) -> None:
         log.info("transfer {t}: metadata fetched and verified ({n} bytes)", t=self.short,
                  n=len(info_bytes))
-        # Out of the fetch's call stack: the daemon closes this phase's links.
-        self.clock.callLater(0, self.daemon.metadata_fetched, self, info_bytes)
+        # Out of the fetch's call stack: the registry ends this phase and moves its links.
+        self.clock.callLater(0, self.on_metadata, self, info_bytes)
 
     def sync(self) -> defer.Deferred:
         return defer.succeed(None)
@@ -89,11 +92,11 @@ class MetadataPhase(Transfer):
     def summary(self) -> dict:
         swarm = self.swarm
         fetch = swarm.fetch if swarm is not None else None
-        state = self.state
+        state = self.state.value
         stuck = fetch.stuck() if fetch is not None else None
-        if state == "fetching metadata" and stuck is not None:
+        if self.state is State.FETCHING and stuck is not None:
             state = f"metadata {stuck}"  # peerit-ctl's exit code 13 or 14
-        elif state == "fetching metadata" and swarm is not None and not swarm.peers:
+        elif self.state is State.FETCHING and swarm is not None and not swarm.peers:
             state = "fetching metadata, waiting for peers"
         return {
             "info_hash": self.info_hash.hex(),

@@ -4,7 +4,9 @@ import os
 
 from twisted.python import usage
 
-from peerit.addresses import TrackerAddress
+from peerit.addresses import TrackerAddress, check_mailbox_url, default_mailbox_url
+from peerit.control.paths import default_control_path, default_data_dir
+from peerit.daemon.service import Daemon
 from peerit.errors import PeeritError
 
 
@@ -75,13 +77,12 @@ class Options(usage.Options):
 
     def postOptions(self):
         from peerit.ctl.offline import parse_size
-        from peerit.daemon.service import default_control_path, default_data_dir
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
             raise usage.UsageError(f"--max-upload-rate: {e}")
         from peerit.addresses import parse_host_port
-        from peerit.nat.manager import parse_paths, parse_udp_spec
+        from peerit.daemon.nat.manager import parse_paths, parse_udp_spec
         try:
             parse_udp_spec(self["udp"])
             self["paths"] = parse_paths(self["paths"])
@@ -95,7 +96,6 @@ class Options(usage.Options):
                 raise ValueError
         except ValueError:
             raise usage.UsageError("--quic-datagram-size must be 1200..65527")
-        from peerit.addresses import check_mailbox_url, default_mailbox_url
         try:
             if self["mailbox"]:
                 self["mailbox"] = check_mailbox_url(self["mailbox"])
@@ -117,10 +117,10 @@ class Options(usage.Options):
             self["control"] = "unix:" + default_control_path(self["data-dir"])
 
 
-def makeService(options):
-    from twisted.internet import reactor
-
-    from peerit.daemon.service import Daemon
+def makeService(options, reactor=None) -> Daemon:
+    """The daemon's child services (see ``peerit.daemon.service``) on ``reactor``."""
+    if reactor is None:
+        from twisted.internet import reactor
     return Daemon(reactor, options["data-dir"], options["control"], options["listen"],
                   options["trackers"], options["advertise"],
                   max_upload_rate=options["max-upload-rate"], udp=options["udp"],

@@ -4,13 +4,26 @@ A transfer checks data it cannot trust yet (an existing .p2p's data, files alrea
 target, pieces not known to be on stable storage after a crash) before the swarm starts,
 keeps the resume state current, and keeps enough links open: it asks its trackers for peers and
 dials the ones it is not connected to, backing off from those that fail.
+
+Its lifecycle (``State``) changes only here, by the moves ``TRANSITIONS`` lists: from
+STOPPED it starts CHECKING, DOWNLOADING or SEEDING (checking first what it cannot trust yet),
+or FETCHING the metadata of a download known only by its link (``metadata_phase.py``);
+DOWNLOADING becomes SEEDING once complete; any of these may be PAUSED, end in ERROR (data
+that no longer matches, a full disk) or be STOPPED (removed, daemon shutting down); resuming
+from PAUSED or ERROR starts it again.
+
+What it needs from the daemon is a :class:`TransferHost`, nothing more.
 """
 
+import enum
 import json
 import os
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from peerit.bitfield import Bitfield
@@ -42,6 +55,52 @@ def bytes_left(metainfo, have: Bitfield) -> int:
     return metainfo.total_size - done
 
 
+class State(enum.Enum):
+    STOPPED = "stopped"
+    FETCHING = "fetching metadata"
+    CHECKING = "checking"
+    DOWNLOADING = "downloading"
+    SEEDING = "seeding"
+    PAUSED = "paused"
+    ERROR = "error"
+
+
+_RUNNING = {State.FETCHING, State.CHECKING, State.DOWNLOADING, State.SEEDING}
+_STARTS = {State.FETCHING, State.CHECKING, State.DOWNLOADING, State.SEEDING}
+# The only transitions there are; _move refuses any other. (A fetched link's metadata
+# does not move its phase on: a new Transfer of the metadata takes its place.)
+TRANSITIONS = {
+    State.STOPPED: _STARTS | {State.PAUSED, State.ERROR},
+    State.FETCHING: {State.PAUSED, State.ERROR, State.STOPPED},
+    State.CHECKING: {State.DOWNLOADING, State.SEEDING, State.PAUSED, State.ERROR,
+                     State.STOPPED},
+    State.DOWNLOADING: {State.SEEDING, State.PAUSED, State.ERROR, State.STOPPED},
+    State.SEEDING: {State.PAUSED, State.ERROR, State.STOPPED},
+    State.PAUSED: _STARTS | {State.ERROR, State.STOPPED},
+    State.ERROR: _STARTS | {State.PAUSED, State.STOPPED},
+}
+
+
+@dataclass(frozen=True)
+class TransferHost:
+    """What a transfer uses of the daemon that runs it."""
+    clock: IReactorTime
+    rng: object                              # random.Random: piece order
+    peer_id: bytes                           # ours
+    resume: object                           # StateDB: the resume state
+    in_thread: Callable                      # (f, *args) -> Deferred, on the disk pool
+    hasher: object                           # BlockWriter: received blocks hashed...
+    writer: object                           # ...then written (peerit/daemon/writer.py)
+    call_from_thread: Callable               # reactor.callFromThread
+    trackers_for: Callable                   # (metainfo) -> [tracker session]
+    connect_peer: Callable                   # (info_hash, PeerInfo) -> Deferred[session]
+    # A private send or receive admits one peer: (info_hash) -> its id, b"" for nobody
+    # yet, None for a public transfer.
+    pinned: Callable = lambda info_hash: None
+    # (info_hash, peer_id) -> None when a peer comes to hold everything (a send's end).
+    peer_complete: Callable = lambda info_hash, peer_id: None
+
+
 def file_stamps(store: FileStore) -> str:
     stamps = []
     for index in range(len(store.metainfo.files)):
@@ -51,9 +110,10 @@ def file_stamps(store: FileStore) -> str:
 
 
 class Transfer:
-    def __init__(self, daemon, metainfo, root: str, role: str, record: SwarmRecord = None):
-        self.daemon = daemon
-        self.clock = daemon.clock
+    def __init__(self, host: TransferHost, metainfo, root: str, role: str,
+                 record: SwarmRecord = None):
+        self.host = host
+        self.clock = host.clock
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.root = root
@@ -62,7 +122,7 @@ class Transfer:
                                direct=(role == "download"))
         self.have = Bitfield(metainfo.piece_count)
         self.synced = Bitfield(metainfo.piece_count)
-        self.state = "stopped"
+        self.state = State.STOPPED
         self.error = ""
         self.paused = False
         self.swarm: Swarm | None = None
@@ -85,6 +145,11 @@ class Transfer:
             if record.synced:
                 self.synced = Bitfield(metainfo.piece_count, record.synced)
 
+    def _move(self, to: State) -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise AssertionError(f"transfer: {self.state.name} -> {to.name}")
+        self.state = to
+
     @property
     def short(self) -> str:
         return self.info_hash.hex()[:12]
@@ -99,16 +164,22 @@ class Transfer:
 
     @property
     def trackers(self):
-        return self.daemon.trackers_for(self.metainfo)
+        return self.host.trackers_for(self.metainfo)
 
     # -- starting -------------------------------------------------------------------------
     def open(self, create: bool) -> None:
         self.store.open(create=create)
 
+    def cannot_open(self, error: PeeritError) -> None:
+        """A restored transfer whose files cannot be opened stays listed, in error."""
+        self._move(State.ERROR)
+        self.error = str(error)
+
     def start(self, check: list[int] | None = None) -> defer.Deferred:
         """Check ``check`` pieces (all if None and nothing is trusted) then join the swarm."""
         if self.paused:
-            self.state = "paused"
+            if self.state is not State.PAUSED:
+                self._move(State.PAUSED)
             return defer.succeed(None)
         if check:
             return self._check_then_start(check)
@@ -116,7 +187,7 @@ class Transfer:
         return defer.succeed(None)
 
     def _check_then_start(self, pieces: list[int]) -> defer.Deferred:
-        self.state = "checking"
+        self._move(State.CHECKING)
         self.check_progress = (0, len(pieces))
         cancelled = [False]
 
@@ -130,7 +201,7 @@ class Transfer:
                 self.check_progress = (n + 1, len(pieces))
             return good
 
-        d = self.daemon.in_thread(work)
+        d = self.host.in_thread(work)
         self._checking = cancelled
 
         def done(good):
@@ -142,8 +213,8 @@ class Transfer:
             for piece in good:
                 self.have.add(piece)
                 self.synced.add(piece)
-            self.daemon.state.set_verified(self.info_hash, self.have.to_bytes())
-            self.daemon.state.set_synced(self.info_hash, self.synced.to_bytes())
+            self.host.resume.set_verified(self.info_hash, self.have.to_bytes())
+            self.host.resume.set_synced(self.info_hash, self.synced.to_bytes())
             log.info("transfer {t}: checked {n} pieces, {good} good", t=self.short,
                      n=len(pieces), good=len(good))
             if self.role == "seed" and not self.have.complete:
@@ -151,7 +222,7 @@ class Transfer:
                            f"({self.metainfo.piece_count - len(self.have)} pieces differ)")
                 return
             if self.role == "seed":
-                self.daemon.state.set_file_stamps(self.info_hash, file_stamps(self.store))
+                self.host.resume.set_file_stamps(self.info_hash, file_stamps(self.store))
             self._start_swarm()
 
         def failed(failure):
@@ -167,7 +238,7 @@ class Transfer:
 
     def _fail(self, message: str) -> None:
         log.error("transfer {t}: {message}", t=self.short, message=message)
-        self.state = "error"
+        self._move(State.ERROR)
         self.error = message
 
     def _start_swarm(self) -> None:
@@ -177,14 +248,14 @@ class Transfer:
         self._write_failures = set()  # pieces with a failed write (writer thread)
         self._write_error = None
         self.swarm = Swarm(
-            self.metainfo, self.store, self.have, self.clock, self.daemon.rng,
-            self.daemon.peer_id, verify=self._verify_piece, on_verified=self._piece_verified,
+            self.metainfo, self.store, self.have, self.clock, self.host.rng,
+            self.host.peer_id, verify=self._verify_piece, on_verified=self._piece_verified,
             on_complete=self._completed, config=SwarmConfig(),
             on_storage_error=self._storage_failed, write_block=self._write_block)
-        self.swarm.on_peer_complete = lambda peer_id: self.daemon.peer_complete(
+        self.swarm.on_peer_complete = lambda peer_id: self.host.peer_complete(
             self.info_hash, peer_id)
         self.swarm.start()
-        self.state = "seeding" if self.have.complete else "downloading"
+        self._move(State.SEEDING if self.have.complete else State.DOWNLOADING)
         self.error = ""
         self.announce("started")
         self._maintain_call = self.clock.callLater(0, self._maintain)
@@ -207,13 +278,13 @@ class Transfer:
         """Reactor thread: queue a received block."""
         if self._write_error is not None:
             raise self._write_error
-        self.daemon.hasher.submit(len(data), self._hash_in_hasher, self._hashes,
+        self.host.hasher.submit(len(data), self._hash_in_hasher, self._hashes,
                                   self._write_failures, self.swarm, piece, offset, data)
 
     def _hash_in_hasher(self, hashes: PieceHashes, failures: set, swarm, piece: int,
                         offset: int, data) -> None:
         hashes.add(piece, offset, data)
-        self.daemon.writer.submit(len(data), self._write_in_writer, failures, swarm, piece,
+        self.host.writer.submit(len(data), self._write_in_writer, failures, swarm, piece,
                                   offset, data)
 
     def _write_in_writer(self, failures: set, swarm, piece: int, offset: int, data) -> None:
@@ -223,7 +294,7 @@ class Transfer:
             failures.add(piece)  # its check reads back what is (not) on disk
             if self._write_error is None and swarm is self.swarm:
                 self._write_error = e
-                self.daemon.reactor.callFromThread(self._write_failed, swarm, e)
+                self.host.call_from_thread(self._write_failed, swarm, e)
 
     def _write_failed(self, swarm, error: PeeritError) -> None:
         if swarm is self.swarm and swarm.running:
@@ -231,8 +302,8 @@ class Transfer:
 
     def _verify_piece(self, piece: int) -> defer.Deferred:
         failures = self._write_failures
-        d = self.daemon.hasher.call(self._hashes.finish, piece)
-        d.addCallback(lambda digest: self.daemon.writer.call(
+        d = self.host.hasher.call(self._hashes.finish, piece)
+        d.addCallback(lambda digest: self.host.writer.call(
             self._digest_in_writer, failures, piece, digest))
         return d
 
@@ -244,7 +315,7 @@ class Transfer:
 
     def _piece_verified(self, piece: int) -> None:
         # Journaled at once: a SIGKILL a moment later must not cost this piece again.
-        self.daemon.state.journal_verified(self.info_hash, piece)
+        self.host.resume.journal_verified(self.info_hash, piece)
         self._unsynced += 1
 
     def sync(self) -> defer.Deferred:
@@ -259,14 +330,15 @@ class Transfer:
                 self.synced.add(piece)
             # Everything verified so far (also since the snapshot) goes to the database in
             # one commit, in this reactor turn, and the journal starts empty again.
-            self.daemon.state.set_verified(self.info_hash, self.have.to_bytes())
-            self.daemon.state.set_synced(self.info_hash, self.synced.to_bytes())
-        return self.daemon.in_thread(self.store.sync).addCallback(mark)
+            self.host.resume.set_verified(self.info_hash, self.have.to_bytes())
+            self.host.resume.set_synced(self.info_hash, self.synced.to_bytes())
+        return self.host.in_thread(self.store.sync).addCallback(mark)
 
     def _completed(self) -> None:
-        self.state = "seeding"
+        if self.state is State.DOWNLOADING:
+            self._move(State.SEEDING)
         self.completed_at = time.time()
-        self.daemon.state.set_completed(self.info_hash, self.completed_at)
+        self.host.resume.set_completed(self.info_hash, self.completed_at)
         self.announce("completed")
         self.sync()
         log.info("transfer {t}: {name} complete and verified", t=self.short,
@@ -274,9 +346,9 @@ class Transfer:
 
     # -- peers ----------------------------------------------------------------------------
     def peers_found(self, peers) -> None:
-        pinned = self.daemon.pinned.get(self.info_hash)  # a private send or receive
+        pinned = self.host.pinned(self.info_hash)  # a private send or receive
         for info in peers:
-            if info.peer_id != self.daemon.peer_id and pinned in (None, info.peer_id):
+            if info.peer_id != self.host.peer_id and pinned in (None, info.peer_id):
                 self.known[info.peer_id] = info
         if self.swarm is not None and self.swarm.downloading:
             self._dial_some()
@@ -320,7 +392,7 @@ class Transfer:
             self._dial(info)
 
     def _dial(self, info) -> None:
-        d = self.daemon.connect_peer(self.info_hash, info)
+        d = self.host.connect_peer(self.info_hash, info)
         self.dialing[info.peer_id] = d
 
         def connected(link):
@@ -344,7 +416,7 @@ class Transfer:
     def authorize(self, peer_id: bytes) -> defer.Deferred:
         """Accept an inbound link only from a peer a tracker announced in this swarm."""
         if self.swarm is None or not self.swarm.running:
-            return defer.succeed(f"not active ({self.state})")
+            return defer.succeed(f"not active ({self.state.value})")
         refusal = self.swarm.can_attach(peer_id)
         if refusal:
             return defer.succeed(refusal)
@@ -377,18 +449,21 @@ class Transfer:
             self.swarm = None
             if announce:
                 self.announce("stopped")
+        if self.state in _RUNNING:
+            self._move(State.STOPPED)
 
     def pause(self) -> None:
         self.stop("paused")
         self.paused = True
-        self.state = "paused"
-        self.daemon.state.set_paused(self.info_hash, True)
+        if self.state is not State.PAUSED:
+            self._move(State.PAUSED)
+        self.host.resume.set_paused(self.info_hash, True)
 
     def resume(self) -> None:
-        if not self.paused and self.state != "error":
+        if not self.paused and self.state is not State.ERROR:
             return
         self.paused = False
-        self.daemon.state.set_paused(self.info_hash, False)
+        self.host.resume.set_paused(self.info_hash, False)
         self.start()
 
     # -- status ---------------------------------------------------------------------------
@@ -397,10 +472,10 @@ class Transfer:
         size = self.metainfo.total_size
         done = size - self.bytes_left
         down = swarm.download.rate if swarm else 0.0
-        state = self.state
-        if state == "downloading" and swarm is not None and not swarm.peers:
+        state = self.state.value
+        if self.state is State.DOWNLOADING and swarm is not None and not swarm.peers:
             state = "waiting for peers"
-        if state == "checking":
+        if self.state is State.CHECKING:
             checked, total = self.check_progress
             done = int(size * checked / total) if total else 0
         eta = (self.bytes_left / down) if down > 1 and self.bytes_left else \

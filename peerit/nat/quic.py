@@ -25,10 +25,7 @@ pause/resume. See ``docs/quic.md`` for figures and tuning.
 """
 
 import enum
-import errno
-import socket
 import ssl
-import sys
 from dataclasses import dataclass
 
 from aioquic.buffer import Buffer
@@ -39,7 +36,6 @@ from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IConsumer, IHalfCloseableProtocol, IPushProducer, ITransport)
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -48,6 +44,7 @@ from peerit.errors import IdentityMismatch, TimedOut
 from peerit.identity import Identity, format_fingerprint
 from peerit.nat.quic_connection import PinnedQuicConnection
 from peerit.nat.quic_fastpath import StreamChunksReceived
+from peerit.shims.aioquic import FAST_PATH
 
 log = Logger()
 
@@ -88,8 +85,9 @@ class QuicSettings:
     #: written-but-unacknowledged bytes above which the producer is paused
     send_buffer_limit: int = 4 * 1024 * 1024
     #: build and parse plain stream packets with peerit's fast path (quic_fastpath.py);
-    #: False leaves every packet to aioquic (the reference, for tests and comparisons)
-    fast_path: bool = True
+    #: False leaves every packet to aioquic (the reference, for tests and comparisons). On by
+    #: default where aioquic's internals are as checked (peerit.shims.aioquic).
+    fast_path: bool = FAST_PATH
 
     def __post_init__(self):
         if self.max_datagram_size < MIN_DATAGRAM_SIZE:
@@ -833,230 +831,3 @@ class QuicEndpoint:
         else:  # a path probe among them (aioquic only probes after a migration)
             for data, addr in datagrams:
                 self.send_failures += send_many([data], addr)
-
-
-class QuicDatagramProtocol(DatagramProtocol):
-    """A UDP socket carrying only QUIC: for tests, benchmarks and hosts without the socket
-    multiplexer (``peerit.nat.udp``), which otherwise feeds a :class:`QuicEndpoint`.
-
-    ``socket_buffer`` asks for that many bytes of SO_RCVBUF/SO_SNDBUF; Linux caps it at
-    ``net.core.rmem_max``/``wmem_max`` unless the process may use the ``*FORCE`` options
-    (CAP_NET_ADMIN). Default buffers (~208 KiB) overflow at QUIC bursts on fast paths.
-    """
-
-    def __init__(self, identity: Identity, clock, settings: QuicSettings = QuicSettings(),
-                 socket_buffer: int = 4 * 1024 * 1024, segmentation: bool = True):
-        self.endpoint = QuicEndpoint(identity, self._send_datagram, clock, settings,
-                                     send_many=self._send_datagrams)
-        self._socket_buffer = socket_buffer
-        self._segmentation = segmentation
-        self._writer: DatagramWriter | None = None
-
-    def startProtocol(self):
-        host = self.transport.getHost()
-        self.endpoint.host = host
-        if self._socket_buffer:
-            set_socket_buffers(self.transport.socket, self._socket_buffer)
-        # Twisted reads at most maxPacketSize bytes per datagram; room for the largest.
-        self.transport.maxPacketSize = max(self.transport.maxPacketSize,
-                                           self.endpoint.settings.max_datagram_size)
-        # The reactor calls the port's doRead when the socket is readable; ours feeds the
-        # endpoint directly, in coalesced reads where the kernel has UDP GRO.
-        self.transport.doRead = DatagramReader(self.transport, self.endpoint.datagram_received,
-                                               coalesce=self._segmentation,
-                                               receive_many=self.endpoint.datagrams_received)
-        self._writer = DatagramWriter(self.transport.socket, segmentation=self._segmentation)
-
-    def stopProtocol(self):
-        self.endpoint.close()
-
-    def datagramReceived(self, data, addr):
-        if is_quic_datagram(data):
-            self.endpoint.datagram_received(data, addr)
-
-    def _send_datagram(self, data, addr):
-        # Straight to the socket: Twisted's write() re-validates the address three times per
-        # datagram (about a tenth of the sender's time at full speed). OSErrors are handled
-        # by the endpoint (a full buffer is a loss QUIC repairs).
-        if self.transport is not None and self.transport.socket is not None:
-            self.transport.socket.sendto(data, addr)
-
-    def _send_datagrams(self, datagrams: list, addr) -> int:
-        if self._writer is None or self.transport is None or self.transport.socket is None:
-            return len(datagrams)
-        return self._writer.send_many(datagrams, addr)
-
-
-#: datagrams read per readable event at most, so one busy socket cannot starve the reactor
-#: (Twisted's udp.Port reads 256 KiB, ~180 full-size QUIC datagrams)
-READ_BATCH = 256
-#: errors of a send that QUIC treats as a lost datagram (full buffer, ICMP unreachable)
-SEND_LOSSES = frozenset((errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED))
-# Linux UDP generic segmentation / receive offload (linux/udp.h)
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
-#: a segmented send is one IP packet before segmentation: at most 64 KiB, 64 segments
-SEGMENTED_BYTES = 65000
-SEGMENTED_COUNT = 64
-#: errors that mean "no segmentation here" (device without checksum offload, old kernel)
-NO_SEGMENTATION = frozenset((errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
-
-
-class DatagramWriter:
-    """Writes bursts of datagrams to one address with as few syscalls as the kernel allows.
-
-    With Linux UDP GSO (``UDP_SEGMENT``), a run of equal-size datagrams (the last may be
-    shorter) goes out in one ``sendmsg``: the kernel cuts it into the same datagrams. Per
-    datagram that is a fifth of a ``sendto``'s CPU on this machine. Where the kernel or the
-    device refuses segmentation, it is switched off for good and each datagram is sent alone.
-    """
-
-    def __init__(self, sock, segmentation: bool = True):
-        self.sock = sock
-        self.segmentation = segmentation and hasattr(sock, "sendmsg")
-        #: datagrams written and syscalls used (diagnostics: the batching achieved)
-        self.datagrams = self.syscalls = 0
-
-    def send_many(self, datagrams: list, addr) -> int:
-        """Send ``datagrams`` to ``addr`` in order; returns how many the OS refused (a full
-        buffer: QUIC repairs them as losses). Other errors are raised."""
-        sock = self.sock
-        refused = 0
-        index, count = 0, len(datagrams)
-        while index < count:
-            size = len(datagrams[index])
-            end = index + 1
-            if self.segmentation:
-                limit = min(count, index + min(SEGMENTED_COUNT, SEGMENTED_BYTES // size))
-                while end < limit and len(datagrams[end]) == size:
-                    end += 1
-                if end < limit and len(datagrams[end]) < size:
-                    end += 1  # a shorter last segment is allowed
-            self.syscalls += 1
-            try:
-                if end - index == 1:
-                    sock.sendto(datagrams[index], addr)
-                else:
-                    sock.sendmsg(datagrams[index:end],
-                                 [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))],
-                                 0, addr)
-            except OSError as e:
-                if end - index > 1 and e.errno in NO_SEGMENTATION:
-                    log.info("UDP segmentation refused ({error}); sending datagrams one by one",
-                             error=e)
-                    self.segmentation = False
-                    continue
-                if e.errno not in SEND_LOSSES:
-                    raise
-                refused += end - index
-            index = end
-        self.datagrams += count
-        return refused
-
-
-class DatagramReader:
-    """A ``doRead`` for a Twisted UDP port: what ``udp.Port.doRead`` does, with fewer
-    Python calls per datagram and, where Linux has UDP GRO, many datagrams per syscall.
-
-    Reads what is waiting (at most ``READ_BATCH`` datagrams per call) and hands each one
-    with the QUIC bit to ``receive(data, addr)``, any other to ``other(data, addr)`` (or
-    drops it). With GRO on (``coalesce``), the kernel may join datagrams of one flow into one
-    read and says where to cut (the segment size); the cuts give back the datagrams as sent.
-    Given ``receive_many(datagrams, addr)``, the QUIC datagrams of such a read go to it in
-    one call, in order: a few Python calls per read instead of per datagram.
-    """
-
-    def __init__(self, port, receive, other=None, coalesce: bool = True, receive_many=None):
-        self.port = port
-        self.receive = receive
-        self.other = other
-        self.receive_many = receive_many
-        self.coalescing = False
-        if coalesce:
-            try:
-                port.socket.setsockopt(SOL_UDP, UDP_GRO, 1)
-                self.coalescing = True
-            except OSError:
-                pass
-        self._buffer = bytearray(65536)
-        self._view = memoryview(self._buffer)
-        self._ancillary_size = socket.CMSG_SPACE(4)
-        #: datagrams read and syscalls used (diagnostics: the coalescing achieved)
-        self.datagrams = self.syscalls = 0
-
-    def __call__(self) -> None:
-        sock = self.port.socket
-        receive, other = self.receive, self.other
-        if not self.coalescing:
-            recvfrom = sock.recvfrom
-            size = self.port.maxPacketSize
-            for _ in range(READ_BATCH):
-                self.syscalls += 1
-                try:
-                    data, addr = recvfrom(size)
-                except (BlockingIOError, InterruptedError, ConnectionRefusedError):
-                    return  # nothing left; or an ICMP error for something we sent
-                self.datagrams += 1
-                self._dispatch(data, addr[:2], receive, other)
-            return
-        recvmsg_into = sock.recvmsg_into
-        buffers = [self._buffer]
-        view = self._view
-        ancillary_size = self._ancillary_size
-        read = 0
-        while read < READ_BATCH:
-            self.syscalls += 1
-            try:
-                size, ancillary, _, addr = recvmsg_into(buffers, ancillary_size)
-            except (BlockingIOError, InterruptedError, ConnectionRefusedError):
-                self.datagrams += read
-                return
-            addr = addr[:2]  # IPv6: drop flow info and scope id, as Twisted does
-            segment = size
-            for level, kind, value in ancillary:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    segment = int.from_bytes(value[:4], sys.byteorder) or size
-            if segment >= size:
-                read += 1
-                self._dispatch(bytes(view[:size]), addr, receive, other)
-                continue
-            if self.receive_many is None:
-                for start in range(0, size, segment):
-                    read += 1
-                    self._dispatch(bytes(view[start:min(start + segment, size)]), addr,
-                                   receive, other)
-                continue
-            datagrams = [bytes(view[start:min(start + segment, size)])
-                         for start in range(0, size, segment)]
-            read += len(datagrams)
-            if not all(data and data[0] & 0x40 for data in datagrams):
-                for data in datagrams:  # not all QUIC: one by one, each to its receiver
-                    self._dispatch(data, addr, receive, other)
-                continue
-            try:
-                self.receive_many(datagrams, addr)
-            except Exception:
-                log.failure("datagrams from {addr} failed", addr=addr)
-        self.datagrams += read
-
-    @staticmethod
-    def _dispatch(data: bytes, addr, receive, other) -> None:
-        try:
-            if data and data[0] & 0x40:
-                receive(data, addr)
-            elif other is not None:
-                other(data, addr)
-        except Exception:
-            log.failure("datagram from {addr} failed", addr=addr)
-
-
-def set_socket_buffers(sock, size: int) -> tuple[int, int]:
-    """Ask for ``size``-byte receive and send buffers; returns what the kernel granted."""
-    for option, forced in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, forced, size)  # SO_{RCV,SND}BUFFORCE (Linux)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, option, size)
-    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))

@@ -60,7 +60,9 @@ and ``test_quic_fastpath.py``) rather than silently:
     ``_packet_number``; and ``QuicSentPacket``'s constructor.
 
   ``tests/unit/test_quic_fastpath.py`` runs the fast path against aioquic's own code both
-  ways, so a change there shows as a failing transfer rather than a silent corruption.
+  ways, so a change there shows as a failing transfer rather than a silent corruption, and
+  :mod:`peerit.shims.aioquic` probes these names once at import: where one is missing the
+  fast path stays off (``QuicSettings.fast_path`` defaults to the probe).
 
 Everything fails closed: if a newer aioquic ignored the client-certificate switch, the server
 would see no certificate and refuse the connection.

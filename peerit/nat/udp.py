@@ -23,6 +23,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from peerit.nat.udp_batch import DatagramReader, DatagramWriter, set_socket_buffers
+from peerit.shims.twisted_udp import install_reader
 from peerit.wire.probe import PROBE_MAGIC  # b"\xa5PIT": 0xA5 has top bits 10, 0x40 clear
 from peerit.wire.stun import MAGIC_COOKIE_BYTES
 
@@ -62,14 +64,16 @@ class UdpMux(DatagramProtocol):
 
     ``refresh`` (set here or with :meth:`set_refresh`) is called every ``keepalive_interval``
     seconds of ``clock`` while the socket is open; a Deferred it returns may fail without
-    stopping the keep-alive.
+    stopping the keep-alive. ``segmentation=False`` turns UDP GSO/GRO off (one datagram per
+    syscall, as on kernels without them).
     """
 
     log = Logger()
 
     def __init__(self, clock: IReactorTime, refresh: Callable[[], object] | None = None,
-                 keepalive_interval: float = KEEPALIVE_INTERVAL):
+                 keepalive_interval: float = KEEPALIVE_INTERVAL, segmentation: bool = True):
         self._clock = clock
+        self._segmentation = segmentation
         self._handlers: dict[DatagramKind, Handler] = {}
         self._refresh = refresh
         self._keepalive_interval = keepalive_interval
@@ -106,7 +110,6 @@ class UdpMux(DatagramProtocol):
         # QUIC sends in bursts; default socket buffers overflow at them (docs/quic.md).
         sock = getattr(self.transport, "socket", None)
         if sock is not None:
-            from peerit.nat.quic import DatagramReader, DatagramWriter, set_socket_buffers
             try:
                 set_socket_buffers(sock, SOCKET_BUFFER)
             except OSError as e:
@@ -114,10 +117,10 @@ class UdpMux(DatagramProtocol):
             # Bulk QUIC: many datagrams per syscall each way where Linux has UDP GRO/GSO,
             # and QUIC datagrams straight to their handler (docs/quic.md, "GSO/GRO").
             # Anything else still goes through datagramReceived's classification.
-            self.transport.doRead = DatagramReader(self.transport, self._quic_received,
-                                                   self.datagramReceived,
-                                                   receive_many=self._quic_received_many)
-            self._writer = DatagramWriter(sock)
+            install_reader(self.transport, DatagramReader(
+                self.transport, self._quic_received, self.datagramReceived,
+                coalesce=self._segmentation, receive_many=self._quic_received_many))
+            self._writer = DatagramWriter(sock, segmentation=self._segmentation)
         self._keepalive = task.LoopingCall(self._refresh_mapping)
         self._keepalive.clock = self._clock
         self._keepalive.start(self._keepalive_interval, now=False)

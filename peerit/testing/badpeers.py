@@ -1,7 +1,7 @@
 """A programmable hostile peer: the real peer protocol over TLS with its own identity.
 
 For the reliability suites (``tests/reliability``). It listens for peer links like a daemon,
-registers with a tracker through :class:`peerit.tracker.client.TrackerClient` so honest
+registers with a tracker through :class:`peerit.daemon.tracker_client.TrackerClient` so honest
 daemons find and dial it, and then behaves as told:
 
 ``honest``       serve every request correctly (optionally capped in bytes per second); with
@@ -386,7 +386,7 @@ def main(argv=None) -> None:
     from peerit.addresses import TrackerAddress
     from peerit.identity import Identity
     from peerit.metainfo import Metainfo
-    from peerit.tracker.client import TrackerClient
+    from peerit.daemon.tracker_client import TrackerClient
     from peerit.wire import tracker as tracker_wire
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])

@@ -1,4 +1,4 @@
-"""Fakes for socket-free tests of the daemon's NAT layer (``peerit.nat.manager``).
+"""Fakes for socket-free tests of the daemon's NAT layer (``peerit.daemon.nat``).
 
 - :class:`FakeUdpReactor`: ``listenUDP`` onto a host of ``peerit.testing.fakenat``, so the
   manager's real muxes, punch attempts and QUIC endpoints run over simulated NATs.
@@ -24,7 +24,7 @@ from twisted.internet import error
 from zope.interface import implementer
 
 from peerit.addresses import TrackerAddress
-from peerit.nat.relay_client import RELAY_PREAMBLE, TOKEN_SIZE
+from peerit.daemon.nat.relay_client import RELAY_PREAMBLE, TOKEN_SIZE
 from peerit.nat.stun import StunResponder
 from peerit.tls import peer_id_of_transport
 from peerit.wire import tracker as wire

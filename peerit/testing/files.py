@@ -3,6 +3,8 @@
 import hashlib
 from pathlib import Path
 
+from peerit.local_swarm import sha256_of
+
 MiB = 1 << 20
 
 
@@ -21,14 +23,6 @@ def random_file(path: Path, size: int, seed: int = 0) -> Path:
             written += len(chunk)
             counter += 1
     return path
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_digest(root: Path) -> dict:

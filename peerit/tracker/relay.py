@@ -23,8 +23,18 @@ Bounds, all of them:
 
 :class:`RelayBroker` holds the tokens and counts (no I/O beyond calling its connections);
 :class:`RelayConnection` is the thin protocol; :class:`RelaySplice` pairs two of them.
+
+Each side is an explicit machine (:class:`Side`, moves in ``TRANSITIONS``) and only the side
+itself moves it; the broker and the splice tell it what happened (``wait``, ``spliced``,
+``finish``)::
+
+    PREAMBLE -> WAITING -> SPLICED -> CLOSING -> CLOSED
+
+and from any of the first three straight to CLOSING (closed at once) or CLOSED (the
+connection went, or was refused at connect).
 """
 
+import enum
 import hashlib
 import os
 from dataclasses import dataclass
@@ -37,19 +47,12 @@ from zope.interface import implementer
 
 from peerit.identity import format_fingerprint
 from peerit.wire.tracker import RELAY_TOKEN_SIZE
+from peerit.wire.relay import (  # noqa: F401 (relay_hello: the tracker's re-export)
+    RELAY_HELLO_MAGIC, RELAY_HELLO_SIZE, could_be_relay_hello, parse_relay_hello, relay_hello)
 
 log = Logger(namespace="peerit.tracker.relay")
 
-RELAY_HELLO_MAGIC = b"PEERIT-RELAY\x01"
-RELAY_HELLO_SIZE = len(RELAY_HELLO_MAGIC) + RELAY_TOKEN_SIZE
 CLOSE_GRACE = 10.0
-
-
-def relay_hello(token: bytes) -> bytes:
-    """What a client sends first: the magic and its token."""
-    if len(token) != RELAY_TOKEN_SIZE:
-        raise ValueError(f"relay token must be {RELAY_TOKEN_SIZE} bytes")
-    return RELAY_HELLO_MAGIC + token
 
 
 @dataclass(frozen=True)
@@ -241,10 +244,23 @@ def token_label(token: bytes) -> str:
     return hashlib.sha256(token).hexdigest()[:8]
 
 
-PREAMBLE = "preamble"
-WAITING = "waiting"
-SPLICED = "spliced"
-CLOSED = "closed"
+class Side(enum.Enum):
+    PREAMBLE = "preamble"   # connected; reading the hello
+    WAITING = "waiting"     # token accepted; the partner is not here yet
+    SPLICED = "spliced"     # bytes flow to and from the partner
+    CLOSING = "closing"     # we closed (abort, or drain within CLOSE_GRACE)
+    CLOSED = "closed"       # the connection is gone, or was refused at connect
+
+
+_ENDING = {Side.CLOSING, Side.CLOSED}
+# The only transitions there are; _move refuses any other.
+TRANSITIONS = {
+    Side.PREAMBLE: {Side.WAITING, Side.SPLICED} | _ENDING,
+    Side.WAITING: {Side.SPLICED} | _ENDING,
+    Side.SPLICED: _ENDING,
+    Side.CLOSING: {Side.CLOSED},
+    Side.CLOSED: set(),
+}
 
 
 @implementer(IPushProducer)
@@ -256,7 +272,7 @@ class RelayConnection(Protocol):
     def __init__(self, broker: RelayBroker):
         self.broker = broker
         self.clock = broker.clock
-        self.state = PREAMBLE
+        self.state = Side.PREAMBLE
         self.partner: "RelayConnection | None" = None
         self.splice: "RelaySplice | None" = None
         self.held: list[bytes] = []
@@ -265,8 +281,11 @@ class RelayConnection(Protocol):
         self._hello = b""
         self._paused: set[str] = set()
         self._timer = None
-        self._closing = False
-        self._counted = False
+
+    def _move(self, to: Side) -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise AssertionError(f"relay side: {self.state.name} -> {to.name}")
+        self.state = to
 
     def connectionMade(self):
         peer = self.transport.getPeer()
@@ -274,11 +293,9 @@ class RelayConnection(Protocol):
         if not self.broker.connection_opened(self):
             log.warn("relay refused connection from {source}: connection cap reached",
                      source=self.source)
-            self.state = CLOSED
-            self._closing = True
+            self._move(Side.CLOSED)  # never counted, so its loss is nobody's business
             self.transport.abortConnection()
             return
-        self._counted = True
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)   # relayed TLS handshakes are small writes that must not wait
@@ -286,30 +303,30 @@ class RelayConnection(Protocol):
                                            self._preamble_expired)
 
     def dataReceived(self, data: bytes):
-        if self.state == SPLICED:
+        state = self.state
+        if state is Side.SPLICED:
             self.splice.forward(self, data)
-        elif self.state == WAITING:
+        elif state is Side.WAITING:
             self._hold(data)
-        elif self.state == PREAMBLE:
+        elif state is Side.PREAMBLE:
             self._preamble(data)
 
     def connectionLost(self, reason=None):
-        if not self._counted:
+        if self.state is Side.CLOSED:
             return
-        self._counted = False
-        previous, self.state = self.state, CLOSED
-        self._closing = True
+        if self.state is not Side.CLOSING:
+            self._move(Side.CLOSING)
+        self._move(Side.CLOSED)
         self._cancel_timer()
         self.broker.connection_closed(self)
-        if previous == SPLICED and self.splice is not None:
-            self.splice.end(self)
+        if self.splice is not None:
+            self.splice.end(self)  # once: the splice ignores the second side's loss
 
     # -- states ------------------------------------------------------------------------------
 
     def _preamble(self, data: bytes) -> None:
         hello = self._hello + data
-        magic = RELAY_HELLO_MAGIC
-        if hello[:len(magic)] != magic[:len(hello)]:
+        if not could_be_relay_hello(hello):
             log.info("relay connection from {source}: not a relay hello; closed",
                      source=self.source)
             self.close()
@@ -319,7 +336,7 @@ class RelayConnection(Protocol):
             return
         self._hello = b""
         self._cancel_timer()
-        token, rest = hello[len(magic):RELAY_HELLO_SIZE], hello[RELAY_HELLO_SIZE:]
+        token, rest = parse_relay_hello(hello), hello[RELAY_HELLO_SIZE:]
         if rest:
             self._hold(rest)
         if not self.broker.present(token, self):
@@ -329,7 +346,13 @@ class RelayConnection(Protocol):
 
     def wait(self) -> None:
         """The broker took our token; the partner is not here yet."""
-        self.state = WAITING
+        self._move(Side.WAITING)
+
+    def spliced(self, splice: "RelaySplice", partner: "RelayConnection") -> None:
+        """The broker paired us with ``partner`` in ``splice``."""
+        self._move(Side.SPLICED)
+        self.splice = splice
+        self.partner = partner
 
     def _hold(self, data: bytes) -> None:
         self.held.append(data)
@@ -356,7 +379,7 @@ class RelayConnection(Protocol):
     # -- reading control -----------------------------------------------------------------------
 
     def pause(self, reason: str) -> None:
-        if not self._paused and not self._closing:
+        if not self._paused and self.state not in _ENDING:
             self.transport.pauseProducing()
         self._paused.add(reason)
 
@@ -364,12 +387,8 @@ class RelayConnection(Protocol):
         if reason not in self._paused:
             return
         self._paused.discard(reason)
-        if not self._paused and not self._closing:
+        if not self._paused and self.state not in _ENDING:
             self.transport.resumeProducing()
-
-    @property
-    def paused_for(self) -> frozenset:
-        return frozenset(self._paused)
 
     # IPushProducer, for the partner's transport: its send buffer filled or drained.
     def pauseProducing(self):
@@ -385,17 +404,17 @@ class RelayConnection(Protocol):
 
     def close(self) -> None:
         """Close without a reply, now."""
-        if self._closing:
+        if self.state in _ENDING:
             return
-        self._closing = True
+        self._move(Side.CLOSING)
         self._cancel_timer()
         self.transport.abortConnection()
 
     def finish(self) -> None:
         """The partner left: send what is still buffered, then close (bounded by CLOSE_GRACE)."""
-        if self._closing:
+        if self.state in _ENDING:
             return
-        self._closing = True
+        self._move(Side.CLOSING)
         self._cancel_timer()
         # Our transport has the partner registered as its producer; a registered producer
         # would hold the close back.
@@ -428,10 +447,8 @@ class RelaySplice:
 
     def start(self) -> None:
         first, second = self.first, self.second
-        first.partner, second.partner = second, first
-        for connection in (first, second):
-            connection.state = SPLICED
-            connection.splice = self
+        first.spliced(self, second)
+        second.spliced(self, first)
         # Each side produces for the other's transport: a full send buffer on one side
         # pauses reading on the other.
         second.transport.registerProducer(first, True)

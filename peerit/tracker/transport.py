@@ -35,19 +35,13 @@ from twisted.python.failure import Failure
 from OpenSSL import SSL
 from OpenSSL.SSL import WantReadError
 
+from peerit.shims.openssl import binding_has, ffi as _ffi, lib as _lib
 from peerit.tls import GatedTLSFactory
 
-try:
-    # pyOpenSSL's cffi binding (the same one peerit.tls reads peer links with); checked
-    # against pyOpenSSL 26.4, and tests/unit/test_tracker_transport.py fails if the direct
-    # path is not taken.
-    from OpenSSL._util import ffi as _ffi, lib as _lib
-    _DIRECT = (hasattr(SSL.Connection, "_raise_ssl_error")
-               and all(hasattr(_lib, name) for name in (
-                   "SSL_read", "SSL_write", "SSL_get_error", "BIO_read",
-                   "SSL_ERROR_WANT_READ")))
-except ImportError:  # pragma: no cover - a pyOpenSSL without the binding: plain path
-    _DIRECT = False
+# pyOpenSSL's cffi binding (the same one peerit.tls reads peer links with);
+# tests/unit/test_tracker_transport.py fails if the direct path is not taken.
+_DIRECT = binding_has("SSL_read", "SSL_write", "SSL_get_error", "BIO_read",
+                      "SSL_ERROR_WANT_READ")
 
 # Gathered writes are encrypted at once past this size (as Twisted's own aggregation does),
 # so a read full of requests for long peer lists, or a burst of pushes to one session, holds
@@ -201,11 +195,16 @@ class TrackerTLSProtocol(GatedTLSFactory.protocol):
 
     def _flushSendBIO(self):
         if not _DIRECT:
-            try:
-                records = self._tlsConnection.bio_read(SEND_BIO_READ)
-            except WantReadError:
-                return
-            self._send(records)
+            # All of it here too: a gathered write can leave more than one read's worth of
+            # records, and nothing else would flush the rest before the next write.
+            chunks = []
+            while True:
+                try:
+                    chunks.append(self._tlsConnection.bio_read(SEND_BIO_READ))
+                except WantReadError:
+                    break
+            if chunks:
+                self._send(b"".join(chunks) if len(chunks) > 1 else chunks[0])
             return
         # All of it (a memory BIO read returns <= 0 only when empty).
         bio = self._tlsConnection._from_ssl

@@ -9,6 +9,7 @@ import sys
 from construct import Int32ub
 
 from peerit.errors import FrameTooLarge
+from peerit.shims.refcount import POOL_ALONE, REFCOUNTS
 
 LENGTH = Int32ub  # the declared format; the two functions below are its measured fast path
 LENGTH_SIZE = LENGTH.sizeof()
@@ -38,20 +39,23 @@ class BodyPool:
     A fresh 256 KiB bytearray per block cost a downloader's reactor 12% (py-spy): zeroing
     it and faulting in new pages (glibc returns freed large chunks to the kernel). A buffer
     goes back into use only when the pool holds the last reference to it (CPython's
-    reference count): the hasher and writer threads, a block held for an out-of-order
-    piece, any memoryview of it, all keep it out of reuse, so no one's bytes are ever
-    overwritten. Only the reactor thread allocates; other threads only drop references.
+    reference count, :mod:`peerit.shims.refcount`): the hasher and writer threads, a block
+    held for an out-of-order piece, any memoryview of it, all keep it out of reuse, so no
+    one's bytes are ever overwritten. Only the reactor thread allocates; other threads only
+    drop references. Without usable reference counts nothing is retained: every body gets a
+    fresh buffer.
     """
 
-    def __init__(self, keep: int = 48):
-        self.keep = keep  # buffers retained (48 x 256 KiB blocks: 12 MiB at most)
+    def __init__(self, keep: int = 48, refcounts: bool = REFCOUNTS):
+        # buffers retained (48 x 256 KiB blocks: 12 MiB at most)
+        self.keep = keep if refcounts else 0
         self._buffers: list[bytearray] = []
         self.reused = 0
 
     def get(self, size: int) -> bytearray:
         for buffer in self._buffers:
-            # 3 references: the list, the loop variable and getrefcount's argument.
-            if len(buffer) == size and sys.getrefcount(buffer) == 3:
+            # Only the pool's references: the list, the loop variable, getrefcount's argument.
+            if len(buffer) == size and sys.getrefcount(buffer) == POOL_ALONE:
                 self.reused += 1
                 return buffer
         buffer = bytearray(size)

@@ -11,9 +11,20 @@ from twisted.trial.unittest import TestCase
 
 from peerit.errors import IdentityMismatch
 from peerit.identity import Identity
-from peerit.nat.quic import QuicDatagramProtocol, QuicHandshakeFailed, QuicSettings
+from peerit.nat.quic import QuicEndpoint, QuicHandshakeFailed, QuicSettings
+from peerit.nat.udp import DatagramKind, UdpMux
 
 SETTINGS = QuicSettings(max_datagram_size=1452, handshake_timeout=5.0)
+
+
+class QuicSocket:
+    """A UDP socket carrying QUIC: the daemon's mux with a QUIC endpoint on it."""
+
+    def __init__(self, identity, segmentation: bool):
+        self.mux = UdpMux(reactor, segmentation=segmentation)
+        self.endpoint = QuicEndpoint(identity, self.mux.send, reactor, SETTINGS,
+                                     send_many=self.mux.send_many)
+        self.mux.set_handler(DatagramKind.QUIC, self.endpoint.datagram_received)
 
 
 class Sink(Protocol):
@@ -37,11 +48,11 @@ class QuicLoopbackTests(TestCase):
 
     def setUp(self):
         self.ids = Identity.generate("a"), Identity.generate("b")
-        self.sockets = [QuicDatagramProtocol(identity, reactor, SETTINGS,
-                                             segmentation=self.segmentation)
-                        for identity in self.ids]
-        self.ports = [reactor.listenUDP(0, proto, interface="127.0.0.1")
-                      for proto in self.sockets]
+        self.sockets = [QuicSocket(identity, self.segmentation) for identity in self.ids]
+        self.ports = [reactor.listenUDP(0, sock.mux, interface="127.0.0.1")
+                      for sock in self.sockets]
+        for sock, port in zip(self.sockets, self.ports):
+            sock.endpoint.host = port.getHost()
         self.addrs = [("127.0.0.1", port.getHost().port) for port in self.ports]
 
     def tearDown(self):
@@ -71,7 +82,7 @@ class QuicLoopbackTests(TestCase):
         self.assertEqual(sink.digest.hexdigest(), hashlib.sha256(payload).hexdigest())
         # the bulk fast path built most packets (6 MiB is ~4500 of them)
         self.assertGreater(conn.fast_sent, 2000)
-        writer, reader = a._writer, self.ports[1].doRead
+        writer, reader = a.mux._writer, self.ports[1].doRead
         self.assertGreater(writer.datagrams, 4000)
         if self.segmentation and writer.segmentation:
             # bursts went out in far fewer syscalls than datagrams

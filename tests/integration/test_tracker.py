@@ -33,7 +33,7 @@ from twisted.internet import reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from peerit.addresses import TrackerAddress
 from peerit.identity import Identity
-from peerit.tracker.client import TrackerClient
+from peerit.daemon.tracker_client import TrackerClient
 from peerit.wire import tracker as wire
 
 address, identity_dir, info_hash = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])

@@ -30,7 +30,7 @@ import json, sys
 from twisted.internet import defer, reactor
 from peerit.addresses import TrackerAddress
 from peerit.identity import Identity
-from peerit.tracker.client import TrackerClient
+from peerit.daemon.tracker_client import TrackerClient
 from peerit.wire import tracker as wire
 
 address, directory, info_hash = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])

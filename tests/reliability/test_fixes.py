@@ -95,7 +95,7 @@ class MalformedControlArgumentsAreBadRequests(SynchronousTestCase):
         from peerit.daemon.control import control_factory
         from peerit.daemon.service import Daemon
         daemon = Daemon(Clock(), self.mktemp(), "unix:/nonexistent/c.sock")
-        protocol = control_factory(daemon).buildProtocol(None)
+        protocol = control_factory(daemon.operations).buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(amp.AmpBox(_command=b"List", _ask=b"1", offset=b"/dev/zero",
@@ -117,7 +117,7 @@ class MalformedControlArgumentsAreBadRequests(SynchronousTestCase):
         from peerit.daemon.control import control_factory
         from peerit.daemon.service import Daemon
         daemon = Daemon(Clock(), self.mktemp(), "unix:/nonexistent/c.sock")
-        protocol = control_factory(daemon).buildProtocol(None)
+        protocol = control_factory(daemon.operations).buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(amp.AmpBox(_command=b"Download", _ask=b"1",
@@ -139,7 +139,7 @@ class TrackerClientRetriesOftenEnoughAfterLongOutages(SynchronousTestCase):
 
         from peerit.addresses import TrackerAddress
         from peerit.identity import Identity
-        from peerit.tracker.client import TrackerClient
+        from peerit.daemon.tracker_client import TrackerClient
         from peerit.wire import tracker as tracker_wire
 
         clock = Clock()

@@ -220,9 +220,9 @@ def test_control_commands_with_hostile_arguments_answer_with_clear_errors(tmp_pa
     from peerit.daemon.control import control_factory
     from peerit.daemon.service import Daemon
     daemon = Daemon(Clock(), str(tmp_path / "d"), f"unix:{tmp_path}/c.sock")
-    daemon.peer_id = b"\x01" * 32
-    daemon.listen_port = 1
-    factory = control_factory(daemon)
+    daemon.node.peer_id = b"\x01" * 32
+    daemon.peers.listen_port = 1
+    factory = control_factory(daemon.operations)
     known = set(commands.ERRORS.values())
     counts = {"boxes": 0, "answers": 0, "errors": {}, "unhandled": 0, "dropped": 0}
     unhandled = []

@@ -62,8 +62,10 @@ def test_tracker_killed_and_restarted_mid_swarm(swarm, tmp_path, figures):
     for name in ("d1", "d2"):
         swarm.ctl(name, "download", s["metainfo"], "--to", str(tmp_path / name), "--detach")
     for name in ("d1", "d2"):
-        swarm.wait_for(name, s["info_hash"], lambda st: st["peers"] >= 1
-                       and st["pieces_done"] >= 2, timeout=60)
+        # On a slow machine a downloader can finish (and drop its links: seeders do not
+        # keep links to seeders) between two samples; finished counts as under way.
+        swarm.wait_for(name, s["info_hash"], lambda st: st["pieces_done"] >= 2 and (
+                       st["peers"] >= 1 or st["state"] == "seeding"), timeout=60)
     observer = BlockingTlsClient(Identity.generate(), str(tmp_path / "observer"))
     tracker = TrackerAddress.parse(swarm.tracker_endpoint)
     assert ids <= peers_in_table(observer, tracker, info_hash)

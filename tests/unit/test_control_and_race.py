@@ -9,6 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit.client import Client
 from peerit.daemon.connector import Candidate, NoPath, Race
 from peerit.daemon.control import ControlFactory
+from peerit.daemon.operations import DaemonOperations
+from peerit.daemon.transfers import Transfers
 from peerit.errors import UnknownSwarm, UsageError
 
 
@@ -35,20 +37,23 @@ class FakeTransfer:
         self.paused = True
 
 
-class FakeDaemon:
-    """Just what the responders use; the real resolution rule (find) is reused."""
+class FakeTransfers:
+    """Just what the operations use of the registry; its real resolution rule (find) is
+    reused."""
 
     def __init__(self):
         self.transfers = {bytes.fromhex("ab" * 32): FakeTransfer(bytes.fromhex("ab" * 32), "x"),
                           bytes.fromhex("ac" * 32): FakeTransfer(bytes.fromhex("ac" * 32), "y")}
 
-    from peerit.daemon.service import Daemon
-    find = Daemon.find
+    def all(self):
+        return list(self.transfers.values())
+
+    find = Transfers.find
 
 
 class ControlTests(SynchronousTestCase):
     def connect(self):
-        factory = ControlFactory(FakeDaemon())
+        factory = ControlFactory(DaemonOperations(None, FakeTransfers(), None, None))
         client_proto, server_proto, pump = iosim.connectedServerAndClient(
             lambda: factory.buildProtocol(None), lambda: amp.AMP())
         return Client(client_proto, "memory", Clock()), pump, factory

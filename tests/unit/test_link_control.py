@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit import errors, links
 from peerit.client import Client
 from peerit.daemon.control import ControlFactory
+from peerit.daemon.operations import DaemonOperations
 
 IH = bytes(range(32))
 
@@ -18,15 +19,16 @@ class Started:
     info_hash, name, path = IH, "holiday", "/downloads"
 
 
-class FakeDaemon:
+class FakeTransfers:
+    def add_link(self, link, target_dir):
+        links.parse(link)
+        return Started()
+
+
+class FakeCodes:
     def __init__(self, failure=None):
         self.failure = failure
         self.calls = []
-
-    def add_link(self, link, target_dir):
-        self.calls.append(("add_link", link, target_dir))
-        links.parse(link)
-        return Started()
 
     def receive(self, code, target_dir):
         self.calls.append(("receive", code, target_dir))
@@ -45,8 +47,9 @@ class FakeDaemon:
 
 
 class LinkControlTests(SynchronousTestCase):
-    def run_call(self, daemon, call):
-        factory = ControlFactory(daemon)
+    def run_call(self, codes, call):
+        factory = ControlFactory(DaemonOperations(None, FakeTransfers(), None, None, None,
+                                                  codes))
         client_proto, _, pump = iosim.connectedServerAndClient(
             lambda: factory.buildProtocol(None), lambda: amp.AMP())
         d = ensureDeferred(call(Client(client_proto, "memory", Clock())))
@@ -58,7 +61,7 @@ class LinkControlTests(SynchronousTestCase):
                       errors.RendezvousUnreachable("cannot reach"),
                       errors.ReceiverRefused("the receiver refused: full"),
                       errors.MetadataTooLarge("big"), errors.MetadataMismatch("tampered")):
-            d = self.run_call(FakeDaemon(error), lambda c: c.receive("7-a-b"))
+            d = self.run_call(FakeCodes(error), lambda c: c.receive("7-a-b"))
             failure = self.failureResultOf(d, type(error))
             self.assertEqual(failure.getErrorMessage(), str(error))
             self.assertEqual(type(failure.value).exit_code, type(error).exit_code)
@@ -67,18 +70,18 @@ class LinkControlTests(SynchronousTestCase):
         for text, cls in (("peerit:?v=9", errors.UnsupportedLink),
                           (f"peerit:?v=1&ih={IH.hex()}&tr=h:1", errors.UnpinnedTracker),
                           ("peerit:?v=1&ih=zz", errors.BadLink)):
-            d = self.run_call(FakeDaemon(), lambda c: c.download_link(text))
+            d = self.run_call(FakeCodes(), lambda c: c.download_link(text))
             self.assertIs(type(self.failureResultOf(d).value), cls)
 
     def test_send_answers_the_code_and_its_status_the_failure(self):
-        daemon = FakeDaemon()
-        answer = self.successResultOf(self.run_call(daemon, lambda c: c.send("/a", "/a.p2p")))
+        codes = FakeCodes()
+        answer = self.successResultOf(self.run_call(codes, lambda c: c.send("/a", "/a.p2p")))
         self.assertEqual(answer["code"], "7-guitarist-revenge")
-        status = self.successResultOf(self.run_call(daemon, lambda c: c.send_status(IH.hex())))
+        status = self.successResultOf(self.run_call(codes, lambda c: c.send_status(IH.hex())))
         self.assertEqual((status["state"], status["error_code"]), ("failed", 16))
 
     def test_receive_answers_where_the_download_goes(self):
-        daemon = FakeDaemon()
-        answer = self.successResultOf(self.run_call(daemon, lambda c: c.receive("7-a-b", "")))
+        codes = FakeCodes()
+        answer = self.successResultOf(self.run_call(codes, lambda c: c.receive("7-a-b", "")))
         self.assertEqual(answer, {"info_hash": IH.hex(), "name": "holiday",
                                   "path": "/downloads"})

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.tracker.relay import (
     CLOSE_GRACE, RELAY_HELLO_MAGIC, RelayBroker, RelayFactory, RelayLimits, RelayRefused,
-    TokenBucket, relay_hello)
+    TRANSITIONS, Side, TokenBucket, relay_hello)
 
 A, B, C = b"A" * 32, b"B" * 32, b"C" * 32
 
@@ -74,7 +74,7 @@ class RelayTestCase(SynchronousTestCase):
         c1.dataReceived(relay_hello(token))
         c2, t2 = self.connect(transports[1])
         c2.dataReceived(relay_hello(token))
-        self.assertEqual((c1.state, c2.state), ("spliced", "spliced"))
+        self.assertEqual((c1.state, c2.state), (Side.SPLICED, Side.SPLICED))
         return (c1, t1), (c2, t2), token
 
 
@@ -86,7 +86,7 @@ class PairingTests(RelayTestCase):
         token = self.broker.offer(A, B)
         c1, t1 = self.connect()
         c1.dataReceived(relay_hello(token) + b"sent early")
-        self.assertEqual(c1.state, "waiting")
+        self.assertIs(c1.state, Side.WAITING)
         c2, t2 = self.connect()
         c2.dataReceived(relay_hello(token) + b"hello back")
         self.assertEqual(t2.value(), b"sent early", "what the first side sent while waiting")
@@ -101,7 +101,7 @@ class PairingTests(RelayTestCase):
         c1, _ = self.connect()
         for byte in relay_hello(token):
             c1.dataReceived(bytes([byte]))
-        self.assertEqual(c1.state, "waiting")
+        self.assertIs(c1.state, Side.WAITING)
 
     def test_an_unknown_token_is_closed_without_a_reply(self):
         self.broker.offer(A, B)
@@ -153,7 +153,7 @@ class PairingTests(RelayTestCase):
         again.dataReceived(relay_hello(token))
         c2, t2 = self.connect()
         c2.dataReceived(relay_hello(token) + b"x")
-        self.assertEqual(again.state, "spliced")
+        self.assertIs(again.state, Side.SPLICED)
         self.assertEqual(t_again.value(), b"x")
 
     def test_withdrawn_and_closed_all(self):
@@ -321,3 +321,54 @@ class EndToEndTests(RelayTestCase):
                 pump.flush()
         self.assertEqual(bytes(clients[1].received), one)
         self.assertEqual(bytes(clients[0].received), two)
+
+
+class SideMachineTests(RelayTestCase):
+    """Each side's state is moved by that side only, along ``TRANSITIONS``."""
+
+    def setUp(self):
+        self.make()
+
+    def test_a_spliced_pair_ends_closing_then_closed_each_side_on_its_own(self):
+        (c1, t1), (c2, t2), _ = self.pair()
+        c1.connectionLost()
+        self.assertIs(c1.state, Side.CLOSED)
+        self.assertIs(c2.state, Side.CLOSING)  # told to finish; drains within the grace
+        self.assertTrue(t2.disconnecting)
+        self.assertFalse(t2.disconnected)
+        self.clock.advance(CLOSE_GRACE)
+        self.assertTrue(t2.disconnected)
+        c2.connectionLost()
+        self.assertIs(c2.state, Side.CLOSED)
+        self.assertEqual((len(self.broker.splices), len(self.broker.connections)), (0, 0))
+        self.assertEqual(self.broker.sessions_completed, 1)
+
+    def test_a_connection_over_the_cap_is_closed_at_once_and_never_counted(self):
+        self.make(max_connections=1)
+        c1, _ = self.connect()
+        c2, t2 = self.connect()
+        self.assertIs(c2.state, Side.CLOSED)
+        self.assertTrue(t2.disconnected)
+        c2.connectionLost()
+        self.assertEqual(self.broker.connections, {c1})
+
+    def test_an_aborted_side_is_closing_until_its_loss_and_forwards_nothing(self):
+        (c1, t1), (c2, t2), _ = self.pair()
+        self.broker.close_all()
+        self.assertEqual((c1.state, c2.state), (Side.CLOSING, Side.CLOSING))
+        c1.dataReceived(b"late")
+        self.assertEqual(t2.value(), b"")
+        c1.connectionLost()
+        c2.connectionLost()
+        self.assertEqual((c1.state, c2.state), (Side.CLOSED, Side.CLOSED))
+        self.assertEqual(self.broker.sessions_completed, 1)
+
+    def test_moves_the_table_does_not_list_are_refused(self):
+        c, _ = self.connect()
+        with self.assertRaises(AssertionError):
+            c._move(Side.PREAMBLE)
+        c.close()
+        with self.assertRaises(AssertionError):
+            c._move(Side.SPLICED)
+        self.assertEqual(TRANSITIONS[Side.CLOSED], set())
+        self.assertEqual(set(TRANSITIONS), set(Side))

@@ -1,4 +1,4 @@
-"""Batched UDP I/O for QUIC (peerit.nat.quic.DatagramWriter / DatagramReader) against fake
+"""Batched UDP I/O (peerit.nat.udp_batch.DatagramWriter / DatagramReader) against fake
 sockets: which datagrams share one segmented send, what happens when the kernel refuses
 segmentation or the buffer is full, and how a coalesced read is cut back into datagrams."""
 
@@ -7,7 +7,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from peerit.nat.quic import (
+from peerit.nat.udp_batch import (
     READ_BATCH, SOL_UDP, UDP_GRO, UDP_SEGMENT, DatagramReader, DatagramWriter)
 
 ADDR = ("192.0.2.7", 4433)

@@ -28,7 +28,7 @@ from peerit.tls import PinnedClientTLS
 from peerit.wire import tracker as wire
 from peerit.wire.framing import FrameDecoder, frame
 
-log = Logger(namespace="peerit.tracker.client")
+log = Logger(namespace="peerit.daemon.tracker_client")
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 10.0

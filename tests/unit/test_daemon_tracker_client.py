@@ -14,7 +14,7 @@ from zope.interface import implementer
 from peerit.addresses import TrackerAddress
 from peerit.errors import PeeritError, TimedOut
 from peerit.identity import Identity
-from peerit.tracker.client import TrackerClient, TrackerRefused, TrackerUnavailable
+from peerit.daemon.tracker_client import TrackerClient, TrackerRefused, TrackerUnavailable
 from peerit.tracker.protocol import tls_factory
 from peerit.tracker.session import Limits, Tracker
 from peerit.tracker.store import MemorySwarmStore

@@ -1,4 +1,4 @@
-"""The daemon's NAT layer (peerit.nat.manager) on simulated NATs: STUN and NatReport, punched
+"""The daemon's NAT side (peerit.daemon.nat) on simulated NATs: STUN and NatReport, punched
 QUIC links, the relay fallback, both-symmetric, cancellation and cleanup, netcheck's answer.
 
 Everything real but the network: the manager's muxes, STUN client, punch attempts, QUIC
@@ -14,11 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.daemon.connector import NoPath, Race
 from peerit.identity import Identity
-from peerit.nat import manager as manager_module
+from peerit.daemon.nat import path_dialer, public_address, socket_pool, tracker_push
+from peerit.daemon.nat.manager import NatManager, parse_paths, parse_udp_spec
+from peerit.daemon.nat.path_dialer import QUIC_START, RELAY_START
+from peerit.daemon.nat.public_address import STUN_INFO_WAIT, wire_filtering, wire_mapping
 from peerit.nat import punch
-from peerit.nat.manager import (
-    NatManager, QUIC_START, RELAY_START, STUN_INFO_WAIT, parse_paths, parse_udp_spec,
-    wire_filtering, wire_mapping)
 from peerit.nat.quic import QuicSettings
 from peerit.errors import UsageError
 from peerit.testing import fakes_nat
@@ -83,7 +83,7 @@ class World:
         """Let both first measurements finish, the full netcheck too (and their NatReports
         reach the tracker); returns how many UDP ports each side has opened so far."""
         self.run(STUN_INFO_WAIT + 15, stop=lambda: all(
-            p.manager.report is not None and p.manager._checking is None
+            p.manager.report is not None and p.manager.public._checking is None
             for p in (self.a, self.b)))
         self.a.ports_before = len(self.a.udp.ports)
         self.b.ports_before = len(self.b.udp.ports)
@@ -105,7 +105,8 @@ class World:
 class NatManagerTestCase(SynchronousTestCase):
     def setUp(self):
         wire = contract_wire()
-        self.patch(manager_module, "wire", wire)
+        for module in (public_address, path_dialer, tracker_push):
+            self.patch(module, "wire", wire)
         self.patch(fakes_nat, "wire", wire)
         self.wire = wire
 
@@ -256,9 +257,9 @@ class PunchedQuicTests(NatManagerTestCase):
         self.assertGreater(opened, 10)
         self.assertEqual(len(world.a.udp.open_ports), 2)  # main + the winner
         link.transport.abortConnection()
-        world.run(manager_module.SWEEP_INTERVAL * 3)
+        world.run(socket_pool.SWEEP_INTERVAL * 3)
         self.assertEqual(world.a.udp.open_ports, [world.a.udp.ports[0]])
-        self.assertEqual(world.a.manager._extra, set())
+        self.assertEqual(world.a.manager.sockets.extra, set())
 
     def test_dial_right_after_start_waits_for_the_quick_mapping_check(self):
         """A dial at once after start (the tracker's StunInfo just arrived): the quick check
@@ -273,7 +274,7 @@ class PunchedQuicTests(NatManagerTestCase):
         link = results[0]
         self.assertIsInstance(link, ProbeLink, getattr(link, "value", link))
         self.assertEqual(link.path, "quic")
-        world.run(10, stop=lambda: world.a.manager._checking is None)
+        world.run(10, stop=lambda: world.a.manager.public._checking is None)
         reports = [m for m in world.a.client.sent if type(m).__name__ == "NatReport"]
         self.assertEqual(reports[0].mapping, "dependent")
         self.assertEqual(reports[0].filtering, "unknown")
@@ -337,8 +338,8 @@ class PunchedQuicTests(NatManagerTestCase):
         d.cancel()
         self.assertEqual(attempts[0].state, punch.State.CANCELLED)
         self.assertEqual(world.a.udp.open_ports, [world.a.udp.ports[0]])
-        self.assertEqual(world.a.manager._punch_waits, {})
-        self.assertEqual(world.a.manager._relay_waits, {})
+        self.assertEqual(world.a.manager.dialer._punch_waits, {})
+        self.assertEqual(world.a.manager.dialer._relay_waits, {})
         world.run(10)
         self.assertEqual([type(m).__name__ for m in world.tracker.requests], ["PunchRequest"])
         self.assertEqual(world.relay.connections, [])
@@ -367,3 +368,21 @@ class PunchedQuicTests(NatManagerTestCase):
         self.assertFalse(world.a.manager.handle_push(object()))
         error = self.wire.Error("rate_limited", "slow down", 4, INFO_HASH)
         self.assertFalse(world.a.manager.handle_push(error))
+
+
+class DialTimingTests(SynchronousTestCase):
+    """The path dialer's start times come from its one table."""
+
+    def test_the_relay_waits_for_the_table_time_or_a_running_birthday_punch(self):
+        dial = path_dialer.Dial(INFO_HASH, b"p" * 32, started_at=100.0)
+        self.assertEqual(dial.relay_start_at(), 100.0 + path_dialer.DIAL_TIMING["relay"])
+        dial.birthday_deadline = 110.0
+        self.assertEqual(dial.relay_start_at(), 110.0)
+        dial.birthday_deadline = 101.0  # a deadline before the table time changes nothing
+        self.assertEqual(dial.relay_start_at(), 100.0 + path_dialer.DIAL_TIMING["relay"])
+
+    def test_punched_quic_starts_after_direct_tcp_and_before_the_relay(self):
+        self.assertEqual((QUIC_START, RELAY_START),
+                         (path_dialer.DIAL_TIMING["quic"], path_dialer.DIAL_TIMING["relay"]))
+        self.assertLess(0.25, QUIC_START)
+        self.assertLess(QUIC_START, RELAY_START)

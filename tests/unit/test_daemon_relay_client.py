@@ -1,4 +1,4 @@
-"""The relay client (peerit.nat.relay_client) against an in-memory relay: the hello it sends,
+"""The relay client (peerit.daemon.nat.relay_client) against an in-memory relay: the hello it sends,
 TLS end to end inside the splice with the initiator pinning the other peer, refusals."""
 
 from twisted.internet import task
@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.daemon.connector import NoPath
 from peerit.identity import Identity
-from peerit.nat.relay_client import (
+from peerit.daemon.nat.relay_client import (
     RELAY_PREAMBLE, accept_through_relay, dial_through_relay, relay_hello)
 from peerit.testing.datagrams import run_until
 from peerit.testing.fakes_nat import FakeRelay, ProbeLink

@@ -22,10 +22,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from peerit.daemon.connector import link_attempt
 from peerit.identity import Identity
 from peerit.tls import DirectTLSFactory, IdentityServerTLS, PinnedClientTLS
-
-# One definition of the relay hello, the tracker's.
-from peerit.tracker.relay import (  # noqa: E402
-    RELAY_HELLO_MAGIC as RELAY_PREAMBLE, RELAY_TOKEN_SIZE as TOKEN_SIZE, relay_hello)
+from peerit.wire.relay import RELAY_HELLO_MAGIC as RELAY_PREAMBLE, relay_hello  # noqa: F401
+from peerit.wire.tracker import RELAY_TOKEN_SIZE as TOKEN_SIZE  # noqa: F401 (for fakes)
 
 # connect_tcp(host, port, factory) -> Deferred[protocol]; cancelling it aborts the connect.
 ConnectTCP = Callable[[str, int, Factory], Deferred]

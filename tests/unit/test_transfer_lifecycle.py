@@ -1,0 +1,127 @@
+"""A transfer's lifecycle: an enum changed only by the transfer, along its transition table,
+with the daemon reduced to the narrow ``TransferHost`` it is given."""
+
+import os
+import random
+import tempfile
+
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from peerit.daemon.state import StateDB, SwarmRecord
+from peerit.daemon.transfer import TRANSITIONS, State, Transfer, TransferHost
+from peerit.errors import PeeritError
+from peerit.testing.swarms import make_metainfo
+
+PIECE = 1 << 15
+
+
+class Tracker:
+    connected = False
+
+    def __init__(self):
+        self.announced = []
+
+    def announce(self, info_hash, event, left):
+        self.announced.append(event)
+
+
+class TransferLifecycleTests(SynchronousTestCase):
+    def setUp(self):
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        self.root = directory.name
+        self.data = os.urandom(3 * PIECE + 100)
+        self.metainfo = make_metainfo(self.data, PIECE)
+        self.tracker = Tracker()
+        self.resume = StateDB(os.path.join(self.root, "state.sqlite3"))
+        self.addCleanup(self.resume.close)
+        self.clock = Clock()
+        self.host = TransferHost(
+            clock=self.clock, rng=random.Random(1), peer_id=b"\x01" * 32,
+            resume=self.resume, in_thread=maybeDeferred,  # the disk pool, synchronously
+            hasher=None, writer=None, call_from_thread=lambda f, *a: f(*a),
+            trackers_for=lambda metainfo: [self.tracker],
+            connect_peer=lambda info_hash, info: None)
+
+    def seed(self, data: bytes, trusted: bool = False) -> Transfer:
+        with open(os.path.join(self.root, self.metainfo.name), "wb") as f:
+            f.write(data)
+        transfer = Transfer(self.host, self.metainfo, self.root, "seed")
+        transfer.open(create=False)
+        self.addCleanup(transfer.store.close)
+        if trusted:  # as a share added without --check
+            for piece in range(self.metainfo.piece_count):
+                transfer.have.add(piece)
+        return transfer
+
+    def test_a_checked_share_goes_stopped_checking_seeding(self):
+        transfer = self.seed(self.data)
+        self.assertIs(transfer.state, State.STOPPED)
+        moves = []
+        original = transfer._move
+        transfer._move = lambda to: (moves.append(to), original(to))
+        transfer.start(list(range(self.metainfo.piece_count)))
+        self.assertEqual(moves, [State.CHECKING, State.SEEDING])
+        self.assertEqual(transfer.summary()["state"], "seeding")
+        self.assertEqual(self.tracker.announced, ["started"])
+
+    def test_data_that_no_longer_matches_ends_in_error_and_resume_checks_again(self):
+        transfer = self.seed(b"y" * len(self.data))
+        transfer.start(list(range(self.metainfo.piece_count)))
+        self.assertIs(transfer.state, State.ERROR)
+        self.assertIn("no longer matches", transfer.summary()["error"])
+        transfer.resume()  # an error is resumable: the swarm starts again
+        self.assertIs(transfer.state, State.DOWNLOADING)  # without the pieces that failed
+        self.assertIsNotNone(transfer.swarm)
+        transfer.stop()
+
+    def test_pause_and_resume_persist_and_move_paused_then_back(self):
+        transfer = self.seed(self.data, trusted=True)
+        self.resume.add(SwarmRecord(self.metainfo.info_hash, self.metainfo.to_bytes(),
+                                    self.root, "seed", False, None, None, None, 0.0, None))
+        transfer.start()
+        self.assertIs(transfer.state, State.SEEDING)
+        transfer.pause()
+        self.assertIs(transfer.state, State.PAUSED)
+        self.assertIsNone(transfer.swarm)
+        self.assertEqual(self.tracker.announced, ["started", "stopped"])
+        transfer.pause()  # twice is once
+        self.assertIs(transfer.state, State.PAUSED)
+        (record,) = self.resume.records()
+        self.assertTrue(record.paused)  # a restart keeps it paused
+        transfer.resume()
+        self.assertIs(transfer.state, State.SEEDING)
+        self.assertEqual(self.tracker.announced, ["started", "stopped", "started"])
+
+    def test_stopping_a_running_transfer_leaves_it_stopped(self):
+        transfer = self.seed(self.data, trusted=True)
+        transfer.start()
+        transfer.stop("removed")
+        self.assertIs(transfer.state, State.STOPPED)
+        self.assertEqual(transfer.summary()["state"], "stopped")
+
+    def test_a_restored_transfer_whose_files_cannot_open_is_listed_in_error(self):
+        transfer = Transfer(self.host, self.metainfo, self.root, "seed")
+        transfer.cannot_open(PeeritError("no such file"))
+        self.assertEqual((transfer.summary()["state"], transfer.summary()["error"]),
+                         ("error", "no such file"))
+
+    def test_download_without_peers_shows_waiting_for_peers(self):
+        transfer = Transfer(self.host, self.metainfo, self.root, "download")
+        transfer.open(create=True)
+        self.addCleanup(transfer.store.close)
+        transfer.start()
+        self.assertIs(transfer.state, State.DOWNLOADING)
+        self.assertEqual(transfer.summary()["state"], "waiting for peers")
+        transfer.stop()
+
+    def test_moves_the_table_does_not_list_are_refused(self):
+        transfer = Transfer(self.host, self.metainfo, self.root, "seed")
+        with self.assertRaises(AssertionError):
+            transfer._move(State.STOPPED)  # stopped -> stopped is no move
+        transfer._move(State.SEEDING)
+        with self.assertRaises(AssertionError):
+            transfer._move(State.DOWNLOADING)  # a seed never downloads again
+        self.assertEqual(set(TRANSITIONS), set(State))
