@@ -9,7 +9,8 @@
 - ``trackers`` (:class:`~peerit.daemon.trackers.TrackerSessions`): one session per tracker;
 - ``transfers`` (:class:`~peerit.daemon.transfers.Transfers`): the shares and downloads;
 - ``control`` (:class:`~peerit.daemon.control.ControlSocket`): the AMP socket, calling
-  ``operations`` (:class:`~peerit.daemon.operations.DaemonOperations`).
+  ``operations`` (:class:`~peerit.daemon.operations.DaemonOperations`), which sends and
+  receives by short code through ``codes`` (:class:`~peerit.daemon.codes.CodeTransfers`).
 
 Each child gets only the others it uses, at construction; where two use each other (links
 ask the registry for swarms, transfers ask for links) one gets a callable. Another front
