@@ -154,7 +154,7 @@ def first_piece(src: Path, work: Path, timeout: float) -> dict:
                                                                      str(work / "dl-link")))):
                 start = time.monotonic()
                 call()
-                while client.status(shared["info_hash"])["pieces_done"] < 1:
+                while client.status(shared["info_hash"]).pieces_done < 1:
                     if time.monotonic() - start > timeout:
                         raise TimeoutError(f"{kind}: no verified piece in {timeout}s")
                     time.sleep(0.01)

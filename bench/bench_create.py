@@ -6,8 +6,8 @@ so it sits in the page cache, then alternates runs of ``create_metainfo`` and of
 median and range for both, the median CPU seconds (all threads: the work done, which other
 load on the machine does not inflate), and the ratio of the medians.
 
-    .venv/bin/python bench/bench_create.py [--size 1G] [--runs 3] [--threads N]
-        [--piece-length 512K]
+    .venv/bin/python bench/bench_create.py [--size 1Gi] [--runs 3] [--threads N]
+        [--piece-length 512Ki]
 """
 
 import argparse
@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peerit.ctl.offline import parse_size  # noqa: E402
-from peerit.metainfo import choose_piece_length, create_metainfo  # noqa: E402
+from peerit.units import parse_size  # noqa: E402
+from peerit.share_builder import choose_piece_length, create_metainfo  # noqa: E402
 
 READ_SIZE = 1 << 20
 
@@ -74,7 +74,7 @@ def describe(label: str, size: int, runs: list[tuple[float, float]]) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1G", help="test file size, e.g. 256M, 1G")
+    parser.add_argument("--size", default="1Gi", help="test file size, e.g. 256Mi, 1Gi (k, M, G are powers of 1000)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each (at least 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="hashing threads for create_metainfo (default: its own choice)")

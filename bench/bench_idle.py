@@ -1,6 +1,6 @@
 """CPU of an idle daemon with many shares and open peer links (real daemons on loopback).
 
-Issue 6 wants an idle daemon with 1,000 shares and 50 open peer links under 2% of a core:
+The target: an idle daemon with 1,000 shares and 50 open peer links under 2% of a core:
 no polling loops. Set-up, with a local tracker:
 
 - daemon ``idle`` (the one measured) shares ``--shares`` small files;
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (install_sigterm_exit, proc_cpu_seconds, proc_peak_rss_mib,  # noqa: E402
                     write_result)
 from peerit.client import BlockingClient  # noqa: E402
-from peerit.metainfo import create_metainfo  # noqa: E402
+from peerit.share_builder import create_metainfo  # noqa: E402
 from peerit.testing.localswarm import LocalSwarm  # noqa: E402
 
 SHARE_SIZE = 4096
@@ -106,11 +106,11 @@ def run(shares: int, links: int, window: float, windows: int, timeout: float) ->
         for i in range(links):
             data, p2p = make_p2p(work / "orphans", f"orphan-{i:03d}.bin")
             data.unlink()  # nobody has it: the two downloaders only have each other
-            hashes.append(idle.download(str(p2p), str(work / "idle-dl"))["info_hash"])
+            hashes.append(idle.download(str(p2p), str(work / "idle-dl")).info_hash)
             partner.download(str(p2p), str(work / "partner-dl"))
 
         def linked() -> int:
-            return sum(idle.status(h)["peers"] for h in hashes)
+            return sum(idle.status(h).peers for h in hashes)
         try:
             wait_until(lambda: linked() >= links, max(10.0, deadline - time.monotonic() -
                                                        2 * windows * window - 10),

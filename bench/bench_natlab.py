@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE / "references"))
 
 from common import proc_cpu_times  # noqa: E402
+from peerit.client import as_json  # noqa: E402
 from lab import NAT_TYPES, NatLab, check_available  # noqa: E402
 from test_nat_matrix import (  # noqa: E402
     LabPeers, MiB, random_file, sha256_of)
@@ -61,10 +62,10 @@ def follow(client, info_hash: str, started: float, timeout: float):
     first = peers = None
     deadline = started + timeout
     while True:
-        status = client.status(info_hash)
+        status = as_json(client.status(info_hash))
         now = time.monotonic()
         if peers is None and status["peers"] > 0:
-            peers = client.peers(info_hash)["peers"]
+            peers = as_json(client.peers(info_hash).peers)
         if first is None and status["downloaded"] > 0:
             first = now - started
         if status["state"] == "seeding":

@@ -1,6 +1,6 @@
 """Simulated hole-punch success and time to a path, per NAT pair, over many seeds.
 
-Runs peerit.nat.punch between two peers on peerit.testing.fakenat (simulated clock: the
+Runs peerit.nat.punch between two peers on peerit.testing.fake_internet (simulated clock: the
 times are simulated seconds, not wall time). Default latencies: 0.5 ms LAN and 10 ms uplink
 per side, so a round trip between the two homes is 42 ms. Roles alternate with the seed.
 
@@ -11,7 +11,7 @@ import argparse
 import statistics
 import time
 
-from peerit.testing.fakenat import OPEN, punch_between
+from peerit.testing.fake_internet import OPEN, punch_between
 
 TYPES = (OPEN, "full-cone", "restricted-cone", "port-restricted", "symmetric")
 UNKNOWN = {"my_mapping": "unknown", "their_mapping": "unknown"}

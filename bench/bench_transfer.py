@@ -1,7 +1,7 @@
 """One seeder -> one downloader (or N downloaders) over loopback with the real daemons.
 
-    .venv/bin/python bench/bench_transfer.py --size 512M --runs 3
-    .venv/bin/python bench/bench_transfer.py --size 128M --downloaders 8 --runs 3
+    .venv/bin/python bench/bench_transfer.py --size 512Mi --runs 3
+    .venv/bin/python bench/bench_transfer.py --size 128Mi --downloaders 8 --runs 3
 
 Times from the download command to "every piece verified" (for a swarm: until the last
 downloader has it all), and reads each daemon's peak RSS (VmHWM) from /proc. Loopback only,
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import proc_cpu_times  # noqa: E402
 from peerit.client import BlockingClient  # noqa: E402
-from peerit.ctl.offline import parse_size  # noqa: E402
+from peerit.units import parse_size  # noqa: E402
 from peerit.testing.localswarm import LocalSwarm  # noqa: E402
 
 
@@ -83,9 +83,9 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
                 if name in finish:
                     continue
                 status = clients[name].status(shared["info_hash"])
-                if name not in first_piece and status.get("done"):
+                if name not in first_piece and status.done:
                     first_piece[name] = time.monotonic() - started
-                if status["state"] == "seeding":
+                if status.state == "seeding":
                     finish[name] = time.monotonic() - started
             if time.monotonic() - started > deadline:
                 raise TimeoutError(f"not done within {deadline}s")
@@ -109,7 +109,7 @@ def one_run(size: int, downloaders: int, deadline: float, seeder_args=()) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="512M")
+    parser.add_argument("--size", default="512Mi")
     parser.add_argument("--downloaders", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=300)

@@ -1,6 +1,6 @@
 """peer-it side by side with what its users would pick instead, in one run on one machine.
 
-Runs every benchmark of issue 6 on loopback (and the NAT lab when root and
+Runs every benchmark of docs/benchmarks.md on loopback (and the NAT lab when root and
 ``bench/bench_natlab.py`` exists), each tool in its own processes, several runs interleaved so
 that a noisy moment hits peer-it and its references alike, and prints one table: median and
 range of each figure, the ratio peer-it / reference per round (median and range), CPU seconds
@@ -214,15 +214,15 @@ def sample_peerit(args) -> None:
 
     class FinishNotingClient(bench_transfer.BlockingClient):
         def status(self, *a, **kw):
-            status = self.__getattr__("status")(*a, **kw)
-            if status.get("state") == "seeding" and id(self) not in finished:
+            status = super().status(*a, **kw)
+            if status.state == "seeding" and id(self) not in finished:
                 finished[id(self)] = time.monotonic() - started[0]
             return status
 
         def download(self, *a, **kw):
             if not started:
                 started.append(time.monotonic())
-            return self.__getattr__("download")(*a, **kw)
+            return super().download(*a, **kw)
     bench_transfer.BlockingClient = FinishNotingClient
 
     if args.profile:

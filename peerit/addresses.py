@@ -4,10 +4,10 @@ import ipaddress
 import urllib.parse
 from dataclasses import dataclass
 
+from peerit.endpoints import DEFAULT_MAILBOX_PORT, DEFAULT_TRACKER_PORT
 from peerit.errors import UsageError
 from peerit.identity import format_fingerprint, parse_fingerprint
 
-DEFAULT_TRACKER_PORT = 59000
 
 
 def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -69,13 +69,10 @@ class TrackerAddress:
         return base
 
 
-# The rendezvous for short codes (a magic-wormhole mailbox) that a tracker operator may run
-# beside the tracker (``twistd peerit-tracker --mailbox auto``): daemons look for it on this
-# port of their first tracker's host unless told another URL.
-DEFAULT_MAILBOX_PORT = 59002
-
-
 def default_mailbox_url(tracker: TrackerAddress) -> str:
+    """The rendezvous for short codes (a magic-wormhole mailbox) that a tracker operator may
+    run beside the tracker (``twistd peerit-tracker --mailbox auto``): daemons look for it on
+    the default port of their first tracker's host unless told another URL."""
     return f"ws://{format_host_port(tracker.host, DEFAULT_MAILBOX_PORT)}/v1"
 
 

@@ -3,18 +3,23 @@
 Asynchronous use, inside a Twisted program::
 
     client = await Client.connect(reactor)          # same socket rule as peerit-ctl
-    info = await client.download("/tmp/x.p2p", "/tmp/out")
-    status = await client.status(info["info_hash"])
+    started = await client.download("/tmp/x.p2p", "/tmp/out")
+    status = await client.status(started.info_hash)
 
-Scripts without a reactor use :class:`BlockingClient`, which runs one in a helper thread.
-Every error is a :class:`peerit.errors.PeeritError` subclass with a one-line message.
+Scripts without a reactor use :class:`BlockingClient`, which runs one in a background thread.
+Answers are frozen dataclasses (:class:`TransferStatus`, :class:`PeerInfo`, ...) whose fields
+are derived from the AMP response lists in :mod:`peerit.control.commands`, so the two cannot
+disagree; :func:`as_json` turns one into JSON-ready values. Every error is a
+:class:`peerit.errors.PeeritError` subclass with a one-line message.
 """
 
+import dataclasses
 import errno
 import json
 import os
+import threading
 
-from twisted.internet import defer, endpoints, error as twisted_error
+from twisted.internet import defer, endpoints, error as twisted_error, threads
 from twisted.protocols import amp
 
 from peerit.control import commands
@@ -23,6 +28,63 @@ from peerit.errors import DaemonNotRunning, PermissionDenied, PeeritError, Timed
 
 CONNECT_TIMEOUT = 5
 CALL_TIMEOUT = 60
+
+_SCALARS = {amp.Unicode: str, amp.Integer: int, amp.Float: float, amp.Boolean: bool}
+
+
+def _result_class(name: str, fields, nested: dict, doc: str):
+    """A frozen dataclass with one field per ``(name, amp argument)`` of an AMP field list;
+    ``nested`` gives the dataclass of each ``AmpList`` field's items."""
+    spec = []
+    for raw, argument in fields:
+        key = raw.decode()
+        if isinstance(argument, amp.AmpList):
+            kind = list[nested[key]]
+        elif isinstance(argument, amp.ListOf):
+            kind = list[_SCALARS[type(argument.elementType)]]
+        else:
+            kind = _SCALARS[type(argument)]
+        spec.append((key, kind))
+    cls = dataclasses.make_dataclass(name, spec, frozen=True)
+    cls.__module__ = __name__
+    cls.__doc__ = doc
+    cls._nested = nested
+    return cls
+
+
+def _from_answer(cls, answer: dict):
+    values = {}
+    for field in dataclasses.fields(cls):
+        value = answer[field.name]
+        item = cls._nested.get(field.name)
+        values[field.name] = [_from_answer(item, v) for v in value] if item else value
+    return cls(**values)
+
+
+def as_json(result):
+    """A result (or a list of them) as plain dicts and lists, for ``json.dump``."""
+    if isinstance(result, list):
+        return [as_json(r) for r in result]
+    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+
+
+TransferStatus = _result_class("TransferStatus", commands.TRANSFER_FIELDS, {},
+                               "One transfer, as ``status`` and ``list`` report it.")
+PeerInfo = _result_class("PeerInfo", commands.PEER_FIELDS, {}, "One connected peer.")
+DaemonInfo = _result_class("DaemonInfo", commands.DaemonInfo.response, {},
+                           "Who the daemon is and how it is connected.")
+Shared = _result_class("Shared", commands.Share.response, {}, "A share the daemon now seeds.")
+Started = _result_class("Started", commands.Download.response, {}, "A download begun.")
+PeerList = _result_class("PeerList", commands.Peers.response, {"peers": PeerInfo},
+                         "The peers of a transfer (at most MAX_PEERS_LISTED) and how many.")
+Done = _result_class("Done", commands.Pause.response, {},
+                     "The transfer a pause, resume or remove acted on.")
+LinkOf = _result_class("LinkOf", commands.LinkOf.response, {}, "A transfer's peerit: link.")
+Exported = _result_class("Exported", commands.ExportMetainfo.response, {},
+                         "Where a transfer's metadata was written as a .p2p.")
+SendOffer = _result_class("SendOffer", commands.Send.response, {},
+                          "A private share and the code that names it.")
+SendState = _result_class("SendState", commands.SEND_FIELDS, {}, "Where a send stands.")
 
 
 def control_path(explicit: str | None = None) -> str:
@@ -61,69 +123,76 @@ class Client:
         except amp.UnknownRemoteError as e:
             raise PeeritError(f"the daemon failed: {e}") from None
 
-    async def info(self) -> dict:
-        return await self._call(commands.DaemonInfo)
+    async def info(self) -> DaemonInfo:
+        return _from_answer(DaemonInfo, await self._call(commands.DaemonInfo))
 
-    async def share(self, data_path: str, metainfo_path: str, check: bool = False) -> dict:
-        return await self._call(commands.Share, data_path=os.path.abspath(data_path),
-                                metainfo_path=os.path.abspath(metainfo_path), check=check)
+    async def share(self, data_path: str, metainfo_path: str, check: bool = False) -> Shared:
+        return _from_answer(Shared, await self._call(
+            commands.Share, data_path=os.path.abspath(data_path),
+            metainfo_path=os.path.abspath(metainfo_path), check=check))
 
-    async def download(self, metainfo_path: str, target_dir: str = "") -> dict:
-        return await self._call(
+    async def download(self, metainfo_path: str, target_dir: str = "") -> Started:
+        return _from_answer(Started, await self._call(
             commands.Download, metainfo_path=os.path.abspath(metainfo_path),
-            target_dir=os.path.abspath(target_dir) if target_dir else "")
+            target_dir=os.path.abspath(target_dir) if target_dir else ""))
 
-    async def status(self, ident: str) -> dict:
-        return await self._call(commands.Status, id=ident)
+    async def status(self, ident: str) -> TransferStatus:
+        return _from_answer(TransferStatus, await self._call(commands.Status, id=ident))
 
-    async def list(self) -> list[dict]:
+    async def list(self) -> list[TransferStatus]:
         out, offset = [], 0
         while True:
             page = await self._call(commands.List, offset=offset, limit=commands.MAX_PAGE)
-            out.extend(page["transfers"])
+            out.extend(_from_answer(TransferStatus, t) for t in page["transfers"])
             offset += len(page["transfers"])
             if not page["transfers"] or offset >= page["total"]:
                 return out
 
-    async def peers(self, ident: str) -> dict:
-        return await self._call(commands.Peers, id=ident)
+    async def peers(self, ident: str) -> PeerList:
+        return _from_answer(PeerList, await self._call(commands.Peers, id=ident))
 
-    async def pause(self, ident: str) -> dict:
-        return await self._call(commands.Pause, id=ident)
+    async def pause(self, ident: str) -> Done:
+        return _from_answer(Done, await self._call(commands.Pause, id=ident))
 
-    async def resume(self, ident: str) -> dict:
-        return await self._call(commands.Resume, id=ident)
+    async def resume(self, ident: str) -> Done:
+        return _from_answer(Done, await self._call(commands.Resume, id=ident))
 
-    async def remove(self, ident: str, delete_data: bool = False) -> dict:
-        return await self._call(commands.Remove, id=ident, delete_data=delete_data)
+    async def remove(self, ident: str, delete_data: bool = False) -> Done:
+        return _from_answer(Done, await self._call(commands.Remove, id=ident,
+                                                   delete_data=delete_data))
 
-    async def download_link(self, link: str, target_dir: str = "") -> dict:
-        return await self._call(
+    # -- links and codes (docs/links.md) --------------------------------------------------
+    async def download_link(self, link: str, target_dir: str = "") -> Started:
+        return _from_answer(Started, await self._call(
             commands.DownloadLink, link=link,
-            target_dir=os.path.abspath(target_dir) if target_dir else "")
+            target_dir=os.path.abspath(target_dir) if target_dir else ""))
 
-    async def link_of(self, ident: str) -> dict:
-        return await self._call(commands.LinkOf, id=ident)
+    async def link_of(self, ident: str) -> LinkOf:
+        return _from_answer(LinkOf, await self._call(commands.LinkOf, id=ident))
 
-    async def export_metainfo(self, ident: str, path: str, overwrite: bool = False) -> dict:
-        return await self._call(commands.ExportMetainfo, id=ident,
-                                path=os.path.abspath(path), overwrite=overwrite)
+    async def export_metainfo(self, ident: str, path: str, overwrite: bool = False) -> Exported:
+        return _from_answer(Exported, await self._call(
+            commands.ExportMetainfo, id=ident, path=os.path.abspath(path),
+            overwrite=overwrite))
 
-    async def send(self, data_path: str, metainfo_path: str) -> dict:
-        # Reaching the rendezvous is bounded by the daemon (15 s); allow for it.
-        return await self._call(commands.Send, data_path=os.path.abspath(data_path),
-                                metainfo_path=os.path.abspath(metainfo_path))
+    async def send(self, data_path: str, metainfo_path: str) -> SendOffer:
+        # Reaching the rendezvous is bounded by the daemon (15 s): within the call timeout.
+        return _from_answer(SendOffer, await self._call(
+            commands.Send, data_path=os.path.abspath(data_path),
+            metainfo_path=os.path.abspath(metainfo_path)))
 
-    async def send_status(self, info_hash: str) -> dict:
-        return await self._call(commands.SendStatus, id=info_hash)
+    async def send_status(self, info_hash: str) -> SendState:
+        return _from_answer(SendState, await self._call(commands.SendStatus, id=info_hash))
 
-    async def receive(self, code: str, target_dir: str = "") -> dict:
+    async def receive(self, code: str, target_dir: str = "") -> Started:
         # The daemon bounds the exchange (rendezvous, the sender's answer); this only
         # needs to outlast it.
-        return await self._call(commands.Receive, timeout=CALL_TIMEOUT * 2, code=code,
-                                target_dir=os.path.abspath(target_dir) if target_dir else "")
+        return _from_answer(Started, await self._call(
+            commands.Receive, timeout=CALL_TIMEOUT * 2, code=code,
+            target_dir=os.path.abspath(target_dir) if target_dir else ""))
 
     async def netcheck(self) -> dict:
+        """The NAT report: a JSON object whose keys depend on what could be measured."""
         answer = await self._call(commands.NetCheck, timeout=30)
         return json.loads(answer["report"])
 
@@ -147,31 +216,74 @@ class BlockingClient:
     _reactor_started = False
 
     def __init__(self, path: str | None = None):
-        from twisted.internet import reactor
+        from twisted.internet import reactor  # the global reactor is this class's purpose
         self._reactor = reactor
         self._start_reactor()
-        self._client = self._blocking(lambda: defer.ensureDeferred(
-            Client.connect(reactor, path)))
+        self._client = self._blocking(Client.connect, reactor, path)
 
     @classmethod
     def _start_reactor(cls):
         if cls._reactor_started:
             return
-        import threading
         from twisted.internet import reactor
         threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
                          daemon=True, name="peerit-client-reactor").start()
         cls._reactor_started = True
 
-    def _blocking(self, function):
-        from twisted.internet.threads import blockingCallFromThread
-        return blockingCallFromThread(self._reactor, function)
+    def _blocking(self, coroutine_function, *args, **kwargs):
+        return threads.blockingCallFromThread(
+            self._reactor, lambda: defer.ensureDeferred(coroutine_function(*args, **kwargs)))
 
-    def __getattr__(self, name):
-        method = getattr(self._client, name)
-        if name == "close":
-            return lambda: self._reactor.callFromThread(method)
-        return lambda *a, **k: self._blocking(lambda: defer.ensureDeferred(method(*a, **k)))
+    def info(self) -> DaemonInfo:
+        return self._blocking(self._client.info)
+
+    def share(self, data_path: str, metainfo_path: str, check: bool = False) -> Shared:
+        return self._blocking(self._client.share, data_path, metainfo_path, check)
+
+    def download(self, metainfo_path: str, target_dir: str = "") -> Started:
+        return self._blocking(self._client.download, metainfo_path, target_dir)
+
+    def status(self, ident: str) -> TransferStatus:
+        return self._blocking(self._client.status, ident)
+
+    def list(self) -> list[TransferStatus]:
+        return self._blocking(self._client.list)
+
+    def peers(self, ident: str) -> PeerList:
+        return self._blocking(self._client.peers, ident)
+
+    def pause(self, ident: str) -> Done:
+        return self._blocking(self._client.pause, ident)
+
+    def resume(self, ident: str) -> Done:
+        return self._blocking(self._client.resume, ident)
+
+    def remove(self, ident: str, delete_data: bool = False) -> Done:
+        return self._blocking(self._client.remove, ident, delete_data)
+
+    def netcheck(self) -> dict:
+        return self._blocking(self._client.netcheck)
+
+    def download_link(self, link: str, target_dir: str = "") -> Started:
+        return self._blocking(self._client.download_link, link, target_dir)
+
+    def link_of(self, ident: str) -> LinkOf:
+        return self._blocking(self._client.link_of, ident)
+
+    def export_metainfo(self, ident: str, path: str, overwrite: bool = False) -> Exported:
+        return self._blocking(self._client.export_metainfo, ident, path, overwrite)
+
+    def send(self, data_path: str, metainfo_path: str) -> SendOffer:
+        return self._blocking(self._client.send, data_path, metainfo_path)
+
+    def send_status(self, info_hash: str) -> SendState:
+        return self._blocking(self._client.send_status, info_hash)
+
+    def receive(self, code: str, target_dir: str = "") -> Started:
+        return self._blocking(self._client.receive, code, target_dir)
+
+    def close(self) -> None:
+        self._reactor.callFromThread(self._client.close)
 
     def __enter__(self):
         return self

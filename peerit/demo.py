@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from peerit.client import BlockingClient
-from peerit.ctl.offline import format_size, parse_size
 from peerit.local_swarm import LocalSwarm, sha256_of
+from peerit.units import format_size, parse_size
 
 
 
@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="bin/demo", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="256M", help="sample file size [default: 256M]")
+    parser.add_argument("--size", default="256Mi", help="sample file size (k, M, G = powers of 1000; Ki, Mi, Gi = of 1024) [default: 256Mi]")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work folder (logs, data) instead of deleting it")
     args = parser.parse_args(argv)
@@ -64,13 +64,13 @@ def main(argv=None) -> int:
             while pending:
                 for name in sorted(pending):
                     status = clients[name].status(shared["info_hash"])
-                    bars[name].update(status["done"] - bars[name].n)
+                    bars[name].update(status.done - bars[name].n)
                     bars[name].set_postfix_str(
-                        f"{status['peers']} peers, {status['state']}", refresh=True)
-                    if status["state"] == "seeding":
+                        f"{status.peers} peers, {status.state}", refresh=True)
+                    if status.state == "seeding":
                         pending.discard(name)
-                    elif status["state"] == "error":
-                        raise SystemExit(f"{name}: {status['error']}")
+                    elif status.state == "error":
+                        raise SystemExit(f"{name}: {status.error}")
                 time.sleep(0.2)
             for bar in bars.values():
                 bar.close()

@@ -33,7 +33,7 @@ def main() -> int:
     if args.what == "hashlib":
         wall, cpu = timed(lambda: plain_sha256(args.file))
     else:
-        from peerit.metainfo import choose_piece_length, create_metainfo
+        from peerit.share_builder import choose_piece_length, create_metainfo
         piece_length = args.piece_length or choose_piece_length(size)
         wall, cpu = timed(lambda: create_metainfo(args.file, piece_length=piece_length))
     peak = proc_peak_rss_mib(os.getpid())  # VmHWM: this program's own, unlike ru_maxrss

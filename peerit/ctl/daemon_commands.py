@@ -1,19 +1,18 @@
 """peerit-ctl commands that drive a running daemon over its control socket."""
 
-import argparse
 import os
 import sys
 import time
 
-from twisted.internet import defer
-
-from peerit import links
-from peerit.addresses import TrackerAddress
-from peerit.client import Client
-from peerit.ctl.offline import _printable, describe, format_size
+from peerit.ctl import options
+from peerit.ctl.offline import describe
+from peerit.ctl.output import emit, format_eta, format_rate, format_size, printable, progress_bar
 from peerit.errors import (
     MetadataMismatch, MetadataTooLarge, PeeritError, TimedOut, UsageError)
-from peerit.metainfo import Metainfo, create_metainfo_from_share, scan_share
+
+# Twisted, the AMP client, the metainfo model and share creation are imported inside the
+# functions that use them: importing them costs most of peerit-ctl's start-up, and --help,
+# --version or a typo should not wait for the reactor and cryptography to load.
 
 POLL_INTERVAL = 0.5
 FINISHED_STATES = ("seeding",)
@@ -27,7 +26,7 @@ def run_reactor(coroutine_function):
 
     Ctrl-C stops the reactor; we report it as KeyboardInterrupt (the daemon carries on).
     """
-    from twisted.internet import reactor
+    from twisted.internet import defer, reactor
     outcome = {}
 
     def go():
@@ -45,8 +44,13 @@ def run_reactor(coroutine_function):
 
 
 def with_client(function):
-    """An argparse ``run`` that connects to the daemon and calls ``function(client, args)``."""
+    """An argparse ``run`` that connects to the daemon and calls ``function(client, args)``.
+
+    The commands print what the daemon answered, as text or JSON: they take the client's
+    typed answers as JSON-ready values (:func:`peerit.client.as_json`) from the start."""
     def run(args):
+        from peerit.client import Client
+
         async def main(reactor):
             client = await Client.connect(reactor, args.control)
             try:
@@ -66,41 +70,29 @@ def checked_first(check, run):
     return checked
 
 
-def emit(args, value, text: str) -> None:
-    if args.json:
-        from peerit.ctl.main import print_json
-        print_json(value)
-    else:
-        print(text)
-
-
-def format_rate(rate: float) -> str:
-    return f"{format_size(int(rate))}/s"
-
-
-def format_eta(seconds: float) -> str:
-    if seconds < 0:
-        return "-"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def status_line(s: dict) -> str:
     percent = 100.0 * s["done"] / s["size"] if s["size"] else 100.0
     line = (f"{s['info_hash'][:16]}  {s['state']:<17} {percent:5.1f}%  "
             f"{format_size(s['size']):>10}  down {format_rate(s['down_rate']):>11}  "
             f"up {format_rate(s['up_rate']):>11}  peers {s['peers']:>3}  "
-            f"{_printable(s['name'])}")
+            f"{printable(s['name'])}")
     if s["error"]:
-        line += f"  ({_printable(s['error'])})"
+        line += f"  ({printable(s['error'])})"
     return line
 
 
 # -- share ---------------------------------------------------------------------------------
 
+def as_json(result):
+    # peerit.client (Twisted, AMP) loads only when a daemon command runs: see above.
+    from peerit.client import as_json
+    return as_json(result)
+
+
 async def share(client, args, reactor):
+    from peerit.addresses import TrackerAddress
+    from peerit.metainfo import Metainfo
+    from peerit.share_builder import scan_share
     data_path = os.path.abspath(args.path)
     if not os.path.exists(data_path):
         raise UsageError(f"{args.path} does not exist")
@@ -108,7 +100,7 @@ async def share(client, args, reactor):
         metainfo = Metainfo.read(args.p2p)
         metainfo_path, check = os.path.abspath(args.p2p), True
     else:
-        info = await client.info()
+        info = as_json(await client.info())
         trackers = [TrackerAddress.parse(t) for t in info["trackers"]]
         trackers += [TrackerAddress.parse(t) for t in args.tracker
                      if TrackerAddress.parse(t) not in trackers]
@@ -125,22 +117,23 @@ async def share(client, args, reactor):
                                  "(use -o elsewhere or --force)")
         metainfo.write(metainfo_path, overwrite=True)
         check = False
-    answer = await client.share(data_path, metainfo_path, check=check)
+    answer = as_json(await client.share(data_path, metainfo_path, check=check))
     try:
-        link = (await client.link_of(answer["info_hash"]))["link"]
+        link = (await client.link_of(answer["info_hash"])).link
     except PeeritError:
         link = ""  # no tracker with a fingerprint to name in a link
     result = {"metainfo": metainfo_path, "info_hash": answer["info_hash"],
               "name": answer["name"], "state": answer["state"], "link": link,
               **describe(metainfo)}
-    emit(args, result, f"sharing {_printable(answer['name'])} in place\n"
+    emit(args, result, f"sharing {printable(answer['name'])} in place\n"
                        f"metainfo  {metainfo_path}\ninfo-hash {answer['info_hash']}"
                        + (f"\nlink      {link}" if link else ""))
 
 
-async def hash_share(reactor, local, trackers, args) -> Metainfo:
+async def hash_share(reactor, local, trackers, args):
     """The metainfo of scanned files, hashed off the reactor with a progress bar."""
-    bar = _bar(local.total_size, f"hashing {local.name}", args)
+    from peerit.share_builder import create_metainfo_from_share
+    bar = progress_bar(local.total_size, f"hashing {local.name}", args)
     try:
         return await reactor_thread(reactor, lambda: create_metainfo_from_share(
             local, trackers=tuple(trackers),
@@ -156,30 +149,30 @@ async def reactor_thread(reactor, function):
     return await deferToThread(function)
 
 
-def _bar(total: int, desc: str, args):
-    if args.json or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                desc=desc, leave=False, dynamic_ncols=True)
-
-
 # -- download ------------------------------------------------------------------------------
 
-async def download(client, args, reactor):
+def check_link(args) -> None:
+    """A bad link is reported before the daemon is asked (or even reached)."""
+    from peerit import links
     if links.looks_like_link(args.file):
-        links.parse(args.file)  # a bad link is reported here, before the daemon is asked
-        answer = await client.download_link(args.file.strip(), args.to or "")
+        links.parse(args.file)
+
+
+async def download(client, args, reactor):
+    from peerit import links
+    if links.looks_like_link(args.file):
+        answer = as_json(await client.download_link(args.file.strip(), args.to or ""))
     else:
+        from peerit.metainfo import Metainfo
         Metainfo.read(args.file)  # a bad .p2p is reported here, in the user's terms
-        answer = await client.download(args.file, args.to or "")
+        answer = as_json(await client.download(args.file, args.to or ""))
     info_hash = answer["info_hash"]
     if args.detach:
-        emit(args, answer, f"downloading {_printable(answer['name'])} to "
+        emit(args, answer, f"downloading {printable(answer['name'])} to "
                            f"{answer['path']}\ninfo-hash {info_hash}")
         return
     status = await follow(client, info_hash, reactor, args,
-                          f"{_printable(answer['name'])}")
+                          f"{printable(answer['name'])}")
     emit(args, status, f"done: {status['path']} ({format_size(status['size'])}, "
                        f"{status['pieces']} pieces verified)")
 
@@ -192,7 +185,7 @@ async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
     last_line = 0.0
     try:
         while True:
-            status = await client.status(info_hash)
+            status = as_json(await client.status(info_hash))
             if status["state"] == "error":
                 raise PeeritError(f"download failed: {status['error']}")
             if status["state"] in METADATA_FAILURES:
@@ -206,7 +199,7 @@ async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
                                f"({status['state']}, {status['pieces_done']}/"
                                f"{status['pieces']} pieces); the daemon keeps going")
             if bar is None:
-                bar = _bar(status["size"], desc, args)
+                bar = progress_bar(status["size"], desc, args)
             if bar is not None:
                 bar.update(status["done"] - bar.n)
                 bar.set_postfix_str(f"{status['state']}, {status['peers']} peers, "
@@ -225,11 +218,11 @@ async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
 
 async def status(client, args, reactor):
     if args.id:
-        s = await client.status(args.id)
+        s = as_json(await client.status(args.id))
         emit(args, s, status_line(s))
     else:
-        transfers = await client.list()
-        info = await client.info()
+        transfers = as_json(await client.list())
+        info = as_json(await client.info())
         emit(args, {"daemon": info, "transfers": transfers},
              f"peer id {info['peer_id'][:16]}, listening on port {info['listen_port']}, "
              f"trackers connected {len(info['trackers_connected'])}/{len(info['trackers'])}"
@@ -237,12 +230,12 @@ async def status(client, args, reactor):
 
 
 async def list_(client, args, reactor):
-    transfers = await client.list()
+    transfers = as_json(await client.list())
     emit(args, transfers, "\n".join(status_line(s) for s in transfers) or "nothing shared")
 
 
 async def peers(client, args, reactor):
-    answer = await client.peers(args.id)
+    answer = as_json(await client.peers(args.id))
     lines = [f"{p['peer_id'][:16]}  {p['path']:<5} {p['address']:<22} "
              f"connected in {p['connect_seconds'] * 1000:.0f} ms  pieces {p['pieces']:>6}  "
              f"down {format_rate(p['download_rate']):>11}  "
@@ -252,13 +245,13 @@ async def peers(client, args, reactor):
 
 def simple(method: str, verb: str):
     async def run(client, args, reactor):
-        answer = await getattr(client, method)(args.id)
+        answer = as_json(await getattr(client, method)(args.id))
         emit(args, answer, f"{verb} {answer['info_hash']}")
     return run
 
 
 async def remove(client, args, reactor):
-    answer = await client.remove(args.id, delete_data=args.delete_data)
+    answer = as_json(await client.remove(args.id, delete_data=args.delete_data))
     emit(args, answer, f"removed {answer['info_hash']}"
                        + (" and deleted its files" if args.delete_data else ""))
 
@@ -269,19 +262,8 @@ async def netcheck(client, args, reactor):
                                                       sorted(report.items())))
 
 
-def control_parent() -> argparse.ArgumentParser:
-    """The --control option every daemon command takes."""
-    control = argparse.ArgumentParser(add_help=False)
-    control.add_argument(
-        "--control", metavar="unix:PATH",
-        help="the daemon's control socket (default: $PEERIT_CONTROL, else the daemon's "
-             "default: $XDG_RUNTIME_DIR/peerit/control.sock or "
-             "~/.local/share/peerit/control.sock)")
-    return control
-
-
 def register(subparsers, common) -> None:
-    parents = [common, control_parent()]
+    parents = [common, options.control_parent()]
 
     def add(name, function, help, description=None):
         p = subparsers.add_parser(name, parents=parents, help=help,
@@ -291,8 +273,9 @@ def register(subparsers, common) -> None:
 
     p = add("share", share, "share a file or directory in place",
             "Create the .p2p for PATH (with a progress bar) and have the daemon seed PATH "
-            "in place, without copying it. With --p2p, use an existing .p2p instead; the "
-            "daemon checks the data against it first.")
+            "in place, without copying it; print the .p2p path and the share's peerit: "
+            "link. With --p2p, use an existing .p2p instead; the daemon checks the data "
+            "against it first.")
     p.add_argument("path", metavar="PATH")
     p.add_argument("-o", "--output", metavar="FILE.p2p",
                    help="where to write the .p2p (default: NAME.p2p here)")
@@ -309,9 +292,7 @@ def register(subparsers, common) -> None:
             "fetches the share's metadata from its peers and checks it against the link's "
             "info-hash.")
     p.add_argument("file", metavar="FILE.p2p|LINK")
-    p.set_defaults(run=checked_first(lambda args: links.parse(args.file)
-                                     if links.looks_like_link(args.file) else None,
-                                     with_client(download)))
+    p.set_defaults(run=checked_first(check_link, with_client(download)))
     p.add_argument("--to", metavar="DIR", help="download into DIR (default: the daemon's "
                    "DATA_DIR/downloads)")
     p.add_argument("--detach", action="store_true", help="return as soon as it started")

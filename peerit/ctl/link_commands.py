@@ -1,20 +1,19 @@
-"""peerit-ctl commands for links and short codes: link, export, send, receive."""
+"""peerit-ctl commands for links and short codes: link, export, send, receive
+(docs/links.md)."""
 
 import os
 import sys
 import time
 
-from twisted.internet.task import deferLater
-
 from peerit import errors
-from peerit.addresses import TrackerAddress
+from peerit.ctl import options
 from peerit.ctl.daemon_commands import (
-    POLL_INTERVAL, _bar, checked_first, control_parent, emit, follow, format_size,
-    hash_share, with_client)
-from peerit.links import check_code
-from peerit.ctl.offline import _printable
+    POLL_INTERVAL, as_json, checked_first, follow, hash_share, with_client)
+from peerit.ctl.output import emit, format_size, print_json, printable, progress_bar
 from peerit.errors import PeeritError, TimedOut, UsageError
-from peerit.metainfo import scan_share
+
+# Heavy imports (Twisted, the links' addresses and identities, share creation) happen inside
+# the commands, as in daemon_commands: --help must not wait for them.
 
 # A failed send reaches the CLI as the daemon's message and exit code; the class back.
 _SEND_ERRORS = {cls.exit_code: cls for cls in (
@@ -23,50 +22,53 @@ _SEND_ERRORS = {cls.exit_code: cls for cls in (
 
 
 async def link(client, args, reactor):
-    answer = await client.link_of(args.id)
+    answer = as_json(await client.link_of(args.id))
     emit(args, answer, answer["link"])
 
 
 async def export(client, args, reactor):
-    answer = await client.export_metainfo(args.id, args.output, overwrite=args.force)
+    answer = as_json(await client.export_metainfo(args.id, args.output,
+                                                  overwrite=args.force))
     emit(args, answer, f"wrote {answer['path']}")
 
 
 async def send(client, args, reactor):
+    from peerit.addresses import TrackerAddress
+    from peerit.share_builder import scan_share
     data_path = os.path.abspath(args.path)
     if not os.path.exists(data_path):
         raise UsageError(f"{args.path} does not exist")
-    info = await client.info()
+    info = as_json(await client.info())
     local = scan_share(data_path)
-    metainfo = await hash_share(reactor, local,
-                                [TrackerAddress.parse(t) for t in info["trackers"]], args)
+    metainfo = await hash_share(
+        reactor, local, [TrackerAddress.parse(t) for t in info["trackers"]], args)
     # The .p2p is the daemon's business here (the receiver gets the metadata from it).
     directory = os.path.join(info["data_dir"], "sends")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     metainfo_path = os.path.join(directory, f"{metainfo.info_hash_hex}.p2p")
     metainfo.write(metainfo_path)
-    answer = await client.send(data_path, metainfo_path)
+    answer = as_json(await client.send(data_path, metainfo_path))
     code = answer["code"]
     if args.json:
-        from peerit.ctl.main import print_json
         print_json({"code": code, "info_hash": answer["info_hash"], "link": answer["link"]})
     else:
         print(f"code {code}", flush=True)
         print(f"on the other side: peerit-ctl receive {code}", file=sys.stderr, flush=True)
     status = await _follow_send(client, answer["info_hash"], reactor, args,
-                                _printable(answer["name"]))
-    emit(args, status, f"delivered: {_printable(answer['name'])} "
+                                printable(answer["name"]))
+    emit(args, status, f"delivered: {printable(answer['name'])} "
                        f"({format_size(status['size'])}) to {status['receiver'][:16]}")
 
 
 async def _follow_send(client, info_hash: str, reactor, args, desc: str) -> dict:
     """Poll until the receiver holds everything (upload progress meanwhile)."""
+    from twisted.internet.task import deferLater
     bar = None
     started = time.monotonic()
     waiting_said = False
     try:
         while True:
-            status = await client.send_status(info_hash)
+            status = as_json(await client.send_status(info_hash))
             if status["state"] == "failed":
                 raise _SEND_ERRORS.get(status["error_code"], PeeritError)(status["error"])
             if status["delivered"]:
@@ -80,7 +82,7 @@ async def _follow_send(client, info_hash: str, reactor, args, desc: str) -> dict
                     waiting_said = True
             else:
                 if bar is None:
-                    bar = _bar(status["size"], f"sending {desc}", args)
+                    bar = progress_bar(status["size"], f"sending {desc}", args)
                 if bar is not None:
                     bar.update(min(status["uploaded"], status["size"]) - bar.n)
             await deferLater(reactor, POLL_INTERVAL, lambda: None)
@@ -89,16 +91,22 @@ async def _follow_send(client, info_hash: str, reactor, args, desc: str) -> dict
             bar.close()
 
 
+def check_code(args) -> None:
+    """A code that cannot be one is reported before the daemon is asked."""
+    from peerit.links import check_code
+    check_code(args.code)
+
+
 async def receive(client, args, reactor):
-    answer = await client.receive(args.code, args.to or "")
+    answer = as_json(await client.receive(args.code, args.to or ""))
     status = await follow(client, answer["info_hash"], reactor, args,
-                          _printable(answer["name"]))
+                          printable(answer["name"]))
     emit(args, status, f"done: {status['path']} ({format_size(status['size'])}, "
                        f"{status['pieces']} pieces verified)")
 
 
 def register(subparsers, common) -> None:
-    parents = [common, control_parent()]
+    parents = [common, options.control_parent()]
 
     def add(name, function, help, description=None):
         p = subparsers.add_parser(name, parents=parents, help=help,
@@ -138,7 +146,7 @@ def register(subparsers, common) -> None:
             "sides (exit 15); a code no sender is waiting on fails after a bounded wait "
             "(exit 16).")
     p.add_argument("code", metavar="CODE")
-    p.set_defaults(run=checked_first(lambda args: check_code(args.code), with_client(receive)))
+    p.set_defaults(run=checked_first(check_code, with_client(receive)))
     p.add_argument("--to", metavar="DIR", help="download into DIR (default: the daemon's "
                    "DATA_DIR/downloads)")
     p.add_argument("--timeout", type=float, default=0, metavar="SECONDS",

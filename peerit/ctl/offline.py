@@ -1,68 +1,33 @@
 """peerit-ctl create and inspect: make and read .p2p files; no daemon needed."""
 
-import datetime
+import argparse
 import os
-import re
-import sys
 
-from peerit.addresses import TrackerAddress
+from peerit import units
+from peerit.ctl.output import emit, format_size, format_time, printable, progress_bar
+from peerit.endpoints import DEFAULT_TRACKER_PORT
 from peerit.errors import MetainfoError, UsageError
-from peerit.metainfo import Metainfo, create_metainfo_from_share, scan_share
-from peerit.wire import metainfo as wire
 
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``262144``, ``256K``, ``256KiB``, ``1M``, ``1G``: binary multiples, as users write them."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise UsageError(f"bad size {text!r}: expected a number with an optional K, M, G or "
-                         f"T suffix (e.g. 256K, 1M)")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+# The metainfo model, addresses and the construct formats cost most of peerit-ctl's start-up
+# (cryptography, construct): they are imported by the commands that use them, not at module
+# level, so that --help, --version and the daemon commands do not pay for them.
 
 
 def parse_piece_length(text: str) -> int:
-    length = parse_size(text)
-    try:
-        wire.check_piece_length(length)
-    except MetainfoError:
-        raise UsageError(
-            f"bad piece length {text!r}: expected a power of two from "
-            f"{format_size(wire.MIN_PIECE_LENGTH)} to {format_size(wire.MAX_PIECE_LENGTH)} "
-            f"(e.g. 256K, 1M, 4M)") from None
-    return length
+    from peerit.wire import metainfo as wire
+
+    def check(length):
+        try:
+            wire.check_piece_length(length)
+        except MetainfoError:
+            raise UsageError(
+                f"bad piece length {text!r}: expected a power of two from "
+                f"{format_size(wire.MIN_PIECE_LENGTH)} to "
+                f"{format_size(wire.MAX_PIECE_LENGTH)} (e.g. 256Ki, 1Mi, 4Mi)") from None
+    return units.parse_piece_length(text, check)
 
 
-def format_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    if unit == "B":
-        return f"{size} B"
-    return f"{value:.1f} {unit}".replace(".0 ", " ")
-
-
-def _printable(text: str) -> str:
-    # Names come from a file that may be hostile: never send its control characters (escape
-    # sequences, carriage returns) to the terminal as they are.
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _format_time(seconds: int) -> str:
-    try:
-        moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return f"{seconds} (seconds since 1970)"
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def describe(metainfo: Metainfo) -> dict:
+def describe(metainfo) -> dict:
     """Everything a .p2p says, as JSON-ready values."""
     return {
         "name": metainfo.name,
@@ -76,7 +41,7 @@ def describe(metainfo: Metainfo) -> dict:
                       "fingerprint": t.fingerprint.hex() if t.fingerprint else None}
                      for t in metainfo.trackers],
         "created": metainfo.created,
-        "created_text": _format_time(metainfo.created),
+        "created_text": format_time(metainfo.created),
         "comment": metainfo.comment,
     }
 
@@ -84,6 +49,8 @@ def describe(metainfo: Metainfo) -> dict:
 # -- create --------------------------------------------------------------------------------
 
 def run_create(args) -> int:
+    from peerit.addresses import TrackerAddress
+    from peerit.share_builder import create_metainfo_from_share, scan_share
     piece_length = parse_piece_length(args.piece_length) if args.piece_length else None
     trackers = tuple(TrackerAddress.parse(text) for text in args.tracker)
     name = os.path.basename(os.path.abspath(args.path))
@@ -95,7 +62,7 @@ def run_create(args) -> int:
     if not os.path.isdir(output_dir):
         raise UsageError(f"cannot write {output}: directory {output_dir} does not exist")
     share = scan_share(args.path)
-    bar = _progress_bar(share.total_size, share.name)
+    bar = progress_bar(share.total_size, f"hashing {share.name}")
     try:
         metainfo = create_metainfo_from_share(
             share, piece_length=piece_length, trackers=trackers, comment=args.comment,
@@ -104,51 +71,38 @@ def run_create(args) -> int:
         if bar is not None:
             bar.close()
     metainfo.write(output, overwrite=args.force)
-    if args.json:
-        from peerit.ctl.main import print_json
-        print_json({"path": os.path.abspath(output), **describe(metainfo)})
-    else:
-        print(f"created {_printable(output)}")
-        print(f"info-hash {metainfo.info_hash_hex}")
+    emit(args, {"path": os.path.abspath(output), **describe(metainfo)},
+         f"created {printable(output)}\ninfo-hash {metainfo.info_hash_hex}")
     return 0
-
-
-def _progress_bar(total: int, name: str):
-    """A tqdm bar on stderr when a person is watching it, None otherwise."""
-    if not total or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                desc=f"hashing {_printable(name)}", leave=False, dynamic_ncols=True)
 
 
 # -- inspect -------------------------------------------------------------------------------
 
 def run_inspect(args) -> int:
+    from peerit.metainfo import Metainfo
     metainfo = Metainfo.read(args.file)
     described = describe(metainfo)
     if args.json:
-        from peerit.ctl.main import print_json
-        print_json(described)
+        emit(args, described, "")
         return 0
     lines = [
-        f"name:         {_printable(metainfo.name)}",
+        f"name:         {printable(metainfo.name)}",
         f"info-hash:    {metainfo.info_hash_hex}",
         f"layout:       {'directory' if metainfo.is_directory else 'single file'}",
         f"total size:   {format_size(metainfo.total_size)} ({metainfo.total_size} bytes)",
         f"piece length: {format_size(metainfo.piece_length)} ({metainfo.piece_length} bytes)",
         f"pieces:       {metainfo.piece_count}",
         f"created:      {described['created_text']}",
-        f"comment:      {_printable(metainfo.comment)}" if metainfo.comment
+        f"comment:      {printable(metainfo.comment)}" if metainfo.comment
         else "comment:      (none)",
         f"trackers:     {len(metainfo.trackers) or '(none)'}",
     ]
     for tracker in metainfo.trackers:
         pin = "" if tracker.fingerprint else "   (no fingerprint: tracker key not pinned)"
-        lines.append(f"  {_printable(str(tracker))}{pin}")
+        lines.append(f"  {printable(str(tracker))}{pin}")
     lines.append(f"files:        {len(metainfo.files)}")
     for entry in metainfo.files:
-        lines.append(f"  {_printable(entry.path)}  {format_size(entry.size)} "
+        lines.append(f"  {printable(entry.path)}  {format_size(entry.size)} "
                      f"({entry.size} bytes)")
     print("\n".join(lines))
     return 0
@@ -166,7 +120,7 @@ refused. Prints the .p2p path and the share's info-hash."""
 CREATE_EPILOG = """\
 examples:
   peerit-ctl create holiday-photos/ --tracker tracker.example:59000#<64 hex digits>
-  peerit-ctl create big.iso -o /tmp/big.p2p --piece-length 4M --comment "release 1.2"
+  peerit-ctl create big.iso -o /tmp/big.p2p --piece-length 4Mi --comment "release 1.2"
 """
 
 INSPECT_DESCRIPTION = """\
@@ -176,7 +130,6 @@ damaged or hostile file is refused with the reason."""
 
 
 def register(subparsers, common) -> None:
-    import argparse
     create = subparsers.add_parser(
         "create", parents=[common], help="make a .p2p file for a file or directory",
         description=CREATE_DESCRIPTION, epilog=CREATE_EPILOG,
@@ -189,10 +142,11 @@ def register(subparsers, common) -> None:
                         metavar="HOST:PORT[#FINGERPRINT]",
                         help="a tracker to announce to; repeat for several. FINGERPRINT (64 "
                              "hex digits, printed by the tracker) pins the tracker's key; "
-                             "PORT defaults to 59000")
+                             f"PORT defaults to {DEFAULT_TRACKER_PORT}")
     create.add_argument("--piece-length", metavar="SIZE",
-                        help="bytes per piece, a power of two from 16K to 64M (default: "
-                             "about 2048 pieces, from 256K to 16M)")
+                        help="bytes per piece, a power of two from 16Ki to 64Mi (default: "
+                             "about 512 pieces, from 256Ki to 16Mi); 256K and 1M are "
+                             "read as 256Ki and 1Mi here, since no SI size is a power of two")
     create.add_argument("--comment", default="", metavar="TEXT",
                         help="free text stored in the .p2p (not part of the info-hash)")
     create.add_argument("--force", action="store_true",

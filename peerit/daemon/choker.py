@@ -40,7 +40,3 @@ class Choker:
             self.optimistic = self.rng.choice(rest) if rest else None
         self._round += 1
         return regular | ({self.optimistic} if self.optimistic is not None else set())
-
-    def has_free_slot(self, unchoked_count: int) -> bool:
-        """A new interested peer can be unchoked at once instead of waiting for a round."""
-        return unchoked_count < self.slots + 1

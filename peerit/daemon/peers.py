@@ -19,11 +19,7 @@ from peerit.daemon.connector import Candidate, Race, link_attempt
 from peerit.daemon.node import Node
 from peerit.daemon.peer_session import IPeerRouter
 from peerit.daemon.peerlink import PeerLink
-
-
-def tcp_spec(spec: str) -> str:
-    """Peer links always run TLS themselves: ``ssl:`` in ``--listen`` means the same port."""
-    return "tcp:" + spec[len("ssl:"):] if spec.startswith("ssl:") else spec
+from peerit.endpoints import tcp_description
 
 
 class PeerLinks(service.Service):
@@ -47,7 +43,7 @@ class PeerLinks(service.Service):
     async def _listen(self):
         factory = Factory()
         factory.buildProtocol = lambda addr: self.inbound_link("tcp")
-        endpoint = endpoints.serverFromString(self.reactor, tcp_spec(self.listen_spec))
+        endpoint = endpoints.serverFromString(self.reactor, tcp_description(self.listen_spec))
         self._port = await endpoint.listen(tls.server_factory(self.node.identity, factory))
         self.listen_port = self._port.getHost().port
 

@@ -47,9 +47,6 @@ class PieceInProgress:
     def open_to(self, peer) -> bool:
         return not self.exclusive or self.owner in (None, peer)
 
-    def unrequested(self):
-        return reversed(self.free)
-
 
 class Picker:
     def __init__(self, piece_count: int, piece_size, block_size: int, have: Bitfield, rng):

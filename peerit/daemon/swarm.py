@@ -9,7 +9,6 @@ announced or served: ``have`` only gains a piece after its hash matched.
 
 from dataclasses import dataclass, field
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from peerit.bitfield import Bitfield
@@ -113,7 +112,7 @@ class Swarm:
 
     def _start_timers(self) -> None:
         """Rechoke and stall checks run only while there are peers: a thousand idle shares
-        must not wake the daemon up (issue 6's idle target)."""
+        must not wake the daemon up (the idle target: under 2% of a core)."""
         if not self._timers and self.running:
             self._schedule(self.config.rechoke_interval, self._rechoke_round)
             self._schedule(self.config.request_timeout / 3, self._check_stalls)
@@ -567,9 +566,3 @@ class Swarm:
             "interested": p.am_interested,
             "peer_interested": p.peer_interested,
         } for p in self.peers.values()]
-
-
-def succeed_now(value) -> Deferred:
-    d = Deferred()
-    d.callback(value)
-    return d

@@ -4,10 +4,14 @@ import os
 
 from twisted.python import usage
 
-from peerit.addresses import TrackerAddress, check_mailbox_url, default_mailbox_url
+from peerit.addresses import (
+    TrackerAddress, check_mailbox_url, default_mailbox_url, parse_host_port)
 from peerit.control.paths import default_control_path, default_data_dir
+from peerit.daemon.nat.manager import parse_paths
 from peerit.daemon.service import Daemon
+from peerit.endpoints import DEFAULT_STUN_PORT, parse_udp_endpoint
 from peerit.errors import PeeritError
+from peerit.units import parse_size
 
 
 class Options(usage.Options):
@@ -49,8 +53,8 @@ class Options(usage.Options):
          "Seconds peerit-ctl receive waits for a sender to answer its code before "
          "reporting it expired or unknown [default: 30]"],
         ["max-upload-rate", None, "0",
-         "Cap on upload bytes per second over all peers, e.g. 5M; 0 = no cap "
-         "[default: 0]"],
+         "Cap on upload bytes per second over all peers, e.g. 5M (5,000,000) or 4Mi "
+         "(4 MiB); k, M, G = powers of 1000, Ki, Mi, Gi = of 1024; 0 = no cap [default: 0]"],
     ]
 
     def __init__(self):
@@ -76,18 +80,15 @@ class Options(usage.Options):
         self["advertise"].append(value)
 
     def postOptions(self):
-        from peerit.ctl.offline import parse_size
         try:
             self["max-upload-rate"] = parse_size(self["max-upload-rate"])
         except PeeritError as e:
             raise usage.UsageError(f"--max-upload-rate: {e}")
-        from peerit.addresses import parse_host_port
-        from peerit.daemon.nat.manager import parse_paths, parse_udp_spec
         try:
-            parse_udp_spec(self["udp"])
+            parse_udp_endpoint(self["udp"], "--udp")
             self["paths"] = parse_paths(self["paths"])
             if self["stun-server"]:
-                self["stun-server"] = parse_host_port(self["stun-server"], 3478)
+                self["stun-server"] = parse_host_port(self["stun-server"], DEFAULT_STUN_PORT)
         except PeeritError as e:
             raise usage.UsageError(str(e))
         try:

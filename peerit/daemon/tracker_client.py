@@ -1,6 +1,6 @@
 """The daemon's side of the tracker session: one pinned TLS session, kept up for good.
 
-:class:`TrackerClient` is a service: it connects (through ``ClientService``, with backoff),
+:class:`TrackerClient` is a service: it connects (its own reconnect loop with backoff, not ``ClientService``),
 pins the tracker's fingerprint in the TLS handshake, says Hello, replays the daemon's current
 announces after every (re)connect, keeps the session alive, and hands whatever the tracker
 pushes to the daemon's push handler. The per-connection logic is :class:`TrackerLink`, which

@@ -26,12 +26,12 @@ from peerit import links
 from peerit.daemon.metadata_phase import MetadataPhase
 from peerit.daemon.node import Node
 from peerit.daemon.peer_session import IPeerRouter
-from peerit.daemon.ratelimit import TokenBucket
 from peerit.daemon.state import SwarmRecord
 from peerit.daemon.transfer import Transfer, TransferHost, file_stamps
 from peerit.daemon.writer import BlockWriter
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
 from peerit.metainfo import Metainfo
+from peerit.ratelimit import TokenBucket
 from peerit.wire import peer as wire
 
 log = Logger()
@@ -53,8 +53,11 @@ class Transfers(service.Service):
         self.rng = rng
         self._trackers_for = trackers_for
         self._connect_peer = connect_peer
-        self.upload_limiter = TokenBucket(reactor, max_upload_rate) if max_upload_rate \
-            else None
+        self.upload_limiter = None
+        if max_upload_rate:
+            # Depth: a quarter second at the rate, at least 128 KiB (a few blocks).
+            self.upload_limiter = TokenBucket(reactor, max_upload_rate,
+                                              max(max_upload_rate / 4, 1 << 17))
         self.transfers: dict[bytes, Transfer] = {}
         # Private sends and receives: info-hash -> the one peer admitted (b"": nobody yet).
         self.pinned: dict[bytes, bytes] = {}

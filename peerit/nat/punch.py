@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from peerit.errors import MalformedMessage
+from peerit.ratelimit import TokenBucket
 from peerit.wire import probe as wire
 
 log = Logger()
@@ -218,24 +219,6 @@ class _Sent:
         self.at = at
 
 
-class _TokenBucket:
-    def __init__(self, clock: IReactorTime, rate: float, burst: int):
-        self._clock = clock
-        self._rate = rate
-        self._burst = burst
-        self._tokens = float(burst)
-        self._last = clock.seconds()
-
-    def take(self) -> bool:
-        now = self._clock.seconds()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
-
 class PunchAttempt:
     """One side of one hole-punch attempt (see the module docstring for the algorithm).
 
@@ -292,7 +275,7 @@ class PunchAttempt:
         self.interval = interval
         self._lan_grace = lan_grace
         self._linger = linger
-        self._budget = _TokenBucket(clock, max_probes_per_second, PROBE_BURST)
+        self._budget = TokenBucket(clock, max_probes_per_second, PROBE_BURST)
         self.stats = PunchStats()
         self.state = State.IDLE
         self.path: Path | None = None

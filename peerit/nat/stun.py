@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from peerit.errors import MalformedMessage, PeeritError, TimedOut
+from peerit.ratelimit import KeyedTokenBuckets
 from peerit.wire import stun
 
 Address = tuple[str, int]
@@ -223,32 +224,6 @@ class Reply:
     from_alternate_port: bool = False  # send it from the other port (CHANGE-REQUEST port)
 
 
-class TokenBuckets:
-    """Per-key token buckets with a cap on keys: bounded memory however many sources appear."""
-
-    def __init__(self, clock: IReactorTime, rate: float, burst: float,
-                 max_keys: int = MAX_TRACKED_SOURCES):
-        self._clock = clock
-        self._rate = rate
-        self._burst = burst
-        self._max_keys = max_keys
-        self._buckets: dict[object, tuple[float, float]] = {}  # key -> (tokens, updated)
-
-    def allow(self, key) -> bool:
-        now = self._clock.seconds()
-        tokens, updated = self._buckets.pop(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - updated) * self._rate)
-        if len(self._buckets) >= self._max_keys:
-            # dicts keep insertion order and each key is re-inserted on use: the first is
-            # the one idle longest. Forgetting it only gives it a fresh burst later.
-            del self._buckets[next(iter(self._buckets))]
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return False
-        self._buckets[key] = (tokens - 1.0, now)
-        return True
-
-
 class StunResponder:
     """Answers STUN Binding requests: ``respond(datagram, source)`` gives a :class:`Reply` or None.
 
@@ -267,8 +242,9 @@ class StunResponder:
                  total_rate: float = REPLIES_PER_SECOND_TOTAL):
         self._alternate_port = alternate_port
         self._software = stun.software(software) if software else None
-        self._per_source = TokenBuckets(clock, per_source_rate, per_source_burst)
-        self._total = TokenBuckets(clock, total_rate, total_rate, max_keys=1)
+        self._per_source = KeyedTokenBuckets(clock, per_source_rate, per_source_burst,
+                                             max_keys=MAX_TRACKED_SOURCES)
+        self._total = KeyedTokenBuckets(clock, total_rate, total_rate, max_keys=1)
         self.answered = 0
         self.refused = 0  # well-formed requests over the rate limit
         self.ignored = 0  # anything that is not a well-formed Binding request

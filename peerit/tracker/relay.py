@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from peerit.identity import format_fingerprint
+from peerit.ratelimit import TokenBucket
 from peerit.wire.tracker import RELAY_TOKEN_SIZE
 from peerit.wire.relay import (  # noqa: F401 (relay_hello: the tracker's re-export)
     RELAY_HELLO_MAGIC, RELAY_HELLO_SIZE, could_be_relay_hello, parse_relay_hello, relay_hello)
@@ -94,24 +95,6 @@ class RelayRefused(Exception):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
-
-
-class TokenBucket:
-    """Bytes per second with a burst; :meth:`consume` says how long to pause after a read."""
-
-    def __init__(self, clock: IReactorTime, rate: float, burst: int):
-        self.clock = clock
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.at = clock.seconds()
-
-    def consume(self, size: int) -> float:
-        """Take ``size`` bytes (already read); the seconds to wait before reading again."""
-        now = self.clock.seconds()
-        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate) - size
-        self.at = now
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 @dataclass

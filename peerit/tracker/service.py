@@ -2,7 +2,6 @@
 and the NAT side's ports (STUN responder, relay) whose numbers every session is told."""
 
 import os
-import re
 import resource
 
 from twisted.application import service
@@ -12,37 +11,17 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from peerit.addresses import TrackerAddress
-from peerit.errors import UsageError
+from peerit.endpoints import parse_udp_endpoint, tcp_description
 from peerit.identity import Identity
 from peerit.tracker.protocol import tls_factory
 from peerit.tracker.relay import RelayBroker, RelayFactory
 from peerit.tracker.session import Tracker
-from peerit.tracker.stun_server import parse_udp_endpoint, stun_protocols
+from peerit.tracker.stun_server import stun_protocols
 from peerit.wire import tracker as wire
 
 log = Logger(namespace="peerit.tracker")
 
 ENDPOINT_FILE = "tracker.endpoint"
-# Keyword arguments of Twisted's ssl: endpoint that our own TLS layer replaces.
-_SSL_ONLY = ("privatekey", "certkey", "extracertchain", "sslmethod", "dhparameters",
-             "cacertsdir", "method")
-
-
-def tcp_description(description: str) -> str:
-    """``tcp:...`` as given, or ``ssl:...`` as the ``tcp:`` endpoint under our TLS.
-
-    Both mean TLS over TCP: the tracker never speaks plaintext and always uses its own
-    identity, so certificate arguments of an ``ssl:`` string are ignored.
-    """
-    parts = re.split(r"(?<!\\):", description)
-    kind = parts[0].lower()
-    if kind not in ("tcp", "ssl") or len(parts) < 2:
-        raise UsageError(f"bad --listen {description!r}: expected tcp:PORT[:interface=ADDR] "
-                         f"or ssl:PORT[:interface=ADDR]")
-    kept = [p for p in parts[1:] if p.split("=", 1)[0].lower() not in _SSL_ONLY]
-    return ":".join(["tcp", *kept])
-
-
 def _listen_now(reactor, description: str, factory):
     """Listen on a stream endpoint and return the port, raising if that fails."""
     results = []
@@ -217,7 +196,7 @@ class NatPortsService(service.Service):
     def _bind(self):
         try:
             if self.stun:
-                port, interface = parse_udp_endpoint(self.stun)
+                port, interface = parse_udp_endpoint(self.stun, "STUN endpoint")
                 alternate = self.stun_alt_port != 0
                 protocols = stun_protocols(self.reactor, alternate)
                 primary = self.reactor.listenUDP(port, protocols[0], interface=interface)

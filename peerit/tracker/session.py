@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from peerit.errors import MalformedMessage, FrameTooLarge
 from peerit.identity import format_fingerprint
+from peerit.ratelimit import TokenBucket
 from peerit.tracker.store import Contact, ISwarmStore
 from peerit.wire import tracker as wire
 from peerit.wire.framing import FrameDecoder, frame, frame_header
@@ -248,8 +249,7 @@ class TrackerSession:
         self._decoder = FrameDecoder(limits.max_frame_size)
         now = self._clock.seconds()
         self._last_heard = now
-        self._tokens = float(limits.request_burst)
-        self._tokens_at = now
+        self._requests = TokenBucket(self._clock, limits.request_rate, limits.request_burst)
         self._refusals = 0
         self._paused_since: float | None = None
         self._timer = self._clock.callLater(limits.handshake_timeout, self._handshake_expired)
@@ -399,16 +399,7 @@ class TrackerSession:
     def _take_token(self) -> bool:
         # The instant these frames were received (set by data_received): one clock read per
         # read, not one per frame.
-        now = self._last_heard
-        limits = self._limits
-        tokens = min(float(limits.request_burst),
-                     self._tokens + (now - self._tokens_at) * limits.request_rate)
-        self._tokens_at = now
-        if tokens < 1.0:
-            self._tokens = tokens
-            return False
-        self._tokens = tokens - 1.0
-        return True
+        return self._requests.take(1.0, self._last_heard)
 
     def _greet(self, hello: wire.Hello) -> None:
         if hello.version != wire.PROTOCOL_VERSION:

@@ -17,10 +17,10 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python import usage
 
+from peerit.endpoints import DEFAULT_STUN_ALT_PORT, DEFAULT_STUN_PORT, parse_udp_endpoint
 from peerit.errors import UsageError
 from peerit.nat.stun import StunResponder
 
-DEFAULT_STUN_PORT = 3478
 
 
 class StunServerProtocol(DatagramProtocol):
@@ -51,46 +51,6 @@ class StunServerProtocol(DatagramProtocol):
             self.log.debug("STUN reply to {addr} failed: {error}", addr=addr, error=e)
 
 
-def parse_udp_endpoint(spec: str) -> tuple[int, str]:
-    """``udp:3478``, ``udp:3478:interface=198.18.0.1`` or ``udp:port=3478:interface=::``
-    to ``(port, interface)``; the interface is '' (all IPv4 addresses) when not given."""
-    kind, _, rest = spec.partition(":")
-    if kind != "udp" or not rest:
-        raise UsageError(f"bad STUN endpoint {spec!r}: expected udp:PORT[:interface=ADDR]")
-    port_text, interface = None, ""
-    for index, part in enumerate(split_unescaped(rest)):
-        key, sep, value = part.partition("=")
-        if not sep and index == 0:
-            port_text = key
-        elif key == "port":
-            port_text = value
-        elif key == "interface":
-            interface = value
-        else:
-            raise UsageError(f"bad STUN endpoint {spec!r}: unknown part {part!r}")
-    if port_text is None or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise UsageError(f"bad STUN endpoint {spec!r}: expected a port 0-65535")
-    return int(port_text), interface
-
-
-def split_unescaped(text: str) -> list[str]:
-    # Twisted endpoint strings escape ':' in IPv6 addresses as '\:'.
-    parts, current, escaped = [], [], False
-    for char in text:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
 def stun_protocols(clock: IReactorTime, with_alternate: bool) -> list[StunServerProtocol]:
     """The primary port's protocol and, when asked, the alternate's, sharing one responder
     (so one rate limit covers both ports)."""
@@ -109,7 +69,7 @@ def stun_services(endpoint_spec_primary: str, secondary_port: int | None,
     None or 0, the same interface on ``secondary_port``."""
     if clock is None:
         from twisted.internet import reactor as clock
-    port, interface = parse_udp_endpoint(endpoint_spec_primary)
+    port, interface = parse_udp_endpoint(endpoint_spec_primary, "STUN endpoint")
     protocols = stun_protocols(clock, bool(secondary_port))
     services = [internet.UDPServer(port, protocols[0], interface=interface)]
     if secondary_port:
@@ -122,7 +82,7 @@ def stun_services(endpoint_spec_primary: str, secondary_port: int | None,
 class Options(usage.Options):
     optParameters = [
         ["stun", None, f"udp:{DEFAULT_STUN_PORT}", "UDP endpoint answering STUN Binding requests"],
-        ["stun-alt-port", None, str(DEFAULT_STUN_PORT + 1),
+        ["stun-alt-port", None, str(DEFAULT_STUN_ALT_PORT),
          "second port on the same address (0 for none), for NAT behaviour tests"],
     ]
 

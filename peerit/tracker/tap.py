@@ -5,21 +5,21 @@ import os
 from twisted.application import service
 from twisted.python import usage
 
-from peerit.addresses import DEFAULT_MAILBOX_PORT
+from peerit.endpoints import (
+    DEFAULT_MAILBOX_PORT, DEFAULT_RELAY_PORT, DEFAULT_STUN_PORT, listen_parts,
+    parse_udp_endpoint, tcp_description)
 from peerit.errors import UsageError
+from peerit import units
 from peerit.identity import Identity
 from peerit.tracker.nat import NatCoordinator, NatLimits
 from peerit.tracker.relay import RelayBroker, RelayLimits
-from peerit.tracker.service import NatPortsService, TrackerService, tcp_description
+from peerit.tracker.service import NatPortsService, TrackerService
 from peerit.tracker.session import Limits, Tracker
-from peerit.tracker.stun_server import DEFAULT_STUN_PORT, split_unescaped, parse_udp_endpoint
 from peerit.tracker.store import MemorySwarmStore
 
 _DEFAULTS = Limits()
 _RELAY = RelayLimits()
 _NAT = NatLimits()
-DEFAULT_RELAY_PORT = 59001
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 
 
 def default_data_dir() -> str:
@@ -43,28 +43,14 @@ def _positive_float(text):
 
 
 def parse_rate(text: str) -> float:
-    """Bytes per second: ``10M`` (10,000,000), ``512k``, ``8Mi`` (8 MiB), ``1e6``."""
-    t = text.strip().lower().removesuffix("b").removesuffix("/s")
-    number = t.rstrip("kmgi")
-    unit = t[len(number):]
-    if unit not in _UNITS:
-        raise ValueError(f"bad rate {text!r}: expected a number with k, M, G, Ki, Mi or Gi")
-    value = float(number) * _UNITS[unit]
+    """Bytes per second (see :mod:`peerit.units`), which must be positive."""
+    try:
+        value = units.parse_rate(text)
+    except UsageError as e:
+        raise ValueError(str(e)) from None
     if not value > 0:
         raise ValueError("rate must be positive")
     return value
-
-
-def _listen_parts(description: str) -> tuple[int, str]:
-    """Port and interface of a ``tcp:`` description (for the automatic NAT ports)."""
-    port, interface = 0, ""
-    for index, part in enumerate(split_unescaped(description)[1:]):
-        key, sep, value = part.partition("=")
-        if not sep and index == 0 or key == "port":
-            port = int(value if sep else key)
-        elif key == "interface":
-            interface = value
-    return port, interface
 
 
 def nat_endpoints(listen: str, stun: str, alt: str, relay: str):
@@ -74,7 +60,7 @@ def nat_endpoints(listen: str, stun: str, alt: str, relay: str):
     interface, or any free port when ``--listen`` asks for one (``tcp:0``: tests, several
     trackers on one host). ``none`` (``--stun-alt-port 0``) turns a service off.
     """
-    port, interface = _listen_parts(tcp_description(listen))
+    port, interface = listen_parts(tcp_description(listen))
     escaped = interface.replace(":", "\\:")
     suffix = f":interface={escaped}" if interface else ""
     free = port == 0
@@ -105,7 +91,7 @@ def mailbox_endpoint(listen: str, mailbox: str) -> str | None:
         return None
     if mailbox != "auto":
         return tcp_description(mailbox)
-    port, interface = _listen_parts(tcp_description(listen))
+    port, interface = listen_parts(tcp_description(listen))
     escaped = interface.replace(":", "\\:")
     suffix = f":interface={escaped}" if interface else ""
     return f"tcp:{0 if port == 0 else DEFAULT_MAILBOX_PORT}{suffix}"
@@ -159,8 +145,8 @@ class Options(usage.Options):
          "TCP endpoint of the relay (tcp:PORT[:interface=ADDR]), or none. auto: port "
          f"{DEFAULT_RELAY_PORT} on the --listen interface (a free port with tcp:0)."],
         ["relay-rate", None, "10M",
-         "Bandwidth cap of each direction of each relayed session, bytes/s (k, M, G, Ki, "
-         "Mi, Gi)."],
+         "Bandwidth cap of each direction of each relayed session, bytes/s "
+         f"({units.UNITS_HELP})."],
         ["relay-sessions", None, _RELAY.max_sessions,
          "Relayed sessions at once (offered tokens included).", _positive_int],
         ["relay-per-peer", None, _RELAY.per_peer,

@@ -8,7 +8,8 @@ a compiled construct, and the payload handed on as a memoryview, never copied fi
 import struct
 from dataclasses import dataclass
 
-from construct import Bytes, Const, GreedyBytes, Int16ub, Int32ub, Struct
+from construct import (
+    Byte, Bytes, Const, FormatField, GreedyBytes, Int16ub, Int32ub, Renamed, Struct)
 
 from peerit.errors import MalformedMessage
 from peerit.wire.messages import MessageSet
@@ -24,6 +25,7 @@ messages = MessageSet("peer")
 _BLOCK_ADDRESS = ("piece" / Int32ub, "offset" / Int32ub)
 BLOCK_HEADER = Struct(*_BLOCK_ADDRESS)
 _RANGE = Struct(*_BLOCK_ADDRESS, "length" / Int32ub)
+_HAVE = Struct("piece" / Int32ub)
 _EMPTY = Struct()
 
 
@@ -52,7 +54,7 @@ class Bitfield:
     bits: bytes
 
 
-@messages.register(3, Struct("piece" / Int32ub))
+@messages.register(3, _HAVE)
 @dataclass(frozen=True)
 class Have:
     piece: int
@@ -115,31 +117,60 @@ class Reject:
     length: int
 
 
-BLOCK_OPCODE = messages.opcode_of(Block)
-_BLOCK_PREFIX = bytes([BLOCK_OPCODE])
-_HEADER_SIZE = 1 + BLOCK_HEADER.sizeof()
-_REQUEST_PREFIX = bytes([messages.opcode_of(Request)])
-_REQUEST_SIZE = 1 + _RANGE.sizeof()
-_HAVE_PREFIX = bytes([messages.opcode_of(Have)])
-_HAVE_SIZE = 1 + 4
+def _layout(body: Struct) -> str:
+    """The ``struct`` format of a construct body made of fixed-size numbers, read off its
+    declaration (so the fast paths below cannot disagree with it on a field or its order)."""
+    codes = []
+    for field in body.subcons:
+        inner = field.subcon if isinstance(field, Renamed) else field
+        if not isinstance(inner, FormatField):
+            raise TypeError(f"{field} is not a fixed-size number")
+        codes.append(inner.fmtstr)
+    if len({code[0] for code in codes}) > 1:
+        raise TypeError("fields of mixed byte order")
+    return codes[0][0] + "".join(code[1:] for code in codes) if codes else ""
+
+
+def _with_opcode(body: Struct) -> struct.Struct:
+    """opcode byte + body, as one ``struct``: the whole frame body of a fixed-size message."""
+    layout = _layout(body)
+    return struct.Struct(layout[0] + Byte.fmtstr[1:] + layout[1:])  # MessageSet's opcode
+
 
 # The hot messages' measured fast paths (construct's parse/build machinery costs a few us
-# per call: ~5% of a seeder's reactor thread for Requests). The formats stay declared above
-# with construct; the golden and property tests check these agree with it. struct
-# range-checks every field (struct.error), so nothing out of range is mangled.
-assert _RANGE.sizeof() == 12 and BLOCK_HEADER.sizeof() == 8
-_unpack_block_address = struct.Struct(">II").unpack_from
-_unpack_range = struct.Struct(">III").unpack_from
-_pack_block_header = struct.Struct(">BII").pack
-_pack_range = struct.Struct(">BIII").pack
+# per call: ~5% of a seeder's reactor thread for Requests). Opcodes and layouts come from the
+# declarations above, once, at import; struct range-checks every field (struct.error), so
+# nothing out of range is mangled, and the golden and property tests check both ways agree.
+BLOCK_OPCODE = messages.opcode_of(Block)
+_BLOCK_PREFIX = bytes([BLOCK_OPCODE])
+_BLOCK_HEADER_STRUCT = _with_opcode(BLOCK_HEADER)
+_HEADER_SIZE = _BLOCK_HEADER_STRUCT.size
+_RANGE_STRUCT = _with_opcode(_RANGE)
+_HAVE_STRUCT = _with_opcode(_HAVE)
+_REQUEST_PREFIX = bytes([messages.opcode_of(Request)])
+_REQUEST_SIZE = _RANGE_STRUCT.size
+_HAVE_PREFIX = bytes([messages.opcode_of(Have)])
+_HAVE_SIZE = _HAVE_STRUCT.size
+
+_unpack_block_address = struct.Struct(_layout(BLOCK_HEADER)).unpack_from
+_unpack_range = struct.Struct(_layout(_RANGE)).unpack_from
+_unpack_have = struct.Struct(_layout(_HAVE)).unpack_from
+_pack_block_header = _BLOCK_HEADER_STRUCT.pack
+_pack_range = _RANGE_STRUCT.pack
+_pack_have_body = struct.Struct(_layout(_HAVE)).pack
+
+
+def _range_builder(cls):
+    opcode = messages.opcode_of(cls)
+    return lambda m: _pack_range(opcode, m.piece, m.offset, m.length)
+
+
 _FAST_BUILD = {
-    Request: lambda m: _pack_range(4, m.piece, m.offset, m.length),
-    Cancel: lambda m: _pack_range(6, m.piece, m.offset, m.length),
-    Reject: lambda m: _pack_range(11, m.piece, m.offset, m.length),
-    Have: lambda m: b"\x03" + m.piece.to_bytes(4, "big"),  # OverflowError out of range
+    Request: _range_builder(Request),
+    Cancel: _range_builder(Cancel),
+    Reject: _range_builder(Reject),
+    Have: lambda m: _HAVE_PREFIX + _pack_have_body(m.piece),
 }
-assert all(messages.opcode_of(cls) == build(cls(*([1] * (3 if cls is not Have else 1))))[0]
-           for cls, build in _FAST_BUILD.items())
 
 
 def build(message) -> bytes:
@@ -161,7 +192,7 @@ def parse(data: bytes):
         return Block(piece, offset, memoryview(data)[_HEADER_SIZE:])
     if data[:1] == _HAVE_PREFIX and len(data) == _HAVE_SIZE:
         # One per verified piece to every peer: in a swarm the most frequent small message.
-        return Have(int.from_bytes(data[1:], "big"))
+        return Have(*_unpack_have(data, 1))
     if data[:1] == _REQUEST_PREFIX and len(data) == _REQUEST_SIZE:
         # The uploader's hot message: fixed size, three u32 (struct: construct's parse
         # machinery was ~5% of a seeder's reactor thread).

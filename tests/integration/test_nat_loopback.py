@@ -11,20 +11,11 @@ import socket
 
 import pytest
 
-from peerit.daemon.tap import Options as DaemonOptions
 from peerit.testing.localswarm import LocalSwarm
-from peerit.wire import tracker as tracker_wire
 
 from test_daemon import MiB, random_file, sha256_of, share
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not hasattr(tracker_wire, "Punch"),
-                       reason="the tracker side of NAT traversal is not in this tree"),
-    pytest.mark.skipif(
-        not any(o[0] == "paths" for o in DaemonOptions.optParameters),
-        reason="the daemon is not wired to the NAT manager yet (docs/helpers/daemon-nat.patch)"),
-]
+pytestmark = pytest.mark.integration
 
 
 def free_port(kind=socket.SOCK_DGRAM) -> int:

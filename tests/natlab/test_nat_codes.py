@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lab import TRACKER_IP  # noqa: E402
-from peerit.addresses import DEFAULT_MAILBOX_PORT  # noqa: E402
+from peerit.endpoints import DEFAULT_MAILBOX_PORT  # noqa: E402
 from peerit.testing.files import random_file, sha256_of  # noqa: E402
 from peerit.testing.processes import ctl_argv, environment  # noqa: E402
 from test_nat_matrix import SEED_LIMIT, LabPeers  # noqa: E402

@@ -24,18 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # when run as the foll
 
 from lab import HOSTS, NAT_TYPES, ROUTER_PUBLIC, TRACKER_IP
 from peerit.testing.processes import ctl_argv, environment, twistd_argv
-from peerit.wire import tracker as tracker_wire
 
-from peerit.daemon.tap import Options as _DaemonOptions  # noqa: E402
 from peerit.testing.files import random_file, sha256_of  # noqa: F401
 
-_DAEMON_WIRED = any(option[0] == "paths" for option in _DaemonOptions.optParameters)
-pytestmark = [
-    pytest.mark.skipif(not hasattr(tracker_wire, "Punch"),
-                       reason="the tracker side of NAT traversal is not in this tree"),
-    pytest.mark.skipif(not _DAEMON_WIRED, reason="the daemon is not wired to the NAT manager "
-                       "yet (docs/helpers/daemon-nat.patch)"),
-]
 
 MiB = 1 << 20
 TRACKER_PORT, RELAY_PORT = 59000, 59001
@@ -135,18 +126,18 @@ def follow(dl_control: str, seed_control: str, metainfo: str, target: str,
     """Download ``metainfo`` on one daemon and follow it over persistent control
     connections: first byte (from the command, polled every 10 ms), the peer lists of
     both daemons once the downloader has a peer, the final status."""
-    from peerit.client import BlockingClient
+    from peerit.client import BlockingClient, as_json
     dl, seed = BlockingClient(dl_control), BlockingClient(seed_control)
     try:
         started = time.monotonic()
-        info_hash = dl.download(metainfo, target)["info_hash"]
+        info_hash = dl.download(metainfo, target).info_hash
         first_byte = peers = seed_peers = None
         while True:
-            status = dl.status(info_hash)
+            status = as_json(dl.status(info_hash))
             now = time.monotonic()
             if peers is None and status["peers"] > 0:
-                peers = dl.peers(info_hash)["peers"]
-                seed_peers = seed.peers(info_hash)["peers"]
+                peers = as_json(dl.peers(info_hash).peers)
+                seed_peers = as_json(seed.peers(info_hash).peers)
             if first_byte is None and status["downloaded"] > 0:
                 first_byte = now - started
             if status["state"] == "seeding":

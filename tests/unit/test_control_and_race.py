@@ -71,7 +71,7 @@ class ControlTests(SynchronousTestCase):
     def test_status_by_unique_prefix(self):
         client, pump, _ = self.connect()
         status = self.result(client.status("ab"), pump)
-        self.assertEqual(status["name"], "x")
+        self.assertEqual(status.name, "x")
 
     def test_ambiguous_prefix_is_a_usage_error_with_its_message(self):
         client, pump, _ = self.connect()
@@ -89,7 +89,7 @@ class ControlTests(SynchronousTestCase):
         client, pump, _ = self.connect()
         self.result(client.pause("ac"), pump)
         listed = self.result(client.list(), pump)
-        self.assertEqual([t["state"] for t in listed], ["downloading", "paused"])
+        self.assertEqual([t.state for t in listed], ["downloading", "paused"])
 
 
 class RaceTests(SynchronousTestCase):

@@ -1,21 +1,17 @@
-"""peerit-ctl create and inspect, in process through main() and as real subprocesses."""
+"""peerit-ctl create and inspect, in process through main()."""
 
 import contextlib
 import hashlib
 import io
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from peerit.ctl import offline
 from peerit.ctl.main import main
-from peerit.errors import UsageError
 from peerit.metainfo import Metainfo
-from peerit.testing.processes import run_ctl
 
 FINGERPRINT = "ab" * 32
 
@@ -81,7 +77,7 @@ class CreateCommandTests(CtlTestCase):
         self.assertEqual(run.code, 0, run.stderr)
         Metainfo.read(str(self.root / "share.p2p"))
 
-    def test_options_and_json(self):
+    def test_options_are_recorded_and_json_describes_the_result(self):
         output = self.root / "out" / "x.p2p"
         output.parent.mkdir()
         run = Run(["create", str(self.share / "b.txt"), "-o", str(output), "--json",
@@ -116,7 +112,7 @@ class CreateCommandTests(CtlTestCase):
             self.assertOneLineError(Run(argv), code, text)
         self.assertFalse((self.root / "share.p2p").exists())
 
-    def test_symlink_inside_share(self):
+    def test_a_symlink_inside_the_share_is_refused(self):
         (self.share / "link").symlink_to(self.share / "b.txt")
         self.assertOneLineError(Run(["create", str(self.share)]), 2, "symbolic link")
 
@@ -130,7 +126,7 @@ class CreateCommandTests(CtlTestCase):
         self.assertIn("hashing share", run.stderr)
         self.assertTrue(run.stdout.startswith("created share.p2p\n"))
 
-    def test_help(self):
+    def test_help_explains_the_command_and_its_options(self):
         run = Run(["create", "--help"])
         self.assertEqual(run.code, 0)
         for text in ("--piece-length", "--tracker", "--force", "symbolic links", "FINGERPRINT"):
@@ -144,7 +140,7 @@ class InspectCommandTests(CtlTestCase):
         self.assertEqual(run.code, 0, run.stderr)
         return output
 
-    def test_text(self):
+    def test_text_lists_every_field_of_the_p2p(self):
         path = self.create("--tracker", f"10.0.0.1:7#{FINGERPRINT}", "--comment", "hi",
                            "--piece-length", "32K")
         metainfo = Metainfo.read(str(path))
@@ -162,7 +158,7 @@ class InspectCommandTests(CtlTestCase):
         self.assertIn("  sub/empty  0 B (0 bytes)", lines)
         self.assertTrue(any(line.startswith("created:      20") for line in lines))
 
-    def test_json(self):
+    def test_json_has_every_field_of_the_p2p(self):
         path = self.create("--tracker", "127.0.0.1:1")
         run = Run(["inspect", "--json", str(path)])
         self.assertEqual(run.code, 0, run.stderr)
@@ -188,7 +184,7 @@ class InspectCommandTests(CtlTestCase):
         self.assertNotIn("\x1b", run.stdout)
         self.assertIn("evil\\x1b[2Jname", run.stdout)
 
-    def test_damaged_files(self):
+    def test_damaged_files_are_refused_with_exit_code_5_or_2(self):
         path = self.create()
         data = path.read_bytes()
         path.write_bytes(data[:-3])
@@ -198,68 +194,3 @@ class InspectCommandTests(CtlTestCase):
         self.assertOneLineError(Run(["inspect", str(self.root / "none.p2p")]), 2,
                                 "no such file")
         self.assertOneLineError(Run(["inspect", str(self.root)]), 2, "")
-
-
-class SizeParsingTests(SynchronousTestCase):
-    def test_sizes(self):
-        self.assertEqual(offline.parse_size("262144"), 262144)
-        self.assertEqual(offline.parse_size("256K"), 256 * 1024)
-        self.assertEqual(offline.parse_size("256kib"), 256 * 1024)
-        self.assertEqual(offline.parse_size("1M"), 1 << 20)
-        self.assertEqual(offline.parse_size("4MiB"), 4 << 20)
-        self.assertEqual(offline.parse_size("1G"), 1 << 30)
-        for bad in ("", "1.5M", "-1", "M", "1X"):
-            self.assertRaises(UsageError, offline.parse_size, bad)
-
-    def test_piece_lengths(self):
-        self.assertEqual(offline.parse_piece_length("16K"), 16384)
-        self.assertEqual(offline.parse_piece_length("64M"), 64 << 20)
-        for bad in ("8K", "128M", "100000", "0"):
-            self.assertRaises(UsageError, offline.parse_piece_length, bad)
-
-    def test_format_size(self):
-        self.assertEqual(offline.format_size(0), "0 B")
-        self.assertEqual(offline.format_size(1023), "1023 B")
-        self.assertEqual(offline.format_size(1024), "1 KiB")
-        self.assertEqual(offline.format_size(1536), "1.5 KiB")
-        self.assertEqual(offline.format_size(100 << 30), "100 GiB")
-
-
-class SubprocessTests(CtlTestCase):
-    """The installed entry point as users run it: exit codes and one-line errors."""
-
-    def test_create_then_inspect(self):
-        output = self.root / "s.p2p"
-        created = run_ctl("create", str(self.share), "-o", str(output), "--json")
-        self.assertEqual(created.returncode, 0, created.stderr)
-        self.assertEqual(created.stderr, "")
-        inspected = run_ctl("inspect", "--json", str(output))
-        self.assertEqual(inspected.returncode, 0, inspected.stderr)
-        self.assertEqual(json.loads(inspected.stdout)["info_hash"],
-                         json.loads(created.stdout)["info_hash"])
-
-    def test_errors_exit_codes(self):
-        bad = self.root / "bad.p2p"
-        bad.write_bytes(b"\x89P2P\r\n\x1a\n\x00\x01garbage")
-        for argv, code in ((("inspect", str(bad)), 5),
-                           (("create", str(self.root / "missing")), 2),
-                           (("create", str(self.share), "--piece-length", "3K"), 2)):
-            result = run_ctl(*argv)
-            self.assertEqual(result.returncode, code, result.stderr)
-            self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
-            self.assertTrue(result.stderr.startswith("peerit-ctl: "), result.stderr)
-
-    def test_permission_denied(self):
-        """An unreadable .p2p exits with the permission code (run as an unprivileged user)."""
-        if os.geteuid() != 0 or not shutil.which("setpriv"):
-            raise self.skipTest("needs root and setpriv to become an unprivileged user")
-        os.chmod(self.root, 0o755)
-        locked = self.root / "locked.p2p"
-        created = run_ctl("create", str(self.share), "-o", str(locked))
-        self.assertEqual(created.returncode, 0, created.stderr)
-        os.chmod(locked, 0o600)
-        result = run_ctl("inspect", str(locked),
-                         prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
-        self.assertEqual(result.returncode, 7, result.stderr)
-        self.assertEqual(result.stderr.strip(),
-                         f"peerit-ctl: cannot read {locked}: permission denied")

@@ -2,7 +2,7 @@
 QUIC links, the relay fallback, both-symmetric, cancellation and cleanup, netcheck's answer.
 
 Everything real but the network: the manager's muxes, STUN client, punch attempts, QUIC
-endpoints and relay client run over ``peerit.testing.fakenat`` and an in-memory relay, on a
+endpoints and relay client run over ``peerit.testing.fake_internet`` and an in-memory relay, on a
 ``task.Clock``, with a tracker stand-in that follows docs/nat-protocol.md.
 """
 
@@ -15,16 +15,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit.daemon.connector import NoPath, Race
 from peerit.identity import Identity
 from peerit.daemon.nat import path_dialer, public_address, socket_pool, tracker_push
-from peerit.daemon.nat.manager import NatManager, parse_paths, parse_udp_spec
+from peerit.daemon.nat.manager import NatManager, parse_paths
 from peerit.daemon.nat.path_dialer import QUIC_START, RELAY_START
 from peerit.daemon.nat.public_address import STUN_INFO_WAIT, wire_filtering, wire_mapping
 from peerit.nat import punch
 from peerit.nat.quic import QuicSettings
 from peerit.errors import UsageError
-from peerit.testing import fakes_nat
-from peerit.testing.fakenat import FakeNetwork
-from peerit.testing.fakes_nat import (
-    FakeRelay, FakeStunServer, FakeTracker, FakeUdpReactor, ProbeLink, contract_wire)
+from peerit.testing.fake_internet import (
+    FakeNetwork, FakeRelay, FakeStunServer, FakeTracker, FakeUdpReactor, ProbeLink)
+from peerit.wire import tracker as tracker_wire
 
 TRACKER_IP = "192.0.2.7"
 INFO_HASH = bytes(range(32))
@@ -104,11 +103,7 @@ class World:
 
 class NatManagerTestCase(SynchronousTestCase):
     def setUp(self):
-        wire = contract_wire()
-        for module in (public_address, path_dialer, tracker_push):
-            self.patch(module, "wire", wire)
-        self.patch(fakes_nat, "wire", wire)
-        self.wire = wire
+        self.wire = tracker_wire
 
     def connect(self, a_type, b_type, **options):
         world = World(a_type, b_type, **options)
@@ -219,11 +214,7 @@ class StunAndReportTests(NatManagerTestCase):
         self.assertEqual(wire_filtering("endpoint-independent-or-address-dependent"),
                          "unknown")
 
-    def test_options(self):
-        self.assertEqual(parse_udp_spec("udp:0"), (0, ""))
-        self.assertEqual(parse_udp_spec("udp:4000:interface=127.0.0.1"), (4000, "127.0.0.1"))
-        self.assertRaises(UsageError, parse_udp_spec, "tcp:4000")
-        self.assertRaises(UsageError, parse_udp_spec, "udp:70000")
+    def test_paths_option_takes_known_paths_only(self):
         self.assertEqual(parse_paths("quic,relay"), {"quic", "relay"})
         self.assertRaises(UsageError, parse_paths, "quic,carrier-pigeon")
 

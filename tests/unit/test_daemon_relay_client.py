@@ -9,7 +9,7 @@ from peerit.identity import Identity
 from peerit.daemon.nat.relay_client import (
     RELAY_PREAMBLE, accept_through_relay, dial_through_relay, relay_hello)
 from peerit.testing.datagrams import run_until
-from peerit.testing.fakes_nat import FakeRelay, ProbeLink
+from peerit.testing.fake_internet import FakeRelay, ProbeLink
 
 INITIATOR = Identity.generate("initiator")
 ACCEPTOR = Identity.generate("acceptor")

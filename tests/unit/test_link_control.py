@@ -8,7 +8,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from peerit import errors, links
-from peerit.client import Client
+from peerit.client import Client, as_json
 from peerit.daemon.control import ControlFactory
 from peerit.daemon.operations import DaemonOperations
 
@@ -76,12 +76,12 @@ class LinkControlTests(SynchronousTestCase):
     def test_send_answers_the_code_and_its_status_the_failure(self):
         codes = FakeCodes()
         answer = self.successResultOf(self.run_call(codes, lambda c: c.send("/a", "/a.p2p")))
-        self.assertEqual(answer["code"], "7-guitarist-revenge")
+        self.assertEqual(answer.code, "7-guitarist-revenge")
         status = self.successResultOf(self.run_call(codes, lambda c: c.send_status(IH.hex())))
-        self.assertEqual((status["state"], status["error_code"]), ("failed", 16))
+        self.assertEqual((status.state, status.error_code), ("failed", 16))
 
     def test_receive_answers_where_the_download_goes(self):
         codes = FakeCodes()
         answer = self.successResultOf(self.run_call(codes, lambda c: c.receive("7-a-b", "")))
-        self.assertEqual(answer, {"info_hash": IH.hex(), "name": "holiday",
-                                  "path": "/downloads"})
+        self.assertEqual(as_json(answer), {"info_hash": IH.hex(), "name": "holiday",
+                                           "path": "/downloads"})

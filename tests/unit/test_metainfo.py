@@ -12,9 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.addresses import TrackerAddress
 from peerit.errors import MetainfoError, UsageError
-from peerit.metainfo import (
-    READ_BLOCK, FileEntry, Metainfo, PieceHasher, Segment, choose_piece_length,
-    create_metainfo, scan_share)
+from peerit.metainfo import FileEntry, Metainfo, Segment
+from peerit.share_builder import (
+    READ_BLOCK, PieceHasher, choose_piece_length, create_metainfo, scan_share)
 from peerit.wire import metainfo as wire
 
 KiB = 1024

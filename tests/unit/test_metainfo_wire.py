@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.addresses import TrackerAddress
 from peerit.errors import MalformedMessage, MetainfoError
-from peerit.metainfo import FileEntry, Metainfo, create_metainfo
+from peerit.metainfo import FileEntry, Metainfo
+from peerit.share_builder import create_metainfo
 from peerit.wire import metainfo as wire
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -1,4 +1,4 @@
-"""The hole-punch state machine, on the in-memory NAT network (peerit.testing.fakenat) and
+"""The hole-punch state machine, on the in-memory NAT network (peerit.testing.fake_internet) and
 against a scripted peer: no sockets, simulated time only."""
 
 import random
@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.nat import punch
 from peerit.nat.punch import Candidate, PunchAttempt, PunchCoordinator, State
-from peerit.testing.fakenat import (
+from peerit.testing.fake_internet import (
     NAT_TYPES, OPEN, STUN_SERVER, FakeNetwork, SimulatedPeer, punch_between)
 from peerit.wire import probe
 
@@ -16,7 +16,7 @@ ATTEMPT = bytes(range(16))
 NONCE = b"N" * 32
 A_ID, B_ID = b"\x0a" * 32, b"\x0b" * 32
 CONES = ("full-cone", "restricted-cone", "port-restricted")
-ONE_WAY = 0.0005 + 0.010 + 0.010 + 0.0005  # LAN, uplink, uplink, LAN (fakenat defaults)
+ONE_WAY = 0.0005 + 0.010 + 0.010 + 0.0005  # LAN, uplink, uplink, LAN (fake_internet defaults)
 
 
 class RecordingSocket:

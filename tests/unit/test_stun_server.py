@@ -4,7 +4,7 @@ from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.errors import UsageError
-from peerit.tracker.stun_server import parse_udp_endpoint, stun_protocols, stun_services
+from peerit.tracker.stun_server import stun_protocols, stun_services
 from peerit.wire import stun
 
 CLIENT = ("198.18.0.11", 40000)
@@ -29,18 +29,7 @@ def request(*attributes):
                                        attributes + (stun.padding(64),)))
 
 
-class EndpointParsingTests(SynchronousTestCase):
-    def test_forms(self):
-        self.assertEqual(parse_udp_endpoint("udp:3478"), (3478, ""))
-        self.assertEqual(parse_udp_endpoint("udp:3478:interface=198.18.0.1"),
-                         (3478, "198.18.0.1"))
-        self.assertEqual(parse_udp_endpoint("udp:port=3478:interface=\\:\\:1"), (3478, "::1"))
-
-    def test_refuses_other_kinds_and_bad_ports(self):
-        for spec in ("tcp:3478", "udp:", "udp:70000", "udp:abc", "udp:3478:backlog=5", "3478"):
-            with self.assertRaises(UsageError):
-                parse_udp_endpoint(spec)
-
+class StunServicesTests(SynchronousTestCase):
     def test_services_for_both_ports(self):
         services = stun_services("udp:3478:interface=127.0.0.1", 3479, clock=task.Clock())
         self.assertEqual([s.args[0] for s in services], [3478, 3479])

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.tracker.relay import (
     CLOSE_GRACE, RELAY_HELLO_MAGIC, RelayBroker, RelayFactory, RelayLimits, RelayRefused,
-    TRANSITIONS, Side, TokenBucket, relay_hello)
+    TRANSITIONS, Side, relay_hello)
 
 A, B, C = b"A" * 32, b"B" * 32, b"C" * 32
 
@@ -253,14 +253,6 @@ class SpliceTests(RelayTestCase):
             achieved = (delivered - burst) / seconds
             self.assertGreater(achieved, rate * 0.9)
             self.assertLess(achieved, rate * 1.05)
-
-    def test_the_bucket_refills_at_the_rate(self):
-        clock = Clock()
-        bucket = TokenBucket(clock, 1000.0, 500)
-        self.assertEqual(bucket.consume(500), 0.0)
-        self.assertAlmostEqual(bucket.consume(250), 0.25)
-        clock.advance(0.25)
-        self.assertEqual(bucket.consume(0), 0.0)
 
     def test_when_one_side_closes_the_other_gets_its_bytes_then_is_closed(self):
         self.make()

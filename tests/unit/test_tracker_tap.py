@@ -15,8 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit.errors import UsageError
 from peerit.identity import Identity
 from peerit.tracker import tap
+from peerit.endpoints import tcp_description
 from peerit.tracker.service import (
-    ENDPOINT_FILE, TrackerService, advertised_host, raise_open_files_limit, tcp_description)
+    ENDPOINT_FILE, TrackerService, advertised_host, raise_open_files_limit)
 from peerit.tracker.session import Limits, Tracker
 from peerit.tracker.store import MemorySwarmStore
 from peerit.wire import tracker as wire

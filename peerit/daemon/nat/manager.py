@@ -31,6 +31,7 @@ from peerit.daemon.nat.path_dialer import PathDialer
 from peerit.daemon.nat.public_address import PublicAddress
 from peerit.daemon.nat.socket_pool import SocketPool
 from peerit.daemon.nat.tracker_push import TrackerPushHandler
+from peerit.endpoints import parse_udp_endpoint
 from peerit.errors import UsageError
 from peerit.nat import netcheck as nc
 from peerit.nat import punch
@@ -42,22 +43,6 @@ Address = tuple[str, int]
 
 PATHS = ("tcp", "quic", "relay")
 CONNECT_TIMEOUT = 10  # the relay's TCP connect
-
-
-def parse_udp_spec(spec: str) -> tuple[int, str]:
-    """``udp:PORT[:interface=ADDR]`` (or a bare port) -> (port, interface)."""
-    parts = spec.split(":")
-    if parts[0] == "udp":
-        parts = parts[1:]
-    if not parts or not parts[0].isdigit() or not 0 <= int(parts[0]) <= 65535:
-        raise UsageError(f"bad UDP endpoint {spec!r}: expected udp:PORT[:interface=ADDR]")
-    interface = ""
-    for option in parts[1:]:
-        key, _, value = option.partition("=")
-        if key != "interface" or not value:
-            raise UsageError(f"bad UDP endpoint option {option!r} in {spec!r}")
-        interface = value
-    return int(parts[0]), interface
 
 
 def parse_paths(spec: str) -> frozenset[str]:
@@ -91,7 +76,7 @@ class NatManager:
         self.clock = reactor
         self.identity = identity
         self.paths = frozenset(paths)
-        self._udp_port, interface = parse_udp_spec(udp)
+        self._udp_port, interface = parse_udp_endpoint(udp, "--udp")
         connect_tcp = connect_tcp or self._default_connect_tcp
         self.coordinator = punch.PunchCoordinator()
         self.sockets = SocketPool(reactor, identity, quic_settings, self.coordinator,

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from peerit.daemon.nat.socket_pool import SocketPool, UdpSocket
+from peerit.endpoints import DEFAULT_STUN_ALT_PORT, DEFAULT_STUN_PORT
 from peerit.errors import PeeritError
 from peerit.nat import netcheck as nc
 from peerit.nat import punch
@@ -29,8 +30,6 @@ log = Logger()
 
 Address = tuple[str, int]
 
-DEFAULT_STUN_PORT = 3478
-DEFAULT_STUN_ALT_PORT = 3479
 STUN_INFO_WAIT = 2.0  # how long the first netcheck waits for the tracker's StunInfo
 
 # netcheck's RFC 4787 names -> the contract's NatReport values

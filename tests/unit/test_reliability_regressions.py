@@ -1,4 +1,4 @@
-"""Focused, synchronous tests for the product bugs the reliability suites found.
+"""Regression tests for the product bugs the reliability suites (tests/reliability) found.
 
 Each one failed before its fix; the suite that found it is named in the docstring.
 """
