@@ -47,13 +47,13 @@ class DaemonOperations:
     def share(self, data_path: str, metainfo_path: str, check: bool) -> dict:
         _check_paths(data_path, metainfo_path)
         t = self.transfers.add_seed(data_path, metainfo_path, check)
-        return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name,
+        return {"info_hash": t.info_hash.hex(), "name": t.name,
                 "state": t.state.value}
 
     def download(self, metainfo_path: str, target_dir: str) -> dict:
         _check_paths(metainfo_path, target_dir)
         t = self.transfers.add_download(metainfo_path, target_dir)
-        return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name, "path": t.path}
+        return {"info_hash": t.info_hash.hex(), "name": t.name, "path": t.path}
 
     def status(self, ident: str) -> dict:
         return self.transfers.find(ident).summary()
