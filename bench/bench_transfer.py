@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/bench_transfer.py --size 512Mi --runs 3
     .venv/bin/python bench/bench_transfer.py --size 128Mi --downloaders 8 --runs 3
+    .venv/bin/python bench/bench_transfer.py --size 128Mi --downloaders 8 --runs 1 --trace DIR
 
 Times from the download command to "every piece verified" (for a swarm: until the last
-downloader has it all), and reads each daemon's peak RSS (VmHWM) from /proc. Loopback only,
+downloader has it all), and reads each daemon's peak RSS (VmHWM) from /proc. ``--trace DIR``
+has every daemon record its swarm's events there (one subdirectory per run) for
+``bench/timeline.py``. Loopback only,
 bounded: every run has a deadline and every process is ended by PID.
 """
 
@@ -21,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import proc_cpu_times  # noqa: E402
 from peerit.client import BlockingClient  # noqa: E402
+from peerit.daemon.swarmtrace import TRACE_VARIABLE  # noqa: E402
 from peerit.units import parse_size  # noqa: E402
 from peerit.testing.localswarm import LocalSwarm  # noqa: E402
 
@@ -113,9 +117,16 @@ def main() -> int:
     parser.add_argument("--downloaders", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=300)
+    parser.add_argument("--trace", type=Path, metavar="DIR",
+                        help="daemons write swarm traces to DIR/runN (bench/timeline.py)")
     args = parser.parse_args()
     size = parse_size(args.size)
-    results = [one_run(size, args.downloaders, args.deadline) for _ in range(args.runs)]
+    results = []
+    for i in range(args.runs):
+        if args.trace:
+            # The daemons inherit this process's environment (peerit.testing.processes).
+            os.environ[TRACE_VARIABLE] = str(args.trace.resolve() / f"run{i + 1}")
+        results.append(one_run(size, args.downloaders, args.deadline))
     seconds = [r["seconds"] for r in results]
     rates = [size / s / 1e6 for s in seconds]
     seed_rss = max(r["rss"]["seed"] for r in results)

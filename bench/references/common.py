@@ -71,6 +71,25 @@ def make_file(path, size: int) -> None:
             block = block[1:] + block[:1]
 
 
+def make_tree(root, files: int, total: int, per_directory: int = 100) -> None:
+    """A directory of ``files`` random files of ``total // files`` bytes each,
+    ``per_directory`` to a subdirectory: a source tree, a photo album."""
+    root = Path(root)
+    each = max(1, total // files)
+    for i in range(files):
+        directory = root / f"d{i // per_directory:03d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"f{i:05d}.bin").write_bytes(os.urandom(each))
+
+
+def size_of(src) -> int:
+    """A file's size, or a directory tree's total."""
+    src = Path(src)
+    if src.is_file():
+        return src.stat().st_size
+    return sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,7 +7,8 @@ the links are TCP, as peer-it's are (libtorrent's own defaults otherwise; REFERE
 uTP's loopback figure). ``allow_multiple_connections_per_ip`` lets several peers on
 127.0.0.1 connect to each other.
 
-Timed from ``add_torrent`` to the torrent seeding (every piece hash-checked); for a swarm,
+The source is a file or a directory tree (a multi-file torrent). Timed from ``add_torrent``
+to the torrent seeding (every piece hash-checked); for a swarm,
 from the moment the downloaders are released together until the last one seeds.
 
     python libtorrent_peer.py run --file SRC --workdir DIR --downloaders N --json OUT
@@ -15,14 +16,15 @@ from the moment the downloaders are released together until the last one seeds.
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (add_run_parser, Children, install_sigterm_exit, wait_for_file,  # noqa: E402
-                    write_result)
+from common import (add_run_parser, Children, install_sigterm_exit, size_of,  # noqa: E402
+                    wait_for_file, write_result)
 
 POLL = 0.005  # seconds between status checks while downloading
 
@@ -138,14 +140,12 @@ def run(src: Path, workdir: Path, downloaders: int, timeout: float) -> dict:
                 workdir / f"{name}.result", timeout - (time.monotonic() - released),
                 procs[name]))
     for name in names:
-        for path in (workdir / name).iterdir():
-            path.unlink()
-        (workdir / name).rmdir()
+        shutil.rmtree(workdir / name)
     # All downloaders started within a few ms of the release; count from the earliest.
     start = min(f["start"] for f in finished.values())
     end = max(f["end"] for f in finished.values())
     everyone = [seeder, *procs.values()]
-    return {"seconds": end - start, "bytes": src.stat().st_size,
+    return {"seconds": end - start, "bytes": size_of(src),
             "rss": {c.name: c.peak_rss_mib for c in everyone},
             "cpu": {c.name: c.cpu_seconds for c in everyone}}
 

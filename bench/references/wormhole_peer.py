@@ -7,7 +7,8 @@ host's other addresses), and its transit logic waits 2 s before trying the relay
 direct link wins; the receiver's log says which path was used and the result records it.
 
 Timed end to end, as a user sees it: from starting both commands until both have exited
-(the file written and its hash acknowledged), CLI start-up included.
+(the file written and its hash acknowledged), CLI start-up included. A directory is sent as
+wormhole sends one: zipped by the sender, unpacked by the receiver.
 
     python wormhole_peer.py run --file SRC --workdir DIR --json OUT
     python wormhole_peer.py cli [wormhole arguments]   (the CLI, hints on loopback only)
@@ -15,14 +16,15 @@ Timed end to end, as a user sees it: from starting both commands until both have
 
 import argparse
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (add_run_parser, Children, free_port, install_sigterm_exit, wait_for_port,  # noqa: E402
-                    write_result)
+from common import (add_run_parser, Children, free_port, install_sigterm_exit,  # noqa: E402
+                    size_of, wait_for_port, write_result)
 
 CODE = "7-peerit-bench"
 
@@ -41,6 +43,8 @@ def run(src: Path, workdir: Path, timeout: float) -> dict:
     me = Path(__file__).resolve()
     twist = Path(sys.executable).parent / "twist"
     out = workdir / "wormhole.out"
+    if out.is_dir():
+        shutil.rmtree(out)
     out.unlink(missing_ok=True)
     with Children(workdir) as children:
         mailbox_port, relay_port = free_port(), free_port()
@@ -67,10 +71,13 @@ def run(src: Path, workdir: Path, timeout: float) -> dict:
                 raise RuntimeError(f"{child.name} failed:\n{child.output_tail()}")
         seconds = time.monotonic() - start
         log = receiver.output_tail(20000)
-    size = out.stat().st_size
-    out.unlink()
-    if size != src.stat().st_size:
-        raise RuntimeError(f"received {size} bytes of {src.stat().st_size}")
+    size = size_of(out)
+    if out.is_dir():
+        shutil.rmtree(out)
+    else:
+        out.unlink()
+    if size != size_of(src):
+        raise RuntimeError(f"received {size} bytes of {size_of(src)}")
     path = re.search(r"Receiving \(([^)]*)\)", log)
     everyone = [sender, receiver, mailbox, relay]
     return {"seconds": seconds, "bytes": size,

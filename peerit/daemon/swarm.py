@@ -16,6 +16,7 @@ from peerit.daemon.choker import Choker, PeerView
 from peerit.daemon.metadata_fetch import metadata_answer
 from peerit.daemon.picker import Picker
 from peerit.daemon.rates import RateMeter
+from peerit.daemon.swarmtrace import from_environment as trace_from_environment
 from peerit.errors import MalformedMessage, PeeritError
 from peerit.wire import peer as wire
 
@@ -68,6 +69,13 @@ class PeerState:
         return self.peer_id.hex()[:12]
 
 
+# Messages whose arrival the trace records as such (blocks, haves and requests have their
+# own, richer events).
+TRACED_MESSAGES = {wire.Interested: "peer_interested", wire.NotInterested: "peer_not_interested",
+                   wire.Choke: "peer_choke", wire.Unchoke: "peer_unchoke",
+                   wire.Reject: "peer_reject", wire.Cancel: "peer_cancel"}
+
+
 class ProtocolViolation(Exception):
     """The peer broke the protocol; its link is closed with this reason."""
 
@@ -75,7 +83,7 @@ class ProtocolViolation(Exception):
 class Swarm:
     def __init__(self, metainfo, store, have: Bitfield, clock, rng, my_peer_id: bytes,
                  verify, on_verified=None, on_complete=None, config: SwarmConfig = None,
-                 on_storage_error=None, write_block=None):
+                 on_storage_error=None, write_block=None, trace=None):
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.store = store
@@ -105,6 +113,9 @@ class Swarm:
         self.corrupt_bytes_discarded = 0
         self._timers = []
         self.running = False
+        # An observer of events for bench/timeline.py (swarmtrace.py), None when off.
+        self.trace = trace if trace is not None else trace_from_environment(
+            self.info_hash, my_peer_id, clock)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -140,6 +151,9 @@ class Swarm:
         for peer in list(self.peers.values()):
             peer.link.close(reason)
             self.detach(peer)
+        if self.trace is not None:
+            self.trace("stop")
+            self.trace.flush()
 
     @property
     def complete(self) -> bool:
@@ -191,6 +205,9 @@ class Swarm:
         if len(self.have):
             link.send(wire.Bitfield(self.have.to_bytes()))
         # Upload at once while a slot is free instead of waiting for the next round.
+        if self.trace is not None:
+            self.trace("attach", peer=peer.short_id, path=getattr(link, "path", "?"),
+                       dialed=bool(getattr(link, "dialed_by_us", False)))
         log.info("swarm {swarm}: peer {peer} attached over {path}",
                  swarm=self.info_hash.hex()[:12], peer=peer.short_id,
                  path=getattr(link, "path", "?"))
@@ -200,6 +217,8 @@ class Swarm:
         if self.peers.get(peer.peer_id) is not peer:
             return
         del self.peers[peer.peer_id]
+        if self.trace is not None:
+            self.trace("detach", peer=peer.short_id)
         self.picker.remove_peer_pieces(peer.pieces)
         self.picker.release(peer)
         peer.requested.clear()
@@ -222,6 +241,8 @@ class Swarm:
         first = not peer.got_first_message
         peer.got_first_message = True
         kind = type(message)
+        if self.trace is not None and kind in TRACED_MESSAGES:
+            self.trace(TRACED_MESSAGES[kind], peer=peer.short_id)
         if kind is wire.Block:
             self._on_block(peer, message)
         elif kind is wire.Request:
@@ -235,11 +256,11 @@ class Swarm:
         elif kind is wire.Interested:
             peer.peer_interested = True
             if peer.am_choking and self._unchoked_count() < self.config.upload_slots + 1:
-                self._unchoke(peer)
+                self._unchoke(peer, "interested")
         elif kind is wire.NotInterested:
             peer.peer_interested = False
             if not peer.am_choking:
-                self._choke(peer)
+                self._choke(peer, "not_interested")
                 self._fill_free_slots()
         elif kind is wire.Choke:
             peer.peer_choking = True
@@ -270,6 +291,8 @@ class Swarm:
         except MalformedMessage as e:
             raise ProtocolViolation(str(e)) from None
         peer.pieces = pieces
+        if self.trace is not None:
+            self.trace("bitfield", peer=peer.short_id, pieces=len(pieces))
         self.picker.add_peer_pieces(pieces)
         if self.on_peer_complete is not None and pieces.complete:
             self.on_peer_complete(peer.peer_id)
@@ -278,6 +301,8 @@ class Swarm:
     def _on_have(self, peer: PeerState, piece: int) -> None:
         self._check_piece(piece)
         if peer.pieces.add(piece):
+            if self.trace is not None:
+                self.trace("have", peer=peer.short_id, piece=piece)
             self.picker.add_peer_piece(piece)
             if self.on_peer_complete is not None and peer.pieces.complete:
                 self.on_peer_complete(peer.peer_id)
@@ -293,9 +318,13 @@ class Swarm:
         if interested and not peer.am_interested:
             peer.am_interested = True
             peer.link.send(wire.Interested())
+            if self.trace is not None:
+                self.trace("interested", peer=peer.short_id)
         elif not interested and peer.am_interested:
             peer.am_interested = False
             peer.link.send(wire.NotInterested())
+            if self.trace is not None:
+                self.trace("not_interested", peer=peer.short_id)
         if interested and not peer.peer_choking:
             self._request_more(peer)
 
@@ -318,12 +347,19 @@ class Swarm:
             if not peer.requested and not self.picker.interesting(peer.pieces):
                 peer.am_interested = False
                 peer.link.send(wire.NotInterested())
+                if self.trace is not None:
+                    self.trace("not_interested", peer=peer.short_id)
             return
         now = self.clock.seconds()
         for piece, offset, length in blocks:
             peer.requested[(piece, offset)] = (length, now)
             peer.cancelled.discard((piece, offset))
             peer.link.send(wire.Request(piece, offset, length))
+        if self.trace is not None:
+            self.trace("request", peer=peer.short_id, blocks=len(blocks),
+                       first=blocks[0][0], in_flight=len(peer.requested),
+                       depth=room + len(peer.requested) - len(blocks),
+                       endgame=self.picker.endgame)
 
     def _request_everywhere(self) -> None:
         for peer in list(self.peers.values()):
@@ -363,6 +399,9 @@ class Swarm:
         peer.last_block_at = now
         peer.download.add(length)
         self.download.add(length)
+        if self.trace is not None:
+            self.trace("block", peer=peer.short_id, piece=block.piece, offset=block.offset,
+                       length=length, in_flight=len(peer.requested))
         accepted, others, piece_done = self.picker.block_received(
             peer, block.piece, block.offset, length)
         if accepted:
@@ -390,6 +429,9 @@ class Swarm:
         d.addErrback(self._verify_error, piece)
 
     def _verified(self, digest: bytes, piece: int, contributors: set) -> None:
+        if self.trace is not None:
+            self.trace("verified" if digest == self.metainfo.piece_hash(piece)
+                       else "hash_failed", piece=piece)
         if digest == self.metainfo.piece_hash(piece):
             self.picker.piece_verified(piece)
             self.on_verified(piece)
@@ -428,6 +470,9 @@ class Swarm:
 
     def _completed(self) -> None:
         self.downloading = False
+        if self.trace is not None:
+            self.trace("complete")
+            self.trace.flush()
         log.info("swarm {swarm}: download complete and verified",
                  swarm=self.info_hash.hex()[:12])
         for peer in list(self.peers.values()):
@@ -478,6 +523,9 @@ class Swarm:
             return None
         piece, offset, length = peer.upload_queue.pop(0)
         data = self.store.read_block(piece, offset, length)
+        if self.trace is not None:
+            self.trace("upload", peer=peer.short_id, piece=piece, offset=offset,
+                       length=length, queued=len(peer.upload_queue))
         peer.upload.add(length)
         self.upload.add(length)
         return piece, offset, data
@@ -501,16 +549,21 @@ class Swarm:
         else:
             waiting.sort(key=lambda p: p.upload.rate, reverse=True)
         for peer in waiting[:free]:
-            self._unchoke(peer)
+            self._unchoke(peer, "free_slot")
 
     def _unchoked_count(self) -> int:
         return sum(1 for p in self.peers.values() if not p.am_choking)
 
-    def _unchoke(self, peer: PeerState) -> None:
+    def _unchoke(self, peer: PeerState, why: str) -> None:
         peer.am_choking = False
         peer.link.send(wire.Unchoke())
+        if self.trace is not None:
+            self.trace("unchoke", peer=peer.short_id, why=why)
 
-    def _choke(self, peer: PeerState) -> None:
+    def _choke(self, peer: PeerState, why: str) -> None:
+        if self.trace is not None:
+            self.trace("choke", peer=peer.short_id, why=why,
+                       dropped=len(peer.upload_queue))
         peer.am_choking = True
         for key in peer.upload_queue:
             peer.link.send(wire.Reject(*key))
@@ -523,9 +576,9 @@ class Swarm:
         chosen = self.choker.rechoke(views, seeding=not self.downloading)
         for peer in list(self.peers.values()):
             if peer in chosen and peer.am_choking:
-                self._unchoke(peer)
+                self._unchoke(peer, "round")
             elif peer not in chosen and not peer.am_choking:
-                self._choke(peer)
+                self._choke(peer, "round")
 
     def _check_stalls(self) -> None:
         """Drop peers that sit on our requests without delivering."""

@@ -76,13 +76,24 @@ class TrackerSessions(service.MultiService):
                 "addresses": tuple(self.node.addresses())}
 
     def announcements(self, address: TrackerAddress) -> list[tuple[bytes, str, int]]:
-        """What a (re)connected tracker session must hear: every active transfer."""
+        """What a (re)connected tracker session must hear: every active transfer.
+
+        The session asks for this as the tracker welcomes it, so it is also the moment to
+        let downloads ask that tracker for peers (once the session counts as connected)."""
+        self.reactor.callLater(0, self._session_up, address)
         out = []
         for transfer in self.transfers.all():
             if transfer.swarm is not None and transfer.swarm.running and any(
                     c is self.clients.get(address) for c in transfer.trackers):
                 out.append((transfer.info_hash, "started", transfer.bytes_left))
         return out
+
+    def _session_up(self, address: TrackerAddress) -> None:
+        client = self.clients.get(address)
+        if client is None or not client.connected:
+            return
+        for transfer in self.transfers.all():
+            transfer.tracker_up(client)
 
     def _reannounce(self, info_hash: bytes) -> None:
         transfer = self.transfers.get(info_hash)

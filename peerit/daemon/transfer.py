@@ -361,19 +361,34 @@ class Transfer:
             return  # a seed only waits for others: no timer per share (idle CPU)
         now = self.clock.seconds()
         refresh = PEER_REFRESH if self.swarm.peers else PEER_REFRESH_ALONE
-        if now - self.last_peer_request >= refresh:
+        # Stamped only when a session took the request: a download added while its trackers
+        # are still connecting must not wait a whole refresh once one comes up.
+        if now - self.last_peer_request >= refresh and self._request_peers():
             self.last_peer_request = now
-            self._request_peers()
         self._dial_some()
         self._maintain_call = self.clock.callLater(MAINTAIN_INTERVAL, self._maintain)
 
-    def _request_peers(self) -> None:
+    def _request_peers(self) -> bool:
+        """Ask every connected tracker for peers; False when none could be asked."""
+        asked = False
         for tracker in self.trackers:
-            if not tracker.connected:
-                continue
-            d = tracker.request_peers(self.info_hash, 50)
-            d.addCallback(self.peers_found)
-            d.addErrback(lambda f: log.debug("peer list failed: {e}", e=f.getErrorMessage()))
+            if tracker.connected:
+                self._ask_for_peers(tracker)
+                asked = True
+        return asked
+
+    def _ask_for_peers(self, tracker) -> None:
+        d = tracker.request_peers(self.info_hash, 50)
+        d.addCallback(self.peers_found)
+        d.addErrback(lambda f: log.debug("peer list failed: {e}", e=f.getErrorMessage()))
+
+    def tracker_up(self, tracker) -> None:
+        """One of our trackers' sessions has just been welcomed: a download asks it for peers
+        at once instead of at the next refresh (up to PEER_REFRESH_ALONE later)."""
+        if (self.swarm is not None and self.swarm.downloading and tracker.connected
+                and tracker in self.trackers):
+            self.last_peer_request = self.clock.seconds()
+            self._ask_for_peers(tracker)
 
     def _dial_some(self) -> None:
         swarm = self.swarm

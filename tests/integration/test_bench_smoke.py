@@ -125,3 +125,76 @@ def test_tracker_load_refuses_bad_arguments_in_one_line():
         capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "--rates must be integers" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_quick_small_transfer_rows_time_the_download_command(tmp_path):
+    """The rows of one download from the command to the verified file (bench_small.py):
+    a file to a freshly started daemon and a directory tree to a running one each give a
+    time; libtorrent beside them when this environment has it. Nothing left behind."""
+    import importlib.util
+    only = ["small/peer-it-fresh", "tree/peer-it"]
+    has_libtorrent = importlib.util.find_spec("libtorrent") is not None
+    if has_libtorrent:
+        only.append("small/libtorrent")
+    results = tmp_path / "results.json"
+    marker = f"peerit-bench-smoke-{uuid.uuid4().hex}"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "suite.py"), "--quick", "--budget", "90",
+         "--only", ",".join(only), "--json", str(results)],
+        capture_output=True, text=True, timeout=110, cwd=str(tmp_path),
+        env={**os.environ, "PEERIT_BENCH_SMOKE": marker})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    data = json.loads(results.read_text())
+    assert sorted(data["results"]) == sorted(only)
+    for key in only:
+        (sample,) = data["results"][key]
+        assert "error" not in sample, (key, sample)
+        assert sample["seconds"] > 0 and sample["bytes"] > 0, (key, sample)
+    assert data["results"]["tree/peer-it"][0]["bytes"] == 640 << 10
+    assert data["results"]["small/peer-it-fresh"][0]["daemon_start"] > 0
+    assert data["results"]["tree/peer-it"][0]["daemon_start"] is None
+    assert re.search(r"peer-it-fresh .* daemon start-up [\d.]+ s", run.stdout), run.stdout
+    if has_libtorrent:
+        assert re.search(r"peer-it-fresh .* vs libtorrent<=0\.5 (PASS|FAIL)", run.stdout), \
+            run.stdout
+    workdir = re.search(r"work directory (\S+)", run.stdout).group(1)
+    assert not Path(workdir).exists()
+    assert processes_marked(marker) == []
+
+
+def test_swarm_trace_gives_a_timeline(tmp_path):
+    """bench_transfer.py --trace has every daemon write its swarm's events, and
+    bench/timeline.py turns them into per-daemon milestones and an upload matrix that
+    accounts for every byte each downloader received."""
+    trace = tmp_path / "trace"
+    marker = f"peerit-bench-smoke-{uuid.uuid4().hex}"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_transfer.py"), "--size", "2Mi",
+         "--downloaders", "2", "--runs", "1", "--trace", str(trace)],
+        capture_output=True, text=True, timeout=100, cwd=str(tmp_path),
+        env={**os.environ, "PEERIT_BENCH_SMOKE": marker})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(list((trace / "run1").glob("*.jsonl"))) == 3
+
+    summary_file = tmp_path / "timeline.json"
+    shown = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "timeline.py"), str(trace / "run1"),
+         "--json", str(summary_file)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    summary = json.loads(summary_file.read_text())
+    assert sorted(summary["daemons"]) == ["d0", "d1", "seed"]
+    for name in ("d0", "d1"):
+        daemon = summary["daemons"][name]
+        assert daemon["verified"] > 0 and daemon["complete"] is not None, daemon
+        assert daemon["first_request"] <= daemon["first_block"] <= daemon["complete"]
+        received = sum(n for pair, n in summary["matrix"].items()
+                       if pair.endswith(f"->{name}"))
+        assert received >= 2 << 20, (name, summary["matrix"])  # duplicates may add
+    assert "MiB sent, row -> column" in shown.stdout
+    assert processes_marked(marker) == []
+
+    missing = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "timeline.py"), str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no traces" in missing.stderr

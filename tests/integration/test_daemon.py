@@ -5,6 +5,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -264,10 +265,26 @@ def test_announces_refused_for_load_are_retried(tmp_path):
         local.start_tracker("--request-burst", "3", "--request-rate", "0.5")
         local.start_daemon("seed")
         local.start_daemon("dl")
+        # The .p2p files first, then five Share calls back to back over one control
+        # connection: a peerit-ctl process per share could space them out on a loaded
+        # machine by more than the tracker's rate, and nothing would be refused.
         shares = []
         for n in range(5):
             src = random_file(tmp_path / "src" / f"f{n}.bin", 64 * 1024, seed=20 + n)
-            shares.append(share(local, "seed", src))
+            p2p = local.workdir / f"{src.name}.p2p"
+            created = json.loads(subprocess.run(
+                ctl_argv("create", str(src), "-o", str(p2p), "--tracker",
+                         local.tracker_endpoint, "--json"),
+                env=environment(), check=True, capture_output=True, text=True,
+                timeout=60).stdout)
+            shares.append({"metainfo": str(p2p), "info_hash": created["info_hash"],
+                           "src": src})
+        share_all = ("import sys; from peerit.client import BlockingClient; "
+                     "c = BlockingClient(sys.argv[1]); "
+                     "[c.share(p, m) for p, m in zip(sys.argv[2::2], sys.argv[3::2])]")
+        subprocess.run([sys.executable, "-c", share_all, local.daemons["seed"].control,
+                        *[str(x) for s in shares for x in (s["src"], s["metainfo"])]],
+                       env=environment(), check=True, timeout=60)
         log = local.daemons["seed"].process.wait_for_log("retrying in", timeout=30)
         assert "rate_limited" in log
         last = shares[-1]

@@ -5,7 +5,7 @@ import os
 import random
 import tempfile
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -22,12 +22,19 @@ class Tracker:
 
     def __init__(self):
         self.announced = []
+        self.peer_requests = 0
 
     def announce(self, info_hash, event, left):
         self.announced.append(event)
 
+    def request_peers(self, info_hash, count):
+        self.peer_requests += 1
+        return Deferred()  # the answer does not matter here
 
-class TransferLifecycleTests(SynchronousTestCase):
+
+class TransferTestCase(SynchronousTestCase):
+    """One transfer's daemon side reduced to a TransferHost, a fake tracker and a Clock."""
+
     def setUp(self):
         directory = tempfile.TemporaryDirectory()
         self.addCleanup(directory.cleanup)
@@ -56,6 +63,8 @@ class TransferLifecycleTests(SynchronousTestCase):
                 transfer.have.add(piece)
         return transfer
 
+
+class TransferLifecycleTests(TransferTestCase):
     def test_a_checked_share_goes_stopped_checking_seeding(self):
         transfer = self.seed(self.data)
         self.assertIs(transfer.state, State.STOPPED)
@@ -125,3 +134,38 @@ class TransferLifecycleTests(SynchronousTestCase):
         with self.assertRaises(AssertionError):
             transfer._move(State.DOWNLOADING)  # a seed never downloads again
         self.assertEqual(set(TRANSITIONS), set(State))
+
+
+class PeerListTimingTests(TransferTestCase):
+    """When a download asks its trackers for peers (no fixed wait once a session is up)."""
+
+    def download(self) -> Transfer:
+        transfer = Transfer(self.host, self.metainfo, self.root, "download")
+        transfer.open(create=True)
+        self.addCleanup(transfer.store.close)
+        transfer.start([])
+        self.addCleanup(transfer.stop)
+        return transfer
+
+    def test_a_download_asks_a_tracker_the_moment_its_session_comes_up(self):
+        transfer = self.download()
+        self.clock.advance(2.5)  # a maintenance round while the session is still connecting
+        self.assertEqual(self.tracker.peer_requests, 0)
+        self.tracker.connected = True
+        transfer.tracker_up(self.tracker)
+        self.assertEqual(self.tracker.peer_requests, 1)
+
+    def test_a_round_with_no_session_up_does_not_delay_the_next_request(self):
+        transfer = self.download()
+        self.clock.advance(2.5)  # nothing connected: nothing asked, nothing stamped
+        self.tracker.connected = True
+        self.clock.advance(2.0)  # the next round asks, without waiting a whole refresh
+        self.assertEqual(self.tracker.peer_requests, 1)
+        self.assertIs(transfer.state, State.DOWNLOADING)
+
+    def test_a_seed_does_not_ask_for_peers_when_a_session_comes_up(self):
+        transfer = self.seed(self.data, trusted=True)
+        transfer.start(list(range(self.metainfo.piece_count)))
+        self.tracker.connected = True
+        transfer.tracker_up(self.tracker)
+        self.assertEqual(self.tracker.peer_requests, 0)
