@@ -1,7 +1,7 @@
 """Short codes and links against magic-wormhole, over loopback with the real programs.
 
-    .venv/bin/python bench/bench_codes.py --sizes 10M,512M --runs 3
-    .venv/bin/python bench/bench_codes.py --sizes 10M,64M --runs 1      (a quick look)
+    .venv/bin/python bench/bench_codes.py --sizes 10Mi,512Mi --runs 3
+    .venv/bin/python bench/bench_codes.py --sizes 10Mi,64Mi --runs 1      (a quick look)
 
 Two measurements, side by side in one run:
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from common import Child, free_port, make_file, package_versions, wait_for_port  # noqa: E402
 from peerit.client import BlockingClient  # noqa: E402
-from peerit.ctl.offline import parse_size  # noqa: E402
+from peerit.units import parse_size  # noqa: E402
 from peerit.testing.localswarm import LocalSwarm  # noqa: E402
 from peerit.testing.processes import Process, ctl_argv  # noqa: E402
 
@@ -165,9 +165,9 @@ def first_piece(src: Path, work: Path, timeout: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10M,512M",
-                        help="file sizes for the code comparison [default: 10M,512M]")
-    parser.add_argument("--first-piece-size", default="64M")
+    parser.add_argument("--sizes", default="10Mi,512Mi",
+                        help="file sizes for the code comparison [default: 10Mi,512Mi]")
+    parser.add_argument("--first-piece-size", default="64Mi")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
