@@ -27,12 +27,23 @@ up to the tracker's saturation. Loopback only, bounded in sessions, steps and ti
 Sessions come from 64 loopback source addresses (127.0.1.x), as daemons come from many
 hosts: the tracker bounds handshakes in progress per source address.
 
+``--modes`` runs the same load against several deployments one after the other and prints
+them side by side: ``memory`` (one process, the in-memory table: the default), ``redis`` (one
+process, the table in a redis-server started for the run on loopback, no persistence) and
+``redis-2`` (two worker processes on one port, ``--workers 2``, sharing that Redis). Then the
+tracker's CPU is the sum over its workers, Redis's CPU is measured per step too, RSS per
+entry is per tracker process (each holds the whole table as its view), and Redis's bytes per
+entry come from ``INFO memory`` growth over the announces, without the change stream (a
+bounded log, trimmed to its maximum length) and with it. With one tracker process it is
+pinned to one CPU and the generator to the other (Redis unpinned); with two, nothing is
+pinned: two workers, Redis and the generator share the two CPUs.
+
 ``--logic-only`` measures the session logic alone in this process (``Tracker`` +
 ``MemorySwarmStore``, the same batches, no TLS, no sockets): the floor under a real run.
 
     .venv/bin/python bench/tracker_load.py [--sessions 2000] [--swarms-per-session 50]
         [--pool 10000] [--rates 10000,20000,30000,40000,50000] [--seconds 10] [--runs 3]
-        [--max-peers 50] [--json FILE]
+        [--max-peers 50] [--modes memory,redis,redis-2] [--json FILE]
     .venv/bin/python bench/tracker_load.py --logic-only
 """
 
@@ -61,6 +72,7 @@ from common import package_versions, proc_cpu_times  # noqa: E402
 from peerit.addresses import TrackerAddress  # noqa: E402
 from peerit.identity import Identity  # noqa: E402
 from peerit.testing.processes import environment  # noqa: E402
+from peerit.testing.redis import RedisServer  # noqa: E402
 from peerit.wire import tracker as wire  # noqa: E402
 from peerit.wire.framing import FrameDecoder, frame  # noqa: E402
 
@@ -79,6 +91,10 @@ WAVE = 100                  # sessions announcing at once
 TARGET_RATE = 20_000
 TARGET_P99_MS = 50.0
 TARGET_BYTES_PER_ENTRY = 1024
+TARGET_REDIS_BYTES_PER_ENTRY = 200
+TARGET_REDIS_RATIO = 0.5        # (b) one process on Redis against (a) in memory
+TARGET_WORKERS_RATIO = 1.3      # (c) two processes on Redis against (b)
+MODES = {"memory": (None, 1), "redis": ("redis", 1), "redis-2": ("redis", 2)}
 
 PEER_LIST = wire.messages.opcode_of(wire.PeerList)
 PEER_JOINED = wire.messages.opcode_of(wire.PeerJoined)
@@ -87,6 +103,21 @@ ERROR = wire.messages.opcode_of(wire.Error)
 WELCOME = wire.messages.opcode_of(wire.Welcome)
 PING_FRAME = frame(wire.build(wire.Ping(1)))
 READ_SIZE = 16 * 1024  # one TLS record's plaintext at most per SSL_read anyway
+
+
+def cpu_of(pids: list[int]) -> tuple[float, float]:
+    """(user, kernel) CPU seconds summed over processes."""
+    times = [proc_cpu_times(pid) for pid in pids]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
+def redis_memory(redis: RedisServer) -> tuple[int, int]:
+    """(used_memory, the change stream's share of it) in bytes."""
+    info = redis.command("INFO", "memory").decode()
+    used = int(next(line.split(":")[1] for line in info.splitlines()
+                    if line.startswith("used_memory:")))
+    stream = redis.command("MEMORY", "USAGE", b"peerit:ev", "SAMPLES", "0") or 0
+    return used, stream
 
 
 def rss_bytes(pid: int) -> int:
@@ -338,13 +369,14 @@ class LoadGenerator:
     # -- steady load -------------------------------------------------------------------------
 
     def step(self, sessions, batches, rate: int, seconds: float, rng: random.Random,
-             tracker_pid: int) -> dict:
+             tracker_pids: list[int], redis_pid: int | None = None) -> dict:
         """Offer ``rate`` requests/s (2 per batch) for ``seconds``; measure what completes."""
         self.latencies = []
         errors_before, lost_before = self.errors, self.lost
         batch_rate = rate / 2
         lags = []
-        user_start, system_start = proc_cpu_times(tracker_pid)
+        user_start, system_start = cpu_of(tracker_pids)
+        redis_start = sum(proc_cpu_times(redis_pid)) if redis_pid else 0.0
         own_start = os.times()
         n = len(sessions)
         randrange, choice, send = rng.randrange, rng.choice, self.send
@@ -375,7 +407,8 @@ class LoadGenerator:
                and time.perf_counter() < deadline):
             self.pump(0.01)
         wall = time.perf_counter() - start
-        user_end, system_end = proc_cpu_times(tracker_pid)
+        user_end, system_end = cpu_of(tracker_pids)
+        redis_cpu = (sum(proc_cpu_times(redis_pid)) - redis_start) if redis_pid else 0.0
         tracker_cpu = user_end + system_end - user_start - system_start
         own_end = os.times()
         own_cpu = own_end.user + own_end.system - own_start.user - own_start.system
@@ -393,6 +426,7 @@ class LoadGenerator:
             "us_per_request": tracker_cpu / max(2 * len(latencies), 1) * 1e6,
             "kernel_share": (system_end - system_start) / max(tracker_cpu, 1e-9),
             "generator_cpu": own_cpu / wall,
+            "redis_cpu": redis_cpu / wall,
             "generator_us_per_request": own_cpu / max(2 * len(latencies), 1) * 1e6,
             "generator_kernel_share": (own_end.system - own_start.system) / max(own_cpu, 1e-9),
             "errors": self.errors - errors_before,
@@ -408,7 +442,9 @@ def print_step(r: dict, run: int) -> None:
           f"per request ({r['kernel_share'] * 100:.0f}% kernel); generator "
           f"{r['generator_cpu'] * 100:3.0f}% ({r['generator_us_per_request']:.1f} us, "
           f"{r['generator_kernel_share'] * 100:.0f}% kernel), "
-          f"lag p99 {r['lag_p99_ms']:.1f} ms; errors {r['errors']}, lost {r['lost']}, "
+          f"lag p99 {r['lag_p99_ms']:.1f} ms; "
+          + (f"redis {r['redis_cpu'] * 100:.0f}%; " if r.get("redis_cpu") else "") +
+          f"errors {r['errors']}, lost {r['lost']}, "
           f"unanswered {r['unanswered']}", flush=True)
 
 
@@ -428,7 +464,15 @@ def client_contexts(directory: Path, count: int) -> list[ssl.SSLContext]:
     return contexts
 
 
-def run(args, tracker_pid: int, address: TrackerAddress) -> dict:
+def run(args, tracker_pids: list[int], address: TrackerAddress,
+        redis: RedisServer | None = None) -> dict:
+    """The load against one deployment. ``tracker_pids``: its processes (the workers);
+    RSS figures are per process."""
+    redis_pid = redis.process.pid if redis is not None else None
+
+    def rss():
+        return sum(rss_bytes(pid) for pid in tracker_pids) / len(tracker_pids)
+
     rng = random.Random(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="peerit-load-") as tmp:
@@ -436,15 +480,18 @@ def run(args, tracker_pid: int, address: TrackerAddress) -> dict:
     print(f"generated {args.sessions} client identities in {time.perf_counter() - t0:.1f}s",
           flush=True)
     generator = LoadGenerator(address)
-    rss_idle = rss_bytes(tracker_pid)
+    rss_idle = rss()
     t0 = time.perf_counter()
     sessions = generator.connect_all(contexts)
     print(f"{len(sessions)} TLS sessions up in {time.perf_counter() - t0:.1f}s", flush=True)
     time.sleep(1)
-    rss_sessions = rss_bytes(tracker_pid)
+    rss_sessions = rss()
+    redis_before = redis_memory(redis) if redis is not None else None
 
     pool = [os.urandom(32) for _ in range(args.pool)]
     swarms_of = []
+    announce_cpu = sum(cpu_of(tracker_pids))
+    announce_redis_cpu = sum(proc_cpu_times(redis_pid)) if redis_pid else 0.0
     t0 = time.perf_counter()
     # In waves: all 2000 at once would measure the transient buffers of half a million
     # PeerJoined pushes (held by the allocator afterwards), not the table.
@@ -462,7 +509,34 @@ def run(args, tracker_pid: int, address: TrackerAddress) -> dict:
     print(f"{entries} announces (started) in {took:.1f}s: {entries / took:,.0f}/s "
           f"({generator.pushes:,} PeerJoined pushes)", flush=True)
     time.sleep(1)
-    rss_entries = rss_bytes(tracker_pid)
+    redis_figures = {}
+    if redis is not None:
+        # Written behind the answers: wait (bounded) until Redis holds every entry.
+        deadline = time.monotonic() + 60
+        while sum(redis.command("HLEN", b"peerit:s:" + h) for h in pool[:50]) < sum(
+                1 for swarms in swarms_of for h in swarms if h in set(pool[:50])):
+            if time.monotonic() > deadline:
+                raise TimeoutError("Redis does not hold every entry 60 s after the announces")
+            time.sleep(0.1)
+        used, stream = redis_memory(redis)
+        redis_figures["us_per_announce"] = (
+            sum(proc_cpu_times(redis_pid)) - announce_redis_cpu) / entries * 1e6
+        redis_figures = {
+            **redis_figures,
+            "bytes_per_entry": (used - stream - redis_before[0] + redis_before[1]) / entries,
+            "bytes_per_entry_with_stream": (used - redis_before[0]) / entries,
+            "sample_swarm_key": redis.command("MEMORY", "USAGE", b"peerit:s:" + pool[0]),
+            "used_memory": used, "stream": stream}
+        print(f"Redis: {redis_figures['bytes_per_entry']:.0f} bytes per entry "
+              f"({redis_figures['bytes_per_entry_with_stream']:.0f} with the change stream, "
+              f"{stream / 2**20:.1f} MiB), used_memory {used / 2**20:.1f} MiB", flush=True)
+    # Started announces, their PeerJoined pushes, and (with Redis) their writes and the
+    # other process's reading of them: CPU per announce of the tracker processes together.
+    tracker_us_per_announce = (sum(cpu_of(tracker_pids)) - announce_cpu) / entries * 1e6
+    print(f"CPU per started announce: tracker {tracker_us_per_announce:.1f} us"
+          + (f", Redis {redis_figures['us_per_announce']:.1f} us" if redis_figures else ""),
+          flush=True)
+    rss_entries = rss()
     per_entry = (rss_entries - rss_sessions) / entries
     per_session = (rss_sessions - rss_idle) / len(sessions)
     print(f"tracker RSS: {rss_idle / 2**20:.1f} MiB idle, {rss_sessions / 2**20:.1f} MiB with "
@@ -477,7 +551,8 @@ def run(args, tracker_pid: int, address: TrackerAddress) -> dict:
     steps = []
     for round_number in range(1, args.runs + 1):
         for rate in args.rates:
-            result = generator.step(sessions, batches, rate, args.seconds, rng, tracker_pid)
+            result = generator.step(sessions, batches, rate, args.seconds, rng, tracker_pids,
+                                    redis_pid)
             result["run"] = round_number
             print_step(result, round_number)
             if generator.last_error is not None and result["errors"]:
@@ -487,7 +562,9 @@ def run(args, tracker_pid: int, address: TrackerAddress) -> dict:
     generator.close_all()
     return {"rss": {"idle": rss_idle, "sessions": rss_sessions, "entries": rss_entries,
                     "bytes_per_entry": per_entry, "bytes_per_session": per_session},
-            "steps": steps}
+            "announces_per_second": entries / took, "redis": redis_figures,
+            "tracker_us_per_announce": tracker_us_per_announce,
+            "processes": len(tracker_pids), "steps": steps}
 
 
 def summary(result: dict, rates: list[int]) -> dict:
@@ -505,6 +582,7 @@ def summary(result: dict, rates: list[int]) -> dict:
             "tracker_cpu": statistics.median(s["tracker_cpu"] for s in steps),
             "us_per_request": statistics.median(s["us_per_request"] for s in steps),
             "generator_cpu": statistics.median(s["generator_cpu"] for s in steps),
+            "redis_cpu": statistics.median(s.get("redis_cpu", 0.0) for s in steps),
             "lag_p99_ms": max(s["lag_p99_ms"] for s in steps),
             "clean": all(s["errors"] == 0 and s["lost"] == 0 and s["unanswered"] == 0
                          for s in steps)})
@@ -641,6 +719,9 @@ def main():
     parser.add_argument("--logic-only", action="store_true",
                         help="measure the session logic in this process (no TLS, no tracker "
                              "process): CPU per request")
+    parser.add_argument("--modes", default="memory",
+                        help="deployments to load one after the other, comma-separated: "
+                             "memory, redis, redis-2 (two workers on one Redis)")
     parser.add_argument("--tracker-profile", metavar="PATH",
                         help="run the tracker under cProfile and save its stats to PATH")
     args = parser.parse_args()
@@ -654,6 +735,9 @@ def main():
         parser.error(f"--seconds must be above 0 and at most {MAX_SECONDS_PER_STEP}")
     if not 0 < len(args.rates) <= MAX_RATES or min(args.rates) <= 0:
         parser.error(f"--rates: 1 to {MAX_RATES} positive rates")
+    args.modes = args.modes.split(",")
+    if not args.modes or any(m not in MODES for m in args.modes):
+        parser.error(f"--modes: a comma-separated choice of {', '.join(MODES)}")
     if not 0 < args.runs <= MAX_RUNS:
         parser.error(f"--runs must be 1..{MAX_RUNS}")
     if not 0 < args.swarms_per_session <= min(args.pool, 256):
@@ -664,9 +748,31 @@ def main():
 
     started_on = machine()
     print(f"machine: {started_on}", flush=True)
+    everything = os.sched_getaffinity(0)
+    results = {}
+    for mode in args.modes:
+        os.sched_setaffinity(0, everything)
+        if len(args.modes) > 1:
+            print(f"\n=== {mode} ===", flush=True)
+        results[mode] = run_mode(args, mode)
+    if len(args.modes) > 1:
+        print_side_by_side(results, args.modes)
+    print(f"machine at the end: load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"machine": started_on, "arguments": vars(args),
+             **(results[args.modes[0]] if len(args.modes) == 1 else {"modes": results})},
+            indent=1))
+
+
+def run_mode(args, mode: str) -> dict:
+    """Start the deployment of ``mode`` (its Redis too), run the load, stop everything."""
+    store, workers = MODES[mode]
     data_dir = tempfile.mkdtemp(prefix="peerit-load-tracker-")
     log_path = Path(data_dir) / "tracker.log"
-    pinned = cpus()
+    redis = RedisServer(Path(data_dir) / "redis").start() if store == "redis" else None
+    pinned = cpus() if workers == 1 else None
     tracker_cmd = [
         *(["taskset", "-c", str(pinned[0])] if pinned else []),
         sys.executable, "-c",
@@ -679,7 +785,10 @@ def main():
         "--max-sessions-per-address", str(args.sessions // SOURCE_ADDRESSES + 10),
         "--max-sessions", str(args.sessions + 10),
         "--request-rate", "1000", "--request-burst", "1000",
-        "--max-swarms", str(max(args.swarms_per_session, 1))]
+        "--max-swarms", str(max(args.swarms_per_session, 1)),
+        *(["--store", redis.url] if redis is not None else []),
+        *(["--workers", str(workers), "--stun", "udp:0:interface=127.0.0.1",
+           "--relay", "tcp:0:interface=127.0.0.1"] if workers > 1 else [])]
     tracker = subprocess.Popen(tracker_cmd, env=environment(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     finished = False
@@ -692,23 +801,23 @@ def main():
             time.sleep(0.05)
         address = TrackerAddress.parse(endpoint.read_text())
         assert address.host.startswith("127."), "loopback only"
+        pids = [tracker.pid] if workers == 1 else [
+            int((Path(data_dir) / f"worker-{i}.ready").read_text().split()[0])
+            for i in range(workers)]
         if pinned:
             os.sched_setaffinity(0, {pinned[1]})
             print(f"tracker pid {tracker.pid} on CPU {pinned[0]} at {address.host}:"
-                  f"{address.port}; load generator on CPU {pinned[1]}", flush=True)
+                  f"{address.port}; load generator on CPU {pinned[1]}"
+                  + ("; redis unpinned" if redis else ""), flush=True)
         else:
-            print(f"tracker pid {tracker.pid} at {address.host}:{address.port}; one CPU: "
-                  f"tracker and generator share it, figures are not comparable", flush=True)
-        result = run(args, tracker.pid, address)
+            print(f"tracker pids {pids} at {address.host}:{address.port}; nothing pinned"
+                  + (" (one CPU: tracker and generator share it, figures are not comparable)"
+                     if workers == 1 else ""), flush=True)
+        result = run(args, pids, address, redis)
         verdict = summary(result, args.rates)
         print_summary(result, verdict)
-        print(f"machine at the end: load average "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(
-                {"machine": started_on, "arguments": vars(args),
-                 **result, "summary": verdict}, indent=1))
         finished = True
+        return {**result, "summary": verdict}
     finally:
         if tracker.poll() is None:
             os.kill(tracker.pid, signal.SIGTERM)
@@ -717,11 +826,50 @@ def main():
             except subprocess.TimeoutExpired:
                 os.kill(tracker.pid, signal.SIGKILL)
                 tracker.wait()
+        if redis is not None:
+            redis.stop()
         if finished:
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
             print(f"tracker log kept in {log_path}", file=sys.stderr)
 
+
+def print_side_by_side(results: dict, modes: list[str]) -> None:
+    """The deployments beside each other, with the issue's ratios."""
+    print()
+    print("side by side (median over the runs; CPU in % of one core, tracker summed over "
+          "its processes):")
+    rates = [r["offered"] for r in results[modes[0]]["summary"]["rows"]]
+    print(f"  {'':<9} {'sustained':>10} {'announces/s':>12} {'RSS/entry':>10} "
+          f"{'Redis B/entry':>14}  " + "  ".join(f"{rate:>6,}: p99 ms, tracker/redis/gen %"
+                                                for rate in rates))
+    for mode in modes:
+        result = results[mode]
+        sustained = result["summary"]["sustained"]
+        cells = [f"{r['p99_ms']:7.1f}, {r['tracker_cpu'] * 100:3.0f}/"
+                 f"{r['redis_cpu'] * 100:3.0f}/{r['generator_cpu'] * 100:3.0f}"
+                 f"{'' if r['clean'] else ' ERR'}" for r in result["summary"]["rows"]]
+        redis_bytes = result["redis"].get("bytes_per_entry")
+        print(f"  {mode:<9} {sustained['achieved'] if sustained else 0:>10,.0f} "
+              f"{result['announces_per_second']:>12,.0f} "
+              f"{result['rss']['bytes_per_entry']:>9.0f}B "
+              f"{f'{redis_bytes:.0f}B' if redis_bytes is not None else '-':>14}  "
+              + "  ".join(f"{c:>30}" for c in cells))
+
+    def sustained(mode):
+        found = results.get(mode, {}).get("summary", {}).get("sustained")
+        return found["achieved"] if found else 0.0
+    for a, b, target in (("redis", "memory", TARGET_REDIS_RATIO),
+                         ("redis-2", "redis", TARGET_WORKERS_RATIO)):
+        if a in results and b in results:
+            ratio = f"{sustained(a) / sustained(b):.2f}" if sustained(b) else "n/a"
+            print(f"  {a} / {b}, requests/s with p99 < {TARGET_P99_MS:.0f} ms: {ratio} "
+                  f"(target >= {target})")
+    for mode in modes:
+        redis_bytes = results[mode]["redis"].get("bytes_per_entry")
+        if redis_bytes is not None:
+            print(f"  Redis bytes per entry ({mode}): {redis_bytes:.0f} "
+                  f"(target <= {TARGET_REDIS_BYTES_PER_ENTRY})")
 
 if __name__ == "__main__":
     main()

@@ -25,9 +25,11 @@ from typing import Callable
 
 from twisted.logger import Logger
 
+from peerit.errors import MalformedMessage
 from peerit.identity import format_fingerprint
 from peerit.tracker.relay import RelayBroker, RelayRefused
-from peerit.tracker.session import Tracker, TrackerSession
+from peerit.tracker.session import ACTIVE, Tracker, TrackerSession
+from peerit.tracker.signals import PUNCH, RELAY, Delivery
 from peerit.wire import tracker as wire
 
 log = Logger(namespace="peerit.tracker.nat")
@@ -103,11 +105,16 @@ class NatCoordinator:
 
     def __init__(self, tracker: Tracker, relay: RelayBroker | None = None,
                  limits: NatLimits = NatLimits(),
-                 random_bytes: Callable[[int], bytes] = os.urandom):
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 remote: Delivery | None = None):
         self.tracker = tracker
         self.relay = relay
         self.limits = limits
         self.random_bytes = random_bytes
+        # Peers whose sessions are on other tracker processes (a shared store), or None.
+        self.remote = remote
+        if remote is not None:
+            remote.serve = self.serve_remote
         self.punches = 0
         self.relays = 0
         tracker.register_handler(wire.NatReport, self.nat_report_received)
@@ -132,7 +139,8 @@ class NatCoordinator:
         target = self._pair(session, request)
         if target is None:
             return
-        mine, theirs = candidates_of(session), candidates_of(target)
+        mine = candidates_of(session)
+        theirs = candidates_of(target) if target is not _REMOTE else mine
         if not theirs or not mine:
             side = "the target" if not theirs else "you"
             session.refuse(request, "peer_unavailable",
@@ -142,6 +150,9 @@ class NatCoordinator:
         nonce = self.random_bytes(wire.PUNCH_NONCE_SIZE)
         to_target = wire.Punch(attempt_id, nonce, request.info_hash, session.peer_id, False,
                                mine, mapping_of(session))
+        if target is _REMOTE:
+            self._deliver(session, request, PUNCH, to_target)
+            return
         # The target first: if its session cannot take a push now, the requester hears so
         # instead of punching alone.
         if not target.push(to_target):
@@ -163,10 +174,21 @@ class NatCoordinator:
         target = self._pair(session, request)
         if target is None:
             return
+        if target is _REMOTE and not self.remote.same_host(request.peer_id):
+            # RelayOffer names a port, not a host: the two could not find one relay.
+            session.refuse(request, "relay_unavailable",
+                           "that peer's session is on another tracker host")
+            return
         try:
-            token = self.relay.offer(session.peer_id, target.peer_id)
+            token = self.relay.offer(session.peer_id, request.peer_id)
         except RelayRefused as e:
             session.refuse(request, e.code, e.reason)
+            return
+        if target is _REMOTE:
+            # The token is this process's, so both peers meet at this process's relay port.
+            self._deliver(session, request, RELAY,
+                          wire.RelayOffer(token, request.info_hash, session.peer_id, False,
+                                          port), token=token, port=port)
             return
         if not target.push(wire.RelayOffer(token, request.info_hash, session.peer_id, False,
                                            port)):
@@ -190,6 +212,8 @@ class NatCoordinator:
             session.refuse(request, "peer_unavailable", "you are not in that swarm")
             return None
         target = tracker.session_of(request.peer_id)
+        if target is None and self.remote is not None and self.remote.reaches(request.peer_id):
+            target = _REMOTE    # its process checks its side (serve_remote)
         if target is None or store.role(request.info_hash, request.peer_id) is None:
             session.refuse(request, "peer_unavailable", "that peer is not in the swarm now")
             return None
@@ -198,11 +222,65 @@ class NatCoordinator:
                            f"{self.limits.max_attempts} punches/relays in "
                            f"{self.limits.attempt_window:g}s already")
             return None
-        if self._busy(target):
+        if target is not _REMOTE and self._busy(target):
             session.refuse(request, "too_many_attempts",
                            "that peer has too many punches/relays under way")
             return None
         return target
+
+    def _deliver(self, session: TrackerSession, request, kind: bytes, to_target, *,
+                 token: bytes = b"", port: int = 0) -> None:
+        """Hand the target's message to its process; answer the requester when it says."""
+        d = self.remote.deliver(kind, request.info_hash, session.peer_id, request.peer_id,
+                                wire.build(to_target))
+        d.addCallback(self._delivered, session, request, kind, token, port)
+
+    def _delivered(self, result, session, request, kind, token, port) -> None:
+        if not result[0]:
+            if kind == RELAY:
+                self.relay.withdraw(token)
+            if session.state == ACTIVE:
+                session.refuse(request, result[1], result[2])
+            return
+        self._count(session)
+        if kind == PUNCH:
+            session.send_body(result[1])
+            self.punches += 1
+        else:
+            session.send(wire.RelayOffer(token, request.info_hash, request.peer_id, True,
+                                         port))
+            self.relays += 1
+
+    def serve_remote(self, kind: bytes, info_hash: bytes, requester: bytes, target_id: bytes,
+                     body: bytes):
+        """Another process's request for a peer whose session is here: the target's side of
+        :meth:`punch_requested` / :meth:`relay_requested`. ``(True, answer body)`` or
+        ``(False, code, reason)``."""
+        target = self.tracker.session_of(target_id)
+        if target is None or self.tracker.store.role(info_hash, target_id) is None:
+            return (False, "peer_unavailable", "that peer is not in the swarm now")
+        if self._busy(target):
+            return (False, "too_many_attempts",
+                    "that peer has too many punches/relays under way")
+        try:
+            message = wire.parse(body)
+        except MalformedMessage:
+            message = None
+        if type(message) is not (wire.Punch if kind == PUNCH else wire.RelayOffer) \
+                or message.peer_id != requester or message.info_hash != info_hash:
+            return (False, "peer_unavailable", "bad request between tracker processes")
+        answer = b""
+        if kind == PUNCH:
+            theirs = candidates_of(target)
+            if not theirs:
+                return (False, "peer_unavailable",
+                        "the target reported no UDP port or public endpoint")
+            answer = wire.build(wire.Punch(message.attempt_id, message.nonce, info_hash,
+                                           target_id, True, theirs, mapping_of(target)))
+        if not target.push_body(body):
+            return (False, "peer_unavailable", "the target is not reachable now")
+        self._count(target)
+        return (True, answer)
 
     def _busy(self, session: TrackerSession) -> bool:
         cutoff = self.tracker.clock.seconds() - self.limits.attempt_window
@@ -215,6 +293,9 @@ class NatCoordinator:
         now = self.tracker.clock.seconds()
         for session in sessions:
             session.nat_attempts.append(now)
+
+
+_REMOTE = object()   # _pair's answer for a target whose session is on another process
 
 
 def _who(session: TrackerSession) -> str:

@@ -77,8 +77,13 @@ class TrackerService(service.Service):
     name = "peerit-tracker"
 
     def __init__(self, reactor, tracker: Tracker, identity: Identity, description: str,
-                 data_dir: str, other_connections: int = 0, rlimit=raise_open_files_limit):
+                 data_dir: str, other_connections: int = 0, rlimit=raise_open_files_limit,
+                 listen=None, worker: int | None = None):
         self.reactor = reactor
+        # listen(reactor, description, factory) -> port; a worker shares its port
+        # (peerit.tracker.workers) and says it is ready in its own file, not tracker.endpoint.
+        self._listen_port = listen or _listen_now
+        self.worker = worker
         self.tracker = tracker
         self.identity = identity
         self.description = tcp_description(description)
@@ -92,6 +97,8 @@ class TrackerService(service.Service):
 
     @property
     def endpoint_path(self) -> str:
+        if self.worker is not None:
+            return os.path.join(self.data_dir, f"worker-{self.worker}.ready")
         return os.path.join(self.data_dir, ENDPOINT_FILE)
 
     def privilegedStartService(self):
@@ -102,8 +109,8 @@ class TrackerService(service.Service):
 
     def _listen(self):
         self._check_open_files()
-        self.port = _listen_now(self.reactor, self.description,
-                                tls_factory(self.identity, self.tracker))
+        self.port = self._listen_port(self.reactor, self.description,
+                                      tls_factory(self.identity, self.tracker))
 
     def _check_open_files(self):
         max_sessions = self.tracker.limits.max_sessions
@@ -134,6 +141,11 @@ class TrackerService(service.Service):
         if not self.running or self.port is None:
             return
         bound = self.port.getHost()
+        if self.worker is not None:
+            write_atomic(self.endpoint_path, f"{os.getpid()} {self.address}\n")
+            log.info("peer-it tracker worker {worker} (pid {pid}) listening on {host}:{port}",
+                     worker=self.worker, pid=os.getpid(), host=bound.host, port=bound.port)
+            return
         write_atomic(self.endpoint_path, f"{self.address}\n")
         log.info("peer-it tracker listening on {host}:{port} (TLS), fingerprint "
                  "{fingerprint}; daemons use --tracker {tracker}",
@@ -169,8 +181,12 @@ class NatPortsService(service.Service):
 
     def __init__(self, reactor, tracker: Tracker, stun: str | None,
                  stun_alt_port: int | None, relay: str | None,
-                 broker: RelayBroker | None):
+                 broker: RelayBroker | None, listen_udp=None):
         self.reactor = reactor
+        # listen_udp(reactor, port, protocol, interface) -> port (workers share theirs)
+        self._listen_udp = listen_udp or (
+            lambda reactor, port, protocol, interface:
+            reactor.listenUDP(port, protocol, interface=interface))
         self.tracker = tracker
         self.stun = stun
         self.stun_alt_port = stun_alt_port
@@ -199,12 +215,12 @@ class NatPortsService(service.Service):
                 port, interface = parse_udp_endpoint(self.stun, "STUN endpoint")
                 alternate = self.stun_alt_port != 0
                 protocols = stun_protocols(self.reactor, alternate)
-                primary = self.reactor.listenUDP(port, protocols[0], interface=interface)
+                primary = self._listen_udp(self.reactor, port, protocols[0], interface)
                 self.ports.append(primary)
                 alt_port = 0
                 if alternate:
-                    second = self.reactor.listenUDP(self.stun_alt_port or 0, protocols[1],
-                                                    interface=interface)
+                    second = self._listen_udp(self.reactor, self.stun_alt_port or 0,
+                                              protocols[1], interface)
                     self.ports.append(second)
                     alt_port = second.getHost().port
                 self.stun_ports = (primary.getHost().port, alt_port)

@@ -188,6 +188,11 @@ class Tracker:
             return False
         return session.push(message)
 
+    def peer_joined(self, info_hash: bytes, peer_id: bytes) -> None:
+        """An entry another tracker process added: members whose sessions are here are told
+        as for a local one (each process samples the whole swarm and pushes to its own)."""
+        _tell_members(self, info_hash, peer_id)
+
     def close_all(self, code: str = "shutting_down", reason: str = "tracker stopping") -> None:
         for session in list(self._sessions.values()):
             session.fail(code, reason)

@@ -2,9 +2,9 @@
 
 :class:`ISwarmStore` is the seam between the session logic and where the table lives;
 :class:`MemorySwarmStore` keeps it in this process. A store shared by several trackers (Redis)
-is planned; the interface is synchronous because the tracker's hot path (one announce or one
-peer list per frame) cannot afford a Deferred per call, so such a store would keep a local
-view and write through.
+(``peerit.tracker.redis_store``) keeps one of these as its local view; the interface is
+synchronous because the tracker's hot path (one announce or one peer list per frame) cannot
+afford a Deferred per call.
 
 Memory per entry matters (a tracker holds hundreds of thousands): a peer's contact details are
 stored once, with its encoded :class:`~peerit.wire.tracker.PeerInfo` bytes cached, and a
@@ -291,6 +291,19 @@ class MemorySwarmStore:
         if peer is None or info_hash not in peer.swarms:
             return None
         return peer.encoded[peer.swarms[info_hash]]
+
+    def contact(self, peer_id: bytes) -> Contact | None:
+        peer = self._peers.get(peer_id)
+        return peer.contact if peer is not None else None
+
+    def swarms_of(self, peer_id: bytes) -> dict[bytes, bool]:
+        """The swarms the peer is in, each with its seeder flag (a copy)."""
+        peer = self._peers.get(peer_id)
+        return dict(peer.swarms) if peer is not None else {}
+
+    def last_seen(self, peer_id: bytes) -> float | None:
+        peer = self._peers.get(peer_id)
+        return peer.last_seen if peer is not None else None
 
     def expire(self, cutoff: float) -> list[bytes]:
         stale = [peer_id for peer_id, peer in self._peers.items() if peer.last_seen < cutoff]

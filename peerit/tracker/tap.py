@@ -1,6 +1,7 @@
 """``twistd peerit-tracker``: options and the service they make."""
 
 import os
+import sys
 
 from twisted.application import service
 from twisted.python import usage
@@ -12,10 +13,15 @@ from peerit.errors import UsageError
 from peerit import units
 from peerit.identity import Identity
 from peerit.tracker.nat import NatCoordinator, NatLimits
+from peerit.tracker.redis_store import RedisStoreService, RedisSwarmStore, new_owner
 from peerit.tracker.relay import RelayBroker, RelayLimits
+from peerit.tracker.resp import RedisError, RedisUnavailable, check_reachable, parse_redis_url
 from peerit.tracker.service import NatPortsService, TrackerService
 from peerit.tracker.session import Limits, Tracker
+from peerit.tracker.signals import Delivery
 from peerit.tracker.store import MemorySwarmStore
+from peerit.tracker.workers import (
+    ParentWatch, WorkerPool, listen_tcp_shared, listen_udp_shared, worker_argv)
 
 _DEFAULTS = Limits()
 _RELAY = RelayLimits()
@@ -97,6 +103,30 @@ def mailbox_endpoint(listen: str, mailbox: str) -> str | None:
     return f"tcp:{0 if port == 0 else DEFAULT_MAILBOX_PORT}{suffix}"
 
 
+def read_password_file(path: str) -> bytes:
+    """The first line of ``path`` (a file only its owner can read, as systemd's
+    LoadCredential= or a secret mount gives it)."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(4097)
+    except OSError as e:
+        raise UsageError(f"--redis-password-file {path}: {e.strerror}") from None
+    password = line.rstrip(b"\r\n")
+    if not password or len(password) > 4096:
+        raise UsageError(f"--redis-password-file {path}: the first line must be the password")
+    return password
+
+
+def worker_relay(relay: str | None, index: int) -> str | None:
+    """Worker ``index``'s relay: the given port + index (each worker runs its own relay,
+    since a token is redeemed where it was issued), or a free port for port 0."""
+    if relay is None:
+        return None
+    port, interface = listen_parts(relay)
+    escaped = interface.replace(":", "\\:")
+    return f"tcp:{port + index if port else 0}" + (f":interface={escaped}" if interface else "")
+
+
 _positive_int.coerceDoc = "A whole number, at least 1."
 _positive_float.coerceDoc = "A number of seconds (or per second), above 0."
 
@@ -162,6 +192,18 @@ class Options(usage.Options):
         ["nat-attempts", None, _NAT.max_attempts,
          f"Punches and relays a peer may be part of per {_NAT.attempt_window:g}s.",
          _positive_int],
+        ["store", None, "memory",
+         "Where the swarm table lives: memory (this process), or Redis shared by every "
+         "tracker process given the same URL: redis://HOST[:PORT][/DB], "
+         "rediss://HOST[:PORT][/DB][?ca=DIR] (TLS) or unix://PATH[?db=N]."],
+        ["redis-password-file", None, None,
+         "File whose first line is the Redis password (never on the command line)."],
+        ["workers", None, 1,
+         "Tracker processes sharing the listening and STUN ports (SO_REUSEPORT), each with "
+         "its own relay port (the --relay port + its index); more than 1 needs --store "
+         "redis://...", _positive_int],
+        ["worker", None, None,
+         "Run as worker I of a --workers parent (set by the parent, not by hand).", int],
     ]
 
     def postOptions(self):
@@ -196,28 +238,85 @@ class Options(usage.Options):
             self.mailbox_endpoint = mailbox_endpoint(self["listen"], self["mailbox"])
         except (ValueError, UsageError) as e:
             raise usage.UsageError(str(e)) from None
+        self.redis_url = self.redis_password = None
+        try:
+            if self["store"] != "memory":
+                self.redis_url = parse_redis_url(self["store"])
+            if self["redis-password-file"] is not None:
+                self.redis_password = read_password_file(self["redis-password-file"])
+        except (ValueError, UsageError) as e:
+            raise usage.UsageError(str(e)) from None
+        if self["workers"] > 1 and self.redis_url is None:
+            raise usage.UsageError("--workers above 1 needs a shared table: --store "
+                                   "redis://HOST:PORT/DB (or rediss://, unix://)")
+        self.listen_port, self.listen_host = listen_parts(tcp_description(self["listen"]))
+
+
+def _check_redis(options) -> None:
+    """A tracker told to use Redis does not start without it: one line, exit status 1."""
+    try:
+        check_reachable(options.redis_url, options.redis_password)
+    except (RedisUnavailable, RedisError) as e:
+        sys.exit(f"peerit-tracker: {e}")
 
 
 def makeService(options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     identity = Identity.load_or_create(options["data-dir"], common_name="peer-it tracker")
-    tracker = Tracker(reactor, MemorySwarmStore(), options.limits)
-    stun, stun_alt_port, relay = options.nat_endpoints
-    broker = RelayBroker(reactor, options.relay_limits) if relay else None
-    NatCoordinator(tracker, broker, options.nat_limits)
     top = service.MultiService()
-    # First: its ports are bound (and tracker.stun_info set) before the tracker says it is
-    # ready, so the first session already learns them.
-    NatPortsService(reactor, tracker, stun, stun_alt_port, relay,
-                    broker).setServiceParent(top)
-    if options.mailbox_endpoint:
-        # Before the tracker: it is listening once tracker.endpoint says the tracker is.
-        # Imported only when asked for: the mailbox server brings autobahn along.
+    if options.mailbox_endpoint and options["worker"] is None:
+        # One rendezvous for the whole tracker: in the parent of a worker pool (the workers
+        # are handed --mailbox with the other options and leave it alone). First: it is
+        # listening once tracker.endpoint says the tracker is. Imported only when asked
+        # for: the mailbox server brings autobahn along.
         from peerit.tracker.mailbox import MailboxService
         MailboxService(reactor, options.mailbox_endpoint,
                        options["data-dir"]).setServiceParent(top)
+    if options.redis_url is not None:
+        _check_redis(options)
+    stun, stun_alt_port, relay = options.nat_endpoints
+    if options["workers"] > 1 and options["worker"] is None:
+        stun_ports = None
+        if stun is not None:
+            stun_port, interface = parse_udp_endpoint(stun)
+            stun_ports = (interface, stun_port, stun_alt_port)
+        WorkerPool(reactor, options["workers"], options.listen_host, options.listen_port,
+                   stun_ports,
+                   lambda index, port, stun: worker_argv(options, index, port, stun,
+                                                         worker_relay(relay, index)),
+                   options["data-dir"], identity).setServiceParent(top)
+        return top
+    worker = options["worker"]
+    remote = None
+    if options.redis_url is not None:
+        label = "tracker" if worker is None else f"worker{worker}"
+        store = RedisSwarmStore(reactor, options.redis_url, new_owner(label),
+                                options.redis_password,
+                                refresh_interval=options.limits.idle_timeout / 6)
+        tracker = Tracker(reactor, store, options.limits)
+        remote = Delivery(reactor, store)
+        # First: the view starts filling before the first session arrives.
+        RedisStoreService(store, tracker).setServiceParent(top)
+    else:
+        tracker = Tracker(reactor, MemorySwarmStore(), options.limits)
+    broker = RelayBroker(reactor, options.relay_limits) if relay else None
+    NatCoordinator(tracker, broker, options.nat_limits, remote=remote)
+    shared = worker is not None
+    if shared:
+        ParentWatch(reactor).setServiceParent(top)
+    # Before the tracker's port: its ports are bound (and tracker.stun_info set) before the
+    # tracker says it is ready, so the first session already learns them.
+    NatPortsService(reactor, tracker, stun, stun_alt_port, relay, broker,
+                    listen_udp=listen_udp_shared if shared else None).setServiceParent(top)
     TrackerService(reactor, tracker, identity, options["listen"], options["data-dir"],
                    other_connections=options.relay_limits.connection_cap if relay else 0,
-                   ).setServiceParent(top)
+                   listen=_shared_listener(options) if shared else None,
+                   worker=worker).setServiceParent(top)
     return top
+
+
+def _shared_listener(options):
+    def listen(reactor, description, factory):
+        return listen_tcp_shared(reactor, options.listen_host, options.listen_port, factory)
+    return listen

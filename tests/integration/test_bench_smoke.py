@@ -9,6 +9,7 @@ the table was printed, and that the suite left no process or work directory behi
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -125,6 +126,35 @@ def test_tracker_load_refuses_bad_arguments_in_one_line():
         capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "--rates must be integers" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not "
+                    "installed (bin/setup --test installs it)")
+@pytest.mark.timeout(300)
+def test_tracker_load_side_by_side_memory_redis_and_two_workers(tmp_path):
+    """bench/tracker_load.py --modes memory,redis,redis-2 at a tiny size: every deployment
+    answers every request, Redis's bytes per entry are measured, the side-by-side table and
+    the ratios are printed, and no tracker or redis-server outlives the run."""
+    results = tmp_path / "load.json"
+    marker = f"peerit-bench-smoke-{uuid.uuid4().hex}"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "tracker_load.py"), "--sessions", "64",
+         "--swarms-per-session", "8", "--pool", "200", "--rates", "500", "--seconds", "2",
+         "--runs", "1", "--modes", "memory,redis,redis-2", "--json", str(results)],
+        capture_output=True, text=True, timeout=280, cwd=str(tmp_path),
+        env={**os.environ, "PEERIT_BENCH_SMOKE": marker})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    modes = json.loads(results.read_text())["modes"]
+    assert list(modes) == ["memory", "redis", "redis-2"]
+    for mode, result in modes.items():
+        [step] = result["steps"]
+        assert step["errors"] == step["lost"] == step["unanswered"] == 0, (mode, step)
+        assert step["achieved"] > 0 and step["tracker_cpu"] > 0, (mode, step)
+    assert modes["redis-2"]["processes"] == 2
+    for mode in ("redis", "redis-2"):
+        assert 0 < modes[mode]["redis"]["bytes_per_entry"] < 2000, modes[mode]["redis"]
+    assert "side by side" in run.stdout and "redis-2 / redis" in run.stdout, run.stdout
+    assert processes_marked(marker) == []
 
 
 def test_quick_small_transfer_rows_time_the_download_command(tmp_path):

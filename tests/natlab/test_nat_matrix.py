@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # when run as the foll
 
 from lab import HOSTS, NAT_TYPES, ROUTER_PUBLIC, TRACKER_IP
 from peerit.testing.processes import ctl_argv, environment, twistd_argv
+from peerit.testing.redis import RedisServer, redis_server_path
 
 from peerit.testing.files import random_file, sha256_of  # noqa: F401
 
@@ -239,6 +240,57 @@ def test_download_completes_with_loss_on_both_routers(make_lab, payload, tmp_pat
         result = peers.download("dl", shared, tmp_path / "out", timeout=180)
         assert sha256_of(tmp_path / "out" / payload.name) == sha256_of(payload)
         assert [p["path"] for p in result["peers"]] in (["quic"], ["relay"])
+
+
+@pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
+def test_punch_between_sessions_on_two_tracker_workers(make_lab, payload, tmp_path):
+    """The tracker as two workers over Redis (on a UNIX socket, reached from the lab's public
+    namespace); a1 behind r1 and b1 behind r2 with their sessions on different workers: the
+    punch coordinated between the two workers completes, 16 MiB arrive over punched QUIC."""
+    redis = RedisServer(tmp_path / "redis", unix=True).start()
+    try:
+        with make_lab(r1="port-restricted", r2="port-restricted") as lab:
+            peers = LabPeers(lab, tmp_path)
+            peers.start_tracker("--workers", "2", "--store", redis.url)
+            peers.start_daemon("seed", "b1", *SEED_LIMIT)
+            seed_worker = session_worker(redis, tmp_path / "seed")
+            for _ in range(12):
+                peers.start_daemon("dl", "a1", "--paths", "quic")
+                if session_worker(redis, tmp_path / "dl") != seed_worker:
+                    break
+                peers.daemons.pop("dl")[1].stop()
+                wait_gone(redis, tmp_path / "dl")
+            else:
+                raise AssertionError("the downloader landed on the seeder's worker 12 times")
+            shared = peers.share("seed", payload)
+            result = peers.download("dl", shared, tmp_path / "out")
+            assert sha256_of(tmp_path / "out" / payload.name) == sha256_of(payload)
+            assert [p["path"] for p in result["peers"]] == ["quic"], peers.log("dl")[-4000:]
+            assert [p["path"] for p in result["seed_peers"]] == ["quic"]
+    finally:
+        redis.stop()
+
+
+def _peer_key(data_dir: Path) -> bytes:
+    from peerit.identity import Identity
+    return b"peerit:p:" + Identity.load_or_create(str(data_dir)).peer_id
+
+
+def session_worker(redis, data_dir: Path, timeout: float = 20.0) -> bytes:
+    """The worker holding a daemon's session: the owner Redis records for its peer id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owner = redis.command("HGET", _peer_key(data_dir), "o")
+        if owner:
+            return owner.rpartition(b"/")[2].split(b"-")[0]
+        time.sleep(0.1)
+    raise TimeoutError(f"no session of {data_dir.name} in Redis after {timeout}s")
+
+
+def wait_gone(redis, data_dir: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while redis.command("EXISTS", _peer_key(data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 NETCHECK_EXPECTED = {  # type -> (mapping, filtering) with coturn's RFC 5780 help
