@@ -1,9 +1,10 @@
 """Addresses users type: ``HOST:PORT`` and a tracker's ``HOST:PORT#FINGERPRINT``."""
 
 import ipaddress
+import urllib.parse
 from dataclasses import dataclass
 
-from peerit.endpoints import DEFAULT_TRACKER_PORT
+from peerit.endpoints import DEFAULT_MAILBOX_PORT, DEFAULT_TRACKER_PORT
 from peerit.errors import UsageError
 from peerit.identity import format_fingerprint, parse_fingerprint
 
@@ -66,3 +67,22 @@ class TrackerAddress:
         if self.fingerprint:
             return f"{base}#{format_fingerprint(self.fingerprint)}"
         return base
+
+
+def default_mailbox_url(tracker: TrackerAddress) -> str:
+    """The rendezvous for short codes (a magic-wormhole mailbox) that a tracker operator may
+    run beside the tracker (``twistd peerit-tracker --mailbox auto``): daemons look for it on
+    the default port of their first tracker's host unless told another URL."""
+    return f"ws://{format_host_port(tracker.host, DEFAULT_MAILBOX_PORT)}/v1"
+
+
+def check_mailbox_url(url: str) -> str:
+    """A rendezvous URL as the user gave it: ``ws://HOST:PORT/v1`` or ``wss://...``."""
+    parsed = urllib.parse.urlparse(url.strip())
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        raise UsageError(f"bad mailbox URL {url!r}: expected ws://HOST:PORT/v1")
+    try:
+        parsed.port
+    except ValueError:
+        raise UsageError(f"bad port in mailbox URL {url!r}") from None
+    return url.strip()

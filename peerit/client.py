@@ -79,6 +79,12 @@ PeerList = _result_class("PeerList", commands.Peers.response, {"peers": PeerInfo
                          "The peers of a transfer (at most MAX_PEERS_LISTED) and how many.")
 Done = _result_class("Done", commands.Pause.response, {},
                      "The transfer a pause, resume or remove acted on.")
+LinkOf = _result_class("LinkOf", commands.LinkOf.response, {}, "A transfer's peerit: link.")
+Exported = _result_class("Exported", commands.ExportMetainfo.response, {},
+                         "Where a transfer's metadata was written as a .p2p.")
+SendOffer = _result_class("SendOffer", commands.Send.response, {},
+                          "A private share and the code that names it.")
+SendState = _result_class("SendState", commands.SEND_FIELDS, {}, "Where a send stands.")
 
 
 def control_path(explicit: str | None = None) -> str:
@@ -176,6 +182,36 @@ class Client:
         return _from_answer(Done, await self._call(commands.Remove, id=ident,
                                                    delete_data=delete_data))
 
+    # -- links and codes (docs/links.md) --------------------------------------------------
+    async def download_link(self, link: str, target_dir: str = "") -> Started:
+        return _from_answer(Started, await self._call(
+            commands.DownloadLink, link=link,
+            target_dir=os.path.abspath(target_dir) if target_dir else ""))
+
+    async def link_of(self, ident: str) -> LinkOf:
+        return _from_answer(LinkOf, await self._call(commands.LinkOf, id=ident))
+
+    async def export_metainfo(self, ident: str, path: str, overwrite: bool = False) -> Exported:
+        return _from_answer(Exported, await self._call(
+            commands.ExportMetainfo, id=ident, path=os.path.abspath(path),
+            overwrite=overwrite))
+
+    async def send(self, data_path: str, metainfo_path: str) -> SendOffer:
+        # Reaching the rendezvous is bounded by the daemon (15 s): within the call timeout.
+        return _from_answer(SendOffer, await self._call(
+            commands.Send, data_path=os.path.abspath(data_path),
+            metainfo_path=os.path.abspath(metainfo_path)))
+
+    async def send_status(self, info_hash: str) -> SendState:
+        return _from_answer(SendState, await self._call(commands.SendStatus, id=info_hash))
+
+    async def receive(self, code: str, target_dir: str = "") -> Started:
+        # The daemon bounds the exchange (rendezvous, the sender's answer); this only
+        # needs to outlast it.
+        return _from_answer(Started, await self._call(
+            commands.Receive, timeout=CALL_TIMEOUT * 2, code=code,
+            target_dir=os.path.abspath(target_dir) if target_dir else ""))
+
     async def netcheck(self) -> dict:
         """The NAT report: a JSON object whose keys depend on what could be measured."""
         answer = await self._call(commands.NetCheck, timeout=30)
@@ -264,6 +300,24 @@ class BlockingClient:
 
     def netcheck(self) -> dict:
         return self._blocking(self._client.netcheck)
+
+    def download_link(self, link: str, target_dir: str = "") -> Started:
+        return self._blocking(self._client.download_link, link, target_dir)
+
+    def link_of(self, ident: str) -> LinkOf:
+        return self._blocking(self._client.link_of, ident)
+
+    def export_metainfo(self, ident: str, path: str, overwrite: bool = False) -> Exported:
+        return self._blocking(self._client.export_metainfo, ident, path, overwrite)
+
+    def send(self, data_path: str, metainfo_path: str) -> SendOffer:
+        return self._blocking(self._client.send, data_path, metainfo_path)
+
+    def send_status(self, info_hash: str) -> SendState:
+        return self._blocking(self._client.send_status, info_hash)
+
+    def receive(self, code: str, target_dir: str = "") -> Started:
+        return self._blocking(self._client.receive, code, target_dir)
 
     def close(self) -> None:
         self._reactor.callFromThread(self._client.close)

@@ -13,6 +13,7 @@ from peerit.errors import UsageError
 
 DEFAULT_TRACKER_PORT = 59000
 DEFAULT_RELAY_PORT = 59001
+DEFAULT_MAILBOX_PORT = 59002  # the code rendezvous a tracker may run (--mailbox auto)
 DEFAULT_STUN_PORT = 3478      # RFC 8489
 DEFAULT_STUN_ALT_PORT = 3479  # RFC 5780's second port: the primary + 1
 DEFAULT_METRICS_INTERFACE = "127.0.0.1"

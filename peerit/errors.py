@@ -51,3 +51,51 @@ class IdentityMismatch(PeeritError):
 
 class TimedOut(PeeritError):
     exit_code = 9
+
+
+# -- links and codes (docs/links.md) ---------------------------------------------------------
+
+class BadLink(UsageError):
+    """A ``peerit:`` link that does not follow the format (a missing or repeated field, a
+    value that does not parse, a link longer than the limit)."""
+    exit_code = 10
+
+
+class UnsupportedLink(BadLink):
+    """Not a ``peerit:`` link, or one of a version this program does not read."""
+    exit_code = 11
+
+
+class UnpinnedTracker(BadLink):
+    """A link naming a tracker without its fingerprint: nothing would authenticate it."""
+    exit_code = 12
+
+
+class MetadataTooLarge(PeeritError):
+    """Peers announce share metadata larger than the cap; nothing was allocated for it."""
+    exit_code = 13
+
+
+class MetadataMismatch(PeeritError):
+    """Metadata assembled from peers does not hash to the link's info-hash."""
+    exit_code = 14
+
+
+class WrongCode(PeeritError):
+    """The two sides of a code exchange typed different codes (the code is now burnt)."""
+    exit_code = 15
+
+
+class CodeExpired(PeeritError):
+    """A code was not used in time, or names no waiting sender."""
+    exit_code = 16
+
+
+class RendezvousUnreachable(PeeritError):
+    """The rendezvous (mailbox) server that codes go through could not be reached."""
+    exit_code = 17
+
+
+class ReceiverRefused(PeeritError):
+    """A private send admits one receiver; this peer is not it."""
+    exit_code = 18

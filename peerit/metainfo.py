@@ -54,7 +54,13 @@ class Metainfo:
 
     @cached_property
     def info_hash(self) -> bytes:
-        return wire.info_hash(wire.build_info(self._info()))
+        return wire.info_hash(self.info_bytes)
+
+    @cached_property
+    def info_bytes(self) -> bytes:
+        """The canonical info section: what the info-hash is taken over, and what peers
+        serve to a downloader holding only a link."""
+        return wire.build_info(self._info())
 
     @property
     def info_hash_hex(self) -> str:
@@ -152,6 +158,23 @@ class Metainfo:
         )
         # The bytes just hashed are the canonical encoding: no need to build them again.
         metainfo.__dict__["info_hash"] = wire.info_hash(parsed.info.data)
+        return metainfo
+
+    @classmethod
+    def from_info(cls, info_bytes: bytes, trackers=()) -> "Metainfo":
+        """A share from its info section alone (metadata fetched from peers, already checked
+        against the info-hash), with the trackers of the link it came from."""
+        info = wire.parse_info(info_bytes)
+        metainfo = cls(
+            name=info.name,
+            piece_length=info.piece_length,
+            total_size=info.total_size,
+            is_directory=info.layout == "directory",
+            files=tuple(FileEntry(f.path, f.size) for f in info.files),
+            piece_hashes=info.piece_hashes,
+            trackers=tuple(trackers),
+        )
+        metainfo.__dict__["info_bytes"] = bytes(info_bytes)
         return metainfo
 
     @classmethod

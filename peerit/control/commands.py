@@ -12,6 +12,15 @@ from peerit import errors
 
 # Most specific first: AMP picks the first class that matches.
 ERRORS = {
+    errors.UnsupportedLink: b"UNSUPPORTED_LINK",
+    errors.UnpinnedTracker: b"UNPINNED_TRACKER",
+    errors.BadLink: b"BAD_LINK",
+    errors.MetadataTooLarge: b"METADATA_TOO_LARGE",
+    errors.MetadataMismatch: b"METADATA_MISMATCH",
+    errors.WrongCode: b"WRONG_CODE",
+    errors.CodeExpired: b"CODE_EXPIRED",
+    errors.RendezvousUnreachable: b"RENDEZVOUS_UNREACHABLE",
+    errors.ReceiverRefused: b"RECEIVER_REFUSED",
     errors.UnknownSwarm: b"UNKNOWN_SWARM",
     errors.MetainfoError: b"BAD_METAINFO",
     errors.NoSpace: b"NO_SPACE",
@@ -161,3 +170,59 @@ class TransferChanged(Command):
     arguments = [(b"id", amp.Unicode()), (b"transfers", amp.AmpList(TRANSFER_FIELDS))]
     response = []
     requiresAnswer = False
+
+
+# -- links and codes (docs/links.md) ----------------------------------------------------------
+
+class DownloadLink(Command):
+    """Download what a ``peerit:`` link names: its metadata from peers, then the data."""
+    arguments = [(b"link", amp.Unicode()), (b"target_dir", amp.Unicode())]
+    response = [(b"info_hash", amp.Unicode()), (b"name", amp.Unicode()),
+                (b"path", amp.Unicode())]
+
+
+class LinkOf(Command):
+    """The ``peerit:`` link of a transfer."""
+    arguments = [(b"id", amp.Unicode())]
+    response = [(b"link", amp.Unicode()), (b"info_hash", amp.Unicode())]
+
+
+class ExportMetainfo(Command):
+    """Write a transfer's metadata (fetched from peers or not) as a .p2p file."""
+    arguments = [(b"id", amp.Unicode()), (b"path", amp.Unicode()),
+                 (b"overwrite", amp.Boolean())]
+    response = [(b"path", amp.Unicode()), (b"info_hash", amp.Unicode())]
+
+
+class Send(Command):
+    """Share privately under a short code; only the peer who uses the code may connect."""
+    arguments = [(b"data_path", amp.Unicode()), (b"metainfo_path", amp.Unicode())]
+    response = [(b"code", amp.Unicode()), (b"info_hash", amp.Unicode()),
+                (b"name", amp.Unicode()), (b"link", amp.Unicode())]
+
+
+SEND_FIELDS = [
+    (b"info_hash", amp.Unicode()),
+    (b"code", amp.Unicode()),
+    (b"state", amp.Unicode()),  # waiting for the receiver, sending, delivered, failed
+    (b"receiver", amp.Unicode()),
+    (b"delivered", amp.Boolean()),
+    (b"error", amp.Unicode()),
+    (b"error_code", amp.Integer()),  # the exit code of the error class, when failed
+    (b"size", amp.Integer()),
+    (b"uploaded", amp.Integer()),
+    (b"peers", amp.Integer()),
+]
+
+
+class SendStatus(Command):
+    """Where a send stands; ``id`` is the full info-hash that Send answered."""
+    arguments = [(b"id", amp.Unicode())]
+    response = SEND_FIELDS
+
+
+class Receive(Command):
+    """Take what a code names, from the sender it pins (waits for the exchange)."""
+    arguments = [(b"code", amp.Unicode()), (b"target_dir", amp.Unicode())]
+    response = [(b"info_hash", amp.Unicode()), (b"name", amp.Unicode()),
+                (b"path", amp.Unicode())]

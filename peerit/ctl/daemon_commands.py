@@ -7,13 +7,17 @@ import time
 from peerit.ctl import options
 from peerit.ctl.offline import describe
 from peerit.ctl.output import emit, format_eta, format_rate, format_size, printable, progress_bar
-from peerit.errors import DaemonNotRunning, PeeritError, TimedOut, UsageError
+from peerit.errors import (
+    DaemonNotRunning, MetadataMismatch, MetadataTooLarge, PeeritError, TimedOut, UsageError)
 
 # Twisted, the AMP client, the metainfo model and share creation are imported inside the
 # functions that use them: importing them costs most of peerit-ctl's start-up, and --help,
 # --version or a typo should not wait for the reactor and cryptography to load.
 
 FINISHED_STATES = ("seeding",)
+# A download from a link whose only peers served oversized or tampered metadata.
+METADATA_FAILURES = {"metadata too large": MetadataTooLarge,
+                     "metadata mismatch": MetadataMismatch}
 
 
 def run_reactor(coroutine_function):
@@ -56,6 +60,15 @@ def with_client(function):
     return run
 
 
+def checked_first(check, run):
+    """A ``run`` that checks its arguments (a link, a code) before reaching the daemon: bad
+    input gets its own error and exit code even when no daemon runs."""
+    def checked(args):
+        check(args)
+        return run(args)
+    return checked
+
+
 def status_line(s: dict) -> str:
     percent = 100.0 * s["done"] / s["size"] if s["size"] else 100.0
     line = (f"{s['info_hash'][:16]}  {s['state']:<17} {percent:5.1f}%  "
@@ -78,7 +91,7 @@ def as_json(result):
 async def share(client, args, reactor):
     from peerit.addresses import TrackerAddress
     from peerit.metainfo import Metainfo
-    from peerit.share_builder import create_metainfo_from_share, scan_share
+    from peerit.share_builder import scan_share
     data_path = os.path.abspath(args.path)
     if not os.path.exists(data_path):
         raise UsageError(f"{args.path} does not exist")
@@ -92,15 +105,7 @@ async def share(client, args, reactor):
                      if TrackerAddress.parse(t) not in trackers]
         local = scan_share(data_path)
         metainfo_path = os.path.abspath(args.output or f"{local.name}.p2p")
-        bar = progress_bar(local.total_size, f"hashing {local.name}", args)
-        try:
-            metainfo = await reactor_thread(reactor, lambda: create_metainfo_from_share(
-                local, trackers=tuple(trackers),
-                progress=bar and (lambda done: reactor.callFromThread(
-                    bar.update, done - bar.n))))
-        finally:
-            if bar is not None:
-                bar.close()
+        metainfo = await hash_share(reactor, local, trackers, args)
         if os.path.exists(metainfo_path):
             try:
                 same = Metainfo.read(metainfo_path).info_hash == metainfo.info_hash
@@ -112,10 +117,30 @@ async def share(client, args, reactor):
         metainfo.write(metainfo_path, overwrite=True)
         check = False
     answer = as_json(await client.share(data_path, metainfo_path, check=check))
+    try:
+        link = (await client.link_of(answer["info_hash"])).link
+    except PeeritError:
+        link = ""  # no tracker with a fingerprint to name in a link
     result = {"metainfo": metainfo_path, "info_hash": answer["info_hash"],
-              "name": answer["name"], "state": answer["state"], **describe(metainfo)}
+              "name": answer["name"], "state": answer["state"], "link": link,
+              **describe(metainfo)}
     emit(args, result, f"sharing {printable(answer['name'])} in place\n"
-                       f"metainfo  {metainfo_path}\ninfo-hash {answer['info_hash']}")
+                       f"metainfo  {metainfo_path}\ninfo-hash {answer['info_hash']}"
+                       + (f"\nlink      {link}" if link else ""))
+
+
+async def hash_share(reactor, local, trackers, args):
+    """The metainfo of scanned files, hashed off the reactor with a progress bar."""
+    from peerit.share_builder import create_metainfo_from_share
+    bar = progress_bar(local.total_size, f"hashing {local.name}", args)
+    try:
+        return await reactor_thread(reactor, lambda: create_metainfo_from_share(
+            local, trackers=tuple(trackers),
+            progress=bar and (lambda done: reactor.callFromThread(
+                bar.update, done - bar.n))))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 async def reactor_thread(reactor, function):
@@ -125,10 +150,21 @@ async def reactor_thread(reactor, function):
 
 # -- download ------------------------------------------------------------------------------
 
+def check_link(args) -> None:
+    """A bad link is reported before the daemon is asked (or even reached)."""
+    from peerit import links
+    if links.looks_like_link(args.file):
+        links.parse(args.file)
+
+
 async def download(client, args, reactor):
-    from peerit.metainfo import Metainfo
-    Metainfo.read(args.file)  # a bad .p2p is reported here, in the user's terms
-    answer = as_json(await client.download(args.file, args.to or ""))
+    from peerit import links
+    if links.looks_like_link(args.file):
+        answer = as_json(await client.download_link(args.file.strip(), args.to or ""))
+    else:
+        from peerit.metainfo import Metainfo
+        Metainfo.read(args.file)  # a bad .p2p is reported here, in the user's terms
+        answer = as_json(await client.download(args.file, args.to or ""))
     info_hash = answer["info_hash"]
     if args.detach:
         emit(args, answer, f"downloading {printable(answer['name'])} to "
@@ -172,6 +208,10 @@ async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
         latest.update(status)
         if status["state"] == "error":
             finished.errback(PeeritError(f"download failed: {status['error']}"))
+        elif status["state"] in METADATA_FAILURES:
+            finished.errback(METADATA_FAILURES[status["state"]](
+                f"{status['error'] or status['state']} (the daemon keeps looking for "
+                f"other peers)"))
         elif status["state"] in FINISHED_STATES:
             finished.callback(status)
         else:
@@ -254,8 +294,9 @@ def register(subparsers, common) -> None:
 
     p = add("share", share, "share a file or directory in place",
             "Create the .p2p for PATH (with a progress bar) and have the daemon seed PATH "
-            "in place, without copying it. With --p2p, use an existing .p2p instead; the "
-            "daemon checks the data against it first.")
+            "in place, without copying it; print the .p2p path and the share's peerit: "
+            "link. With --p2p, use an existing .p2p instead; the daemon checks the data "
+            "against it first.")
     p.add_argument("path", metavar="PATH")
     p.add_argument("-o", "--output", metavar="FILE.p2p",
                    help="where to write the .p2p (default: NAME.p2p here)")
@@ -265,11 +306,14 @@ def register(subparsers, common) -> None:
                    help="also list this tracker in the .p2p (the daemon's own are listed)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
 
-    p = add("download", download, "download what a .p2p describes",
+    p = add("download", download, "download what a .p2p or a peerit: link describes",
             "Start downloading, then show a live progress bar (percent, rate, ETA, peers) "
             "until every piece is verified. The daemon keeps the download (and then seeds "
-            "it) if you interrupt this command.")
-    p.add_argument("file", metavar="FILE.p2p")
+            "it) if you interrupt this command. Given a peerit: link, the daemon first "
+            "fetches the share's metadata from its peers and checks it against the link's "
+            "info-hash.")
+    p.add_argument("file", metavar="FILE.p2p|LINK")
+    p.set_defaults(run=checked_first(check_link, with_client(download)))
     p.add_argument("--to", metavar="DIR", help="download into DIR (default: the daemon's "
                    "DATA_DIR/downloads)")
     p.add_argument("--detach", action="store_true", help="return as soon as it started")

@@ -22,8 +22,8 @@ from peerit.ctl import options
 from peerit import errors
 from peerit.errors import PeeritError
 
-COMMAND_MODULES = ("peerit.ctl.offline", "peerit.ctl.daemon_commands", "peerit.ctl.shell",
-                   "peerit.ctl.ui")
+COMMAND_MODULES = ("peerit.ctl.offline", "peerit.ctl.daemon_commands",
+                   "peerit.ctl.link_commands", "peerit.ctl.shell", "peerit.ctl.ui")
 
 DESCRIPTION = ("Share and download files over the peer-it network. 'create' and 'inspect' "
                "work alone; the other commands drive a running peerit-daemon over its control "

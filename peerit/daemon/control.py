@@ -84,6 +84,30 @@ class ControlProtocol(amp.AMP):
     def resume(self, id):
         return self.operations.resume(id)
 
+    @commands.DownloadLink.responder
+    def download_link(self, link, target_dir):
+        return self.operations.download_link(link, target_dir)
+
+    @commands.LinkOf.responder
+    def link_of(self, id):
+        return self.operations.link(id)
+
+    @commands.ExportMetainfo.responder
+    def export_metainfo(self, id, path, overwrite):
+        return self.operations.export_metainfo(id, path, overwrite)
+
+    @commands.Send.responder
+    def send(self, data_path, metainfo_path):
+        return self.operations.send(data_path, metainfo_path)
+
+    @commands.SendStatus.responder
+    def send_status(self, id):
+        return self.operations.send_status(id)
+
+    @commands.Receive.responder
+    def receive(self, code, target_dir):
+        return self.operations.receive(code, target_dir)
+
     @commands.Remove.responder
     def remove(self, id, delete_data):
         return self.operations.remove(id, delete_data)

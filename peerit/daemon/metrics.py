@@ -31,7 +31,7 @@ class DaemonCollector:
         for transfer in self.transfers.all():
             state = transfer.state.value
             states[(state,)] = states.get((state,), 0) + 1
-            swarm = transfer.swarm
+            swarm = transfer.data_swarm
             if swarm is None:
                 continue
             for peer in list(swarm.peers.values()):

@@ -61,9 +61,10 @@ def piece_map(piece_count: int, have, in_flight, cells: int = PIECE_MAP_CELLS) -
 class DaemonOperations:
     """``node`` (identity, data folder), ``transfers`` (the registry), ``peers`` (the
     listener's port), ``trackers`` (the sessions), ``udp`` (netcheck; None without a
-    UDP socket) and ``events`` (the hub followers subscribe to)."""
+    UDP socket), ``events`` (the hub followers subscribe to) and ``codes`` (send and
+    receive by short code)."""
 
-    def __init__(self, node, transfers, peers, trackers, udp=None, events=None):
+    def __init__(self, node, transfers, peers, trackers, udp=None, events=None, codes=None):
         self.node = node
         self.transfers = transfers
         self.peer_links = peers
@@ -72,12 +73,13 @@ class DaemonOperations:
         self.events = events
         # () -> a one-time sign-in URL, when a web page is served (the composition sets it)
         self.web_sign_in = None
+        self.codes = codes
 
     def info(self) -> dict:
         clients = self.trackers.clients
         down = up = 0.0
         for transfer in self.transfers.all():
-            swarm = transfer.swarm
+            swarm = transfer.data_swarm
             if swarm is not None:
                 if swarm.download.above(0):
                     down += swarm.download.rate
@@ -143,13 +145,13 @@ class DaemonOperations:
     def share(self, data_path: str, metainfo_path: str, check: bool) -> dict:
         _check_paths(data_path, metainfo_path)
         t = self.transfers.add_seed(data_path, metainfo_path, check)
-        return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name,
+        return {"info_hash": t.info_hash.hex(), "name": t.name,
                 "state": t.state.value}
 
     def download(self, metainfo_path: str, target_dir: str) -> dict:
         _check_paths(metainfo_path, target_dir)
         t = self.transfers.add_download(metainfo_path, target_dir)
-        return {"info_hash": t.info_hash.hex(), "name": t.metainfo.name, "path": t.path}
+        return {"info_hash": t.info_hash.hex(), "name": t.name, "path": t.path}
 
     def status(self, ident: str) -> dict:
         return self.transfers.find(ident).summary()
@@ -157,13 +159,13 @@ class DaemonOperations:
     def list(self, offset: int, limit: int) -> dict:
         if offset < 0 or not 0 < limit <= commands.MAX_PAGE:
             raise UsageError(f"page limit must be 1..{commands.MAX_PAGE}")
-        transfers = sorted(self.transfers.all(), key=lambda t: t.metainfo.name)
+        transfers = sorted(self.transfers.all(), key=lambda t: t.name)
         page = transfers[offset:offset + limit]
         return {"transfers": [t.summary() for t in page], "total": len(transfers)}
 
     def list_all(self) -> "list[dict]":
         """Every transfer at once, for a front with no 64 KiB cap per answer (the web)."""
-        transfers = sorted(self.transfers.all(), key=lambda t: t.metainfo.name)
+        transfers = sorted(self.transfers.all(), key=lambda t: t.name)
         return [t.summary() for t in transfers]
 
     def peers(self, ident: str) -> dict:
@@ -176,7 +178,11 @@ class DaemonOperations:
         detail view)."""
         transfer = self.transfers.find(ident)
         metainfo = transfer.metainfo
-        swarm = transfer.swarm
+        swarm = transfer.data_swarm
+        if metainfo is None:  # a link's download still fetching its metadata
+            return {"transfer": transfer.summary(), "peers": self.peers(ident)["peers"],
+                    "files": [], "file_count": 0, "piece_length": 0, "piece_map": "",
+                    "rate_history": []}
         in_flight = set()
         if swarm is not None:
             in_flight = set(swarm.picker.in_progress) | swarm.picker.verifying
@@ -197,6 +203,8 @@ class DaemonOperations:
     def metainfo(self, ident: str) -> tuple[str, bytes]:
         """The transfer's .p2p as a file name and its bytes (to hand to someone else)."""
         transfer = self.transfers.find(ident)
+        if transfer.metainfo is None:
+            raise UsageError(f"{transfer.short}: its metadata is still being fetched from peers")
         return transfer.metainfo.name + ".p2p", transfer.metainfo.to_bytes()
 
     def pause(self, ident: str) -> dict:
@@ -215,6 +223,38 @@ class DaemonOperations:
         if self.events is not None:
             self.events.changed_now(t.event_key)  # gone: followers hear it at once
         return {"info_hash": t.info_hash.hex()}
+
+    # -- links and codes (docs/links.md) ----------------------------------------------------
+    def download_link(self, link: str, target_dir: str) -> dict:
+        _check_paths(target_dir)
+        t = self.transfers.add_link(link, target_dir)
+        return {"info_hash": t.info_hash.hex(), "name": t.name, "path": t.path}
+
+    def link(self, ident: str) -> dict:
+        t = self.transfers.find(ident)
+        return {"link": str(self.transfers.link_of(t)), "info_hash": t.info_hash.hex()}
+
+    def export_metainfo(self, ident: str, path: str, overwrite: bool) -> dict:
+        _check_paths(path)
+        t = self.transfers.find(ident)
+        return {"path": self.transfers.export_metainfo(t, path, overwrite),
+                "info_hash": t.info_hash.hex()}
+
+    def send(self, data_path: str, metainfo_path: str) -> defer.Deferred:
+        """Deferred firing with the code (and the share's info-hash, name and link)."""
+        _check_paths(data_path, metainfo_path)
+        return defer.ensureDeferred(self.codes.send(data_path, metainfo_path))
+
+    def send_status(self, info_hash: str) -> dict:
+        return self.codes.send_status(info_hash)
+
+    def receive(self, code: str, target_dir: str) -> defer.Deferred:
+        """Deferred firing once the code's sender pinned us and the download started."""
+        _check_paths(target_dir)
+        d = defer.ensureDeferred(self.codes.receive(code, target_dir))
+        d.addCallback(lambda t: {"info_hash": t.info_hash.hex(), "name": t.name,
+                                 "path": t.path})
+        return d
 
     def netcheck(self) -> defer.Deferred:
         """Deferred firing with the NAT report (a dict; see ``NatManager.netcheck``)."""

@@ -263,6 +263,21 @@ class PeerSession:
         if self.state is State.ATTACHED:  # the swarm may refuse (close) us instead
             self.peer = peer
 
+    def rejoin(self) -> None:
+        """Move from the swarm the link is in to the one now registered for its info-hash:
+        a download known by its link, whose metadata just arrived, keeps the links of its
+        metadata phase (the old swarm has let them go already)."""
+        if self.state is not _ATTACHED:
+            return
+        swarm = self.router.swarm_for(self.info_hash)
+        if swarm is None:
+            self.close("swarm no longer active")
+            return
+        self.swarm, self.peer = swarm, None
+        peer = swarm.attach(self)
+        if self.state is _ATTACHED:  # the swarm may refuse (close) us instead
+            self.peer = peer
+
     # -- keep-alive -----------------------------------------------------------------------
     def _tick(self) -> None:
         now = self.clock.seconds()

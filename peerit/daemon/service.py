@@ -11,7 +11,8 @@
 - faces added by :meth:`Daemon.add_face` (the web page), given ``operations`` and
   ``events``;
 - ``control`` (:class:`~peerit.daemon.control.ControlSocket`): the AMP socket, calling
-  ``operations`` (:class:`~peerit.daemon.operations.DaemonOperations`).
+  ``operations`` (:class:`~peerit.daemon.operations.DaemonOperations`), which sends and
+  receives by short code through ``codes`` (:class:`~peerit.daemon.codes.CodeTransfers`).
 
 ``events`` (:class:`~peerit.daemon.events.EventHub`) is the one stream of changes: transfers
 publish to it; the web page and ``peerit-ctl download`` (through the control socket) follow it.
@@ -30,6 +31,8 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from peerit.addresses import TrackerAddress
+from peerit.daemon.code_exchange import DEFAULT_CODE_LIFETIME, RECEIVE_WAIT
+from peerit.daemon.codes import CodeTransfers
 from peerit.daemon.control import ControlSocket
 from peerit.daemon.events import EventHub
 from peerit.daemon.node import Node
@@ -102,7 +105,8 @@ class Daemon(LogsToApplication, OrderedMultiService):
                  rng=None, tracker_client_factory=None, max_upload_rate: float = 0,
                  udp: str | None = "udp:0", stun_server=None,
                  paths=("tcp", "quic", "relay"), quic_datagram_size: int = 1200,
-                 log_observer=None):
+                 log_observer=None, mailbox: str | None = None,
+                 code_lifetime: float = DEFAULT_CODE_LIFETIME, code_wait: float = RECEIVE_WAIT):
         super().__init__(reactor)
         self.log_observer = log_observer
         # Piece order and probe ports need spread, not secrecy: a fast seeded PRNG (the
@@ -131,8 +135,11 @@ class Daemon(LogsToApplication, OrderedMultiService):
             reactor, self.node, self.transfers, trackers=trackers, udp=self.udp, rng=rng,
             listen_port=lambda: self.peers.listen_port,
             client_factory=tracker_client_factory or make_tracker_client)
+        self.codes = CodeTransfers(reactor, self.node, self.transfers, mailbox,
+                                   code_lifetime=code_lifetime, code_wait=code_wait)
         self.operations = DaemonOperations(self.node, self.transfers, self.peers,
-                                           self.trackers, self.udp, self.events)
+                                           self.trackers, self.udp, self.events,
+                                           self.codes)
         self.control = ControlSocket(reactor, control_path_of(control), self.operations)
         # The UDP side before the trackers: their Hello carries the UDP port. The transfers
         # after the trackers: a restored transfer announces at once.

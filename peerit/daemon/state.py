@@ -32,6 +32,15 @@ CREATE TABLE IF NOT EXISTS swarms (
     completed REAL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+-- Downloads known by their link alone, while their metadata is fetched from peers.
+CREATE TABLE IF NOT EXISTS links (
+    info_hash BLOB PRIMARY KEY,
+    link TEXT NOT NULL,
+    root TEXT NOT NULL,
+    added REAL NOT NULL
+);
+-- Private sends and receives: the one peer a transfer admits (empty: nobody yet).
+CREATE TABLE IF NOT EXISTS pinned (info_hash BLOB PRIMARY KEY, peer_id BLOB NOT NULL);
 """
 
 
@@ -152,6 +161,36 @@ class StateDB:
     def remove(self, info_hash: bytes) -> None:
         self._db.execute("DELETE FROM swarms WHERE info_hash=?", (info_hash,))
         self._journal_reset(info_hash)
+
+    def links(self) -> list[tuple[bytes, str, str]]:
+        """(info_hash, link, root) of every download still fetching its metadata."""
+        return self._db.execute("SELECT info_hash, link, root FROM links ORDER BY added"
+                                ).fetchall()
+
+    def add_link(self, info_hash: bytes, link: str, root: str, added: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO links (info_hash, link, root, added)"
+                         " VALUES (?,?,?,?)", (info_hash, link, root, added))
+
+    def metadata_fetched(self, record: SwarmRecord) -> None:
+        """The link's download becomes an ordinary one, in one transaction: a crash leaves
+        either the link (fetched again) or the record (never fetched again)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM links WHERE info_hash=?", (record.info_hash,))
+            self.add(record)
+
+    def remove_link(self, info_hash: bytes) -> None:
+        self._db.execute("DELETE FROM links WHERE info_hash=?", (info_hash,))
+
+    def pinned(self) -> dict[bytes, bytes]:
+        return dict(self._db.execute("SELECT info_hash, peer_id FROM pinned").fetchall())
+
+    def set_pinned(self, info_hash: bytes, peer_id: bytes | None) -> None:
+        if peer_id is None:
+            self._db.execute("DELETE FROM pinned WHERE info_hash=?", (info_hash,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO pinned (info_hash, peer_id) VALUES (?,?)",
+                             (info_hash, peer_id))
 
     def close(self) -> None:
         for fd in self._journals.values():

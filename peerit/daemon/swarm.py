@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from peerit.bitfield import Bitfield
 from peerit.daemon.choker import Choker, PeerView
+from peerit.daemon.metadata_fetch import metadata_answer
 from peerit.daemon.picker import Picker
 from peerit.daemon.rates import RateMeter
 from peerit.daemon.stats import DaemonStats
@@ -62,6 +63,7 @@ class PeerState:
     strikes: int = 0
     attached_at: float = 0.0
     snubbed_since: float | None = None  # sat on requests: they went to others meanwhile
+    metadata_answers: int = 0  # metadata requests answered on this link
 
     @property
     def short_id(self) -> str:
@@ -98,6 +100,7 @@ class Swarm:
         self.on_verified = on_verified or (lambda piece: None)
         self.on_complete = on_complete or (lambda: None)
         self.on_storage_error = on_storage_error  # PeeritError -> None; None: raise it
+        self.on_peer_complete = None  # peer id -> None, when a peer comes to hold everything
         self.config = config or SwarmConfig()
         self.picker = Picker(metainfo.piece_count, metainfo.piece_size,
                              self.config.block_size, have, rng)
@@ -280,6 +283,8 @@ class Swarm:
             self._on_reject(peer, message)
         elif kind is wire.KeepAlive:
             pass
+        elif kind is wire.MetadataRequest:
+            self._on_metadata_request(peer, message.piece)
         else:
             raise ProtocolViolation(f"unexpected {kind.__name__}")
 
@@ -296,6 +301,8 @@ class Swarm:
         if self.trace is not None:
             self.trace("bitfield", peer=peer.short_id, pieces=len(pieces))
         self.picker.add_peer_pieces(pieces)
+        if self.on_peer_complete is not None and pieces.complete:
+            self.on_peer_complete(peer.peer_id)
         self._update_interest(peer)
 
     def _on_have(self, peer: PeerState, piece: int) -> None:
@@ -304,6 +311,8 @@ class Swarm:
             if self.trace is not None:
                 self.trace("have", peer=peer.short_id, piece=piece)
             self.picker.add_peer_piece(piece)
+            if self.on_peer_complete is not None and peer.pieces.complete:
+                self.on_peer_complete(peer.peer_id)
             if not self.picker.wanted(piece):
                 return  # nothing new to ask for (in a swarm, most Haves are such)
             if not peer.am_interested:
@@ -505,6 +514,20 @@ class Swarm:
         peer.upload_queue.append(key)
         if len(peer.upload_queue) == 1:
             peer.link.want_to_upload()
+
+    def _on_metadata_request(self, peer: PeerState, piece: int) -> None:
+        """Serve our info section to a peer that holds only a link (we hold verified
+        metadata: its hash is our info-hash). Each piece at most twice per link."""
+        peer.metadata_answers += 1
+        limit = 2 * -(-len(self.metainfo.info_bytes) // wire.METADATA_PIECE_SIZE)
+        if peer.metadata_answers > limit:
+            raise ProtocolViolation("too many metadata requests")
+        answer = metadata_answer(self.metainfo.info_bytes, piece,
+                                 peer.metadata_answers > 1)
+        if answer is None:
+            raise ProtocolViolation(f"metadata piece {piece} out of range")
+        for message in answer:
+            peer.link.send(message)
 
     def next_upload(self, peer: PeerState):
         """The next block to send to ``peer`` as (piece, offset, data), or None."""

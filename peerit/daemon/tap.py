@@ -8,7 +8,8 @@ import os
 
 from twisted.python import usage
 
-from peerit.addresses import TrackerAddress, parse_host_port
+from peerit.addresses import (
+    TrackerAddress, check_mailbox_url, default_mailbox_url, parse_host_port)
 from peerit.control.paths import default_control_path, default_data_dir
 from peerit.daemon.faces import daemon_faces
 from peerit.daemon.metrics import DaemonCollector
@@ -55,6 +56,15 @@ class Options(usage.Options):
         ["quic-datagram-size", None, "1200",
          "Largest QUIC datagram (1200 fits every path; 1452 suits 1500-byte MTU paths) "
          "[default: 1200]"],
+        ["mailbox", None, None,
+         "Rendezvous for short codes (peerit-ctl send/receive), as ws://HOST:PORT/v1: a "
+         "magic-wormhole mailbox, such as a tracker's --mailbox [default: port 59002 on "
+         "the first --tracker's host]"],
+        ["code-lifetime", None, "600",
+         "Seconds a code from peerit-ctl send stays usable [default: 600]"],
+        ["code-wait", None, "30",
+         "Seconds peerit-ctl receive waits for a sender to answer its code before "
+         "reporting it expired or unknown [default: 30]"],
         ["max-upload-rate", None, "0",
          "Cap on upload bytes per second over all peers, e.g. 5M (5,000,000) or 4Mi "
          "(4 MiB); k, M, G = powers of 1000, Ki, Mi, Gi = of 1024; 0 = no cap [default: 0]"],
@@ -118,6 +128,21 @@ class Options(usage.Options):
                 raise ValueError
         except ValueError:
             raise usage.UsageError("--quic-datagram-size must be 1200..65527")
+        try:
+            if self["mailbox"]:
+                self["mailbox"] = check_mailbox_url(self["mailbox"])
+            elif self["trackers"]:
+                self["mailbox"] = default_mailbox_url(self["trackers"][0])
+        except PeeritError as e:
+            raise usage.UsageError(str(e))
+        try:
+            for name in ("code-lifetime", "code-wait"):
+                self[name] = float(self[name])
+                if not 0 < self[name] <= 86400:
+                    raise ValueError(name)
+        except ValueError as e:
+            raise usage.UsageError(f"--{e.args[0] if e.args else 'code-lifetime'} must be a "
+                                   f"number of seconds, above 0 and at most 86400")
         self["data-dir"] = os.path.abspath(os.path.expanduser(
             self["data-dir"] or default_data_dir()))
         if not self["control"]:
@@ -136,7 +161,8 @@ def makeService(options, reactor=None) -> Daemon:
                     max_upload_rate=options["max-upload-rate"], udp=options["udp"],
                     stun_server=options["stun-server"], paths=options["paths"],
                     quic_datagram_size=options["quic-datagram-size"],
-                    log_observer=log_observer(options))
+                    log_observer=log_observer(options), mailbox=options["mailbox"],
+                    code_lifetime=options["code-lifetime"], code_wait=options["code-wait"])
     for face in FACES:
         face.attach(daemon, options, reactor)
     if options["metrics"]:

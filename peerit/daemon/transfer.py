@@ -6,7 +6,8 @@ keeps the resume state current, and keeps enough links open: it asks its tracker
 dials the ones it is not connected to, backing off from those that fail.
 
 Its lifecycle (``State``) changes only here, by the moves ``TRANSITIONS`` lists: from
-STOPPED it starts CHECKING, DOWNLOADING or SEEDING (checking first what it cannot trust yet);
+STOPPED it starts CHECKING, DOWNLOADING or SEEDING (checking first what it cannot trust yet),
+or FETCHING the metadata of a download known only by its link (``metadata_phase.py``);
 DOWNLOADING becomes SEEDING once complete; any of these may be PAUSED, end in ERROR (data
 that no longer matches, a full disk) or be STOPPED (removed, daemon shutting down); resuming
 from PAUSED or ERROR starts it again.
@@ -59,6 +60,7 @@ def bytes_left(metainfo, have: Bitfield) -> int:
 
 class State(enum.Enum):
     STOPPED = "stopped"
+    FETCHING = "fetching metadata"
     CHECKING = "checking"
     DOWNLOADING = "downloading"
     SEEDING = "seeding"
@@ -66,11 +68,13 @@ class State(enum.Enum):
     ERROR = "error"
 
 
-_RUNNING = {State.CHECKING, State.DOWNLOADING, State.SEEDING}
-_STARTS = {State.CHECKING, State.DOWNLOADING, State.SEEDING}
-# The only transitions there are; _move refuses any other.
+_RUNNING = {State.FETCHING, State.CHECKING, State.DOWNLOADING, State.SEEDING}
+_STARTS = {State.FETCHING, State.CHECKING, State.DOWNLOADING, State.SEEDING}
+# The only transitions there are; _move refuses any other. (A fetched link's metadata
+# does not move its phase on: a new Transfer of the metadata takes its place.)
 TRANSITIONS = {
     State.STOPPED: _STARTS | {State.PAUSED, State.ERROR},
+    State.FETCHING: {State.PAUSED, State.ERROR, State.STOPPED},
     State.CHECKING: {State.DOWNLOADING, State.SEEDING, State.PAUSED, State.ERROR,
                      State.STOPPED},
     State.DOWNLOADING: {State.SEEDING, State.PAUSED, State.ERROR, State.STOPPED},
@@ -95,6 +99,11 @@ class TransferHost:
     connect_peer: Callable                   # (info_hash, PeerInfo) -> Deferred[session]
     events: object = None                    # EventHub the transfer publishes changes to
     stats: DaemonStats = field(default_factory=DaemonStats)  # counters for the metrics
+    # A private send or receive admits one peer: (info_hash) -> its id, b"" for nobody
+    # yet, None for a public transfer.
+    pinned: Callable = lambda info_hash: None
+    # (info_hash, peer_id) -> None when a peer comes to hold everything (a send's end).
+    peer_complete: Callable = lambda info_hash, peer_id: None
 
 
 def file_stamps(store: FileStore) -> str:
@@ -160,8 +169,18 @@ class Transfer:
             (events.changed_now if now else events.changed)(self.event_key)
 
     @property
+    def data_swarm(self):
+        """The swarm of pieces, whose rates and per-peer counters the page, the totals and
+        the metrics read; None while there is none (a link's metadata phase)."""
+        return self.swarm
+
+    @property
     def short(self) -> str:
         return self.info_hash.hex()[:12]
+
+    @property
+    def name(self) -> str:
+        return self.metainfo.name
 
     @property
     def path(self) -> str:
@@ -258,6 +277,8 @@ class Transfer:
             on_complete=self._completed, config=SwarmConfig(),
             on_storage_error=self._storage_failed, write_block=self._write_block,
             stats=self.host.stats)
+        self.swarm.on_peer_complete = lambda peer_id: self.host.peer_complete(
+            self.info_hash, peer_id)
         self.swarm.start()
         self._move(State.SEEDING if self.have.complete else State.DOWNLOADING)
         self.error = ""
@@ -351,8 +372,9 @@ class Transfer:
 
     # -- peers ----------------------------------------------------------------------------
     def peers_found(self, peers) -> None:
+        pinned = self.host.pinned(self.info_hash)  # a private send or receive
         for info in peers:
-            if info.peer_id != self.host.peer_id:
+            if info.peer_id != self.host.peer_id and pinned in (None, info.peer_id):
                 self.known[info.peer_id] = info
         if self.swarm is not None and self.swarm.downloading:
             self._dial_some()

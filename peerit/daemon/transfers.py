@@ -3,7 +3,12 @@
 A child service of the daemon. It owns the transfers, the disk threads they use (a small
 pool for checking and fsync; the hasher and writer stages received blocks pass through), the
 periodic sync of the resume state, and the restore at start. It is also the ``router`` peer
-links ask: which swarm an info-hash names, and whether a peer may join it.
+links ask: which swarm an info-hash names, and whether a peer may join it (for a private send
+or receive, only the one pinned peer may).
+
+A download known only by its ``peerit:`` link starts as a :class:`MetadataPhase`; once its
+metadata is verified it becomes an ordinary download here (``metadata_fetched``), keeping its
+links.
 """
 
 import os
@@ -17,6 +22,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from peerit import links
+from peerit.daemon.metadata_phase import MetadataPhase
 from peerit.daemon.node import Node
 from peerit.daemon.peer_session import IPeerRouter
 from peerit.daemon.state import SwarmRecord
@@ -26,6 +33,7 @@ from peerit.daemon.writer import BlockWriter
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
 from peerit.metainfo import Metainfo
 from peerit.ratelimit import TokenBucket
+from peerit.wire import peer as wire
 
 log = Logger()
 
@@ -55,6 +63,9 @@ class Transfers(service.Service):
             self.upload_limiter = TokenBucket(reactor, max_upload_rate,
                                               max(max_upload_rate / 4, 1 << 17))
         self.transfers: dict[bytes, Transfer] = {}
+        # Private sends and receives: info-hash -> the one peer admitted (b"": nobody yet).
+        self.pinned: dict[bytes, bytes] = {}
+        self.on_peer_complete = None  # (info_hash, peer_id) -> None: sends follow it
         self.host: TransferHost | None = None
         self._pool = None
         self._hasher = None
@@ -76,7 +87,9 @@ class Transfers(service.Service):
             resume=self.node.state, in_thread=self._in_thread, hasher=self._hasher,
             writer=self._writer, call_from_thread=self.reactor.callFromThread,
             trackers_for=self._trackers_for, connect_peer=self._connect_peer,
-            events=self.events, stats=self.stats)
+            events=self.events, stats=self.stats,
+            pinned=self.pinned.get, peer_complete=self._peer_complete)
+        self.pinned.update(self.node.state.pinned())
         self._restore()
         self._sync_call = self.reactor.callLater(SYNC_INTERVAL, self._sync)
 
@@ -143,6 +156,19 @@ class Transfers(service.Service):
                 transfer.cannot_open(e)
                 continue
             transfer.start(check)
+        for info_hash, text, root in state.links():
+            if info_hash in self.transfers:  # its metadata was saved: nothing to fetch
+                state.remove_link(info_hash)
+                continue
+            try:
+                link = links.parse(text)
+            except PeeritError as e:
+                log.error("dropping unreadable saved link: {e}", e=str(e))
+                state.remove_link(info_hash)
+                continue
+            phase = MetadataPhase(self.host, link, root, self.metadata_fetched)
+            self.transfers[info_hash] = phase
+            phase.start()
         if self.transfers:
             log.info("restored {n} transfers", n=len(self.transfers))
 
@@ -192,20 +218,20 @@ class Transfers(service.Service):
         transfer.start(list(range(metainfo.piece_count)) if check else None)
         return transfer
 
-    def add_download(self, metainfo_path: str, target_dir: str) -> Transfer:
-        metainfo = Metainfo.read(metainfo_path)
-        root = os.path.abspath(os.path.expanduser(target_dir)) if target_dir else \
+    def _root(self, target_dir: str) -> str:
+        return os.path.abspath(os.path.expanduser(target_dir)) if target_dir else \
             os.path.join(self.node.data_dir, "downloads")
-        existing = self.transfers.get(metainfo.info_hash)
-        if existing is not None:
-            if existing.root == root:
-                return existing
-            raise UsageError(f"{metainfo.info_hash.hex()[:16]} is already "
+
+    def _existing(self, info_hash: bytes, root: str) -> Transfer | None:
+        existing = self.transfers.get(info_hash)
+        if existing is not None and existing.root != root:
+            raise UsageError(f"{info_hash.hex()[:16]} is already "
                              f"{'shared' if existing.role == 'seed' else 'downloading'}"
                              f" at {existing.path}")
-        if not self._trackers_for(metainfo):
-            raise UsageError("no tracker to find peers: the .p2p lists none with a "
-                             "fingerprint and the daemon has no --tracker")
+        return existing
+
+    def _open_download(self, metainfo, root: str) -> tuple[Transfer, bool]:
+        """A download's files made (or found) at ``root``; whether they were there."""
         transfer = Transfer(self.host, metainfo, root, "download")
         present = os.path.exists(transfer.path)
         try:
@@ -216,6 +242,18 @@ class Transfers(service.Service):
             else:
                 transfer.store.close()
             raise
+        return transfer, present
+
+    def add_download(self, metainfo_path: str, target_dir: str) -> Transfer:
+        metainfo = Metainfo.read(metainfo_path)
+        root = self._root(target_dir)
+        existing = self._existing(metainfo.info_hash, root)
+        if existing is not None:
+            return existing
+        if not self._trackers_for(metainfo):
+            raise UsageError("no tracker to find peers: the .p2p lists none with a "
+                             "fingerprint and the daemon has no --tracker")
+        transfer, present = self._open_download(metainfo, root)
         self.node.state.add(SwarmRecord(
             metainfo.info_hash, metainfo.to_bytes(), root, "download", False,
             None, None, None, time.time(), None))
@@ -224,10 +262,114 @@ class Transfers(service.Service):
         transfer.start(list(range(metainfo.piece_count)) if present else None)
         return transfer
 
+    # -- links (docs/links.md) --------------------------------------------------------------
+    def add_link(self, link, target_dir: str, pin: bytes | None = None,
+                 start: bool = True) -> Transfer:
+        """Download what a link names: its metadata from the swarm first. ``pin``: the one
+        peer to take it from (a code exchange's sender); ``start=False``: not yet (until
+        that sender has pinned us)."""
+        if isinstance(link, str):
+            link = links.parse(link)
+        root = self._root(target_dir)
+        existing = self._existing(link.info_hash, root)
+        if existing is not None:
+            return existing
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise UsageError(f"{root} is not a directory")
+        if pin is not None:
+            self.pin(link.info_hash, pin)
+        self.node.state.add_link(link.info_hash, str(link), root, time.time())
+        phase = MetadataPhase(self.host, link, root, self.metadata_fetched)
+        self.transfers[link.info_hash] = phase
+        if start:
+            phase.start()
+        return phase
+
+    def metadata_fetched(self, phase: MetadataPhase, info_bytes: bytes) -> None:
+        """The link's info section arrived and matched: from now on an ordinary download,
+        saved with its metadata (a restart does not fetch it again), keeping the links."""
+        if self.transfers.get(phase.info_hash) is not phase:
+            return  # removed meanwhile
+        banned = set(phase.swarm.fetch.banned) if phase.swarm is not None else set()
+        moving = phase.swarm.hand_over() if phase.swarm is not None else []
+        phase.stop("metadata fetched", announce=False)
+        try:
+            metainfo = Metainfo.from_info(info_bytes, phase.link.trackers)
+            transfer, present = self._open_download(metainfo, phase.root)
+        except PeeritError as e:
+            phase.cannot_open(e)
+            log.error("transfer {t}: cannot start after its metadata: {e}", t=phase.short,
+                      e=str(e))
+            for peer in moving:
+                peer.link.close("metadata unusable")
+            return
+        self.node.state.metadata_fetched(SwarmRecord(
+            metainfo.info_hash, metainfo.to_bytes(), phase.root, "download", False,
+            None, None, None, time.time(), None))
+        self.transfers[metainfo.info_hash] = transfer
+        transfer.start(list(range(metainfo.piece_count)) if present else None)
+        if transfer.swarm is not None:
+            # A peer that served bad metadata stays banned in the swarm of the data.
+            transfer.swarm.banned |= banned
+        self._move_links(transfer, moving)
+        transfer.peers_found(list(phase.known.values()))  # those not linked yet: dial
+
+    @staticmethod
+    def _move_links(transfer: Transfer, moving) -> None:
+        """The metadata phase's links join the swarm of the data as they are (closing them
+        and dialing again raced with the peer's view of the old link, and cost seconds);
+        what each peer said about its pieces meanwhile is replayed."""
+        swarm = transfer.swarm
+        for peer in moving:
+            session = peer.link
+            if swarm is None or not swarm.running:
+                session.close("metadata fetched")  # checking existing data first: dial later
+                continue
+            session.rejoin()
+            state = session.peer
+            if state is None:
+                continue
+            if peer.bitfield is not None:
+                swarm.handle(state, wire.Bitfield(peer.bitfield))
+            for piece in sorted(peer.haves):
+                if swarm.peers.get(session.peer_id) is not state:
+                    break  # banned for a piece out of range
+                swarm.handle(state, wire.Have(piece))
+
+    def link_of(self, transfer: Transfer) -> links.Link:
+        if isinstance(transfer, MetadataPhase):
+            return transfer.link
+        # Our own peer id as the seeder hint when we hold everything.
+        hint = self.node.peer_id if transfer.have.complete else None
+        return links.from_metainfo(transfer.metainfo, hint,
+                                   [t.tracker for t in transfer.trackers])
+
+    def export_metainfo(self, transfer: Transfer, path: str, overwrite: bool) -> str:
+        if isinstance(transfer, MetadataPhase):
+            raise UsageError(f"{transfer.short}: its metadata is not fetched yet")
+        path = os.path.abspath(os.path.expanduser(path))
+        transfer.metainfo.write(path, overwrite=overwrite)
+        return path
+
+    def pin(self, info_hash: bytes, peer_id: bytes | None) -> None:
+        """Admit only ``peer_id`` to this transfer (b"": nobody yet; None: anyone again)."""
+        if peer_id is None:
+            self.pinned.pop(info_hash, None)
+        else:
+            self.pinned[info_hash] = peer_id
+        self.node.state.set_pinned(info_hash, peer_id)
+
+    def _peer_complete(self, info_hash: bytes, peer_id: bytes) -> None:
+        if self.on_peer_complete is not None:
+            self.on_peer_complete(info_hash, peer_id)
+
     def remove(self, transfer: Transfer, delete_data: bool) -> None:
         transfer.stop("removed")
         self.transfers.pop(transfer.info_hash, None)
         self.node.state.remove(transfer.info_hash)
+        self.node.state.remove_link(transfer.info_hash)
+        if transfer.info_hash in self.pinned:
+            self.pin(transfer.info_hash, None)
         if delete_data:
             transfer.store.delete_files()
         else:
@@ -242,7 +384,7 @@ class Transfers(service.Service):
         now = self.reactor.seconds()
         keys = []
         for transfer in self.transfers.values():
-            swarm = transfer.swarm
+            swarm = transfer.data_swarm
             if transfer.state is State.CHECKING:
                 keys.append(transfer.event_key)
             elif swarm is not None and (swarm.peers or swarm.download.above(1)
@@ -260,4 +402,9 @@ class Transfers(service.Service):
         transfer = self.transfers.get(info_hash)
         if transfer is None:
             return defer.succeed("unknown swarm")
+        pinned = self.pinned.get(info_hash)
+        if pinned is not None and peer_id != pinned:
+            log.info("transfer {t}: refused {peer}: a private send admits one peer only",
+                     t=transfer.short, peer=peer_id.hex()[:12])
+            return defer.succeed("private send: not the admitted peer")
         return transfer.authorize(peer_id)

@@ -7,8 +7,8 @@ from twisted.application import service
 from twisted.python import usage
 
 from peerit.endpoints import (
-    DEFAULT_RELAY_PORT, DEFAULT_STUN_PORT, listen_parts, metrics_description,
-    parse_udp_endpoint, tcp_description)
+    DEFAULT_MAILBOX_PORT, DEFAULT_RELAY_PORT, DEFAULT_STUN_PORT, listen_parts,
+    metrics_description, parse_udp_endpoint, tcp_description)
 from peerit.errors import UsageError
 from peerit import units
 from peerit.identity import Identity
@@ -92,6 +92,19 @@ def nat_endpoints(listen: str, stun: str, alt: str, relay: str):
         relay_spec = tcp_description(relay) if relay != "auto" else \
             f"tcp:{0 if free else DEFAULT_RELAY_PORT}{suffix}"
     return stun_spec, alt_port, relay_spec
+
+
+def mailbox_endpoint(listen: str, mailbox: str) -> str | None:
+    """The ``tcp:`` endpoint of the code rendezvous, or None (``none``, the default).
+    ``auto``: port DEFAULT_MAILBOX_PORT on the --listen interface (a free one with tcp:0)."""
+    if mailbox == "none":
+        return None
+    if mailbox != "auto":
+        return tcp_description(mailbox)
+    port, interface = listen_parts(tcp_description(listen))
+    escaped = interface.replace(":", "\\:")
+    suffix = f":interface={escaped}" if interface else ""
+    return f"tcp:{0 if port == 0 else DEFAULT_MAILBOX_PORT}{suffix}"
 
 
 def read_password_file(path: str) -> bytes:
@@ -179,6 +192,11 @@ class Options(usage.Options):
         ["relay-idle-timeout", None, _RELAY.idle_timeout,
          "Seconds of silence both ways after which a relayed session is closed.",
          _positive_float],
+        ["mailbox", None, "none",
+         "TCP endpoint of the rendezvous for short codes (peerit-ctl send/receive; a "
+         "magic-wormhole mailbox: it relays PAKE messages and learns nothing), auto, or "
+         f"none. auto: port {DEFAULT_MAILBOX_PORT} on the --listen interface (a free port "
+         "with tcp:0); its URL is written to DATA_DIR/mailbox.url."],
         ["nat-attempts", None, _NAT.max_attempts,
          f"Punches and relays a peer may be part of per {_NAT.attempt_window:g}s.",
          _positive_int],
@@ -250,6 +268,7 @@ class Options(usage.Options):
                 per_peer=self["relay-per-peer"], idle_timeout=self["relay-idle-timeout"])
             self.nat_limits = NatLimits(max_attempts=self["nat-attempts"])
             self.stun_budget = parse_rate(self["stun-budget"])
+            self.mailbox_endpoint = mailbox_endpoint(self["listen"], self["mailbox"])
         except (ValueError, UsageError) as e:
             raise usage.UsageError(str(e)) from None
         self.redis_url = self.redis_password = None
@@ -279,6 +298,14 @@ def makeService(options, reactor=None) -> service.MultiService:
         from twisted.internet import reactor
     identity = Identity.load_or_create(options["data-dir"], common_name="peer-it tracker")
     top = program_service(options)
+    if options.mailbox_endpoint and options["worker"] is None:
+        # One rendezvous for the whole tracker: in the parent of a worker pool (the workers
+        # are handed --mailbox with the other options and leave it alone). First: it is
+        # listening once tracker.endpoint says the tracker is. Imported only when asked
+        # for: the mailbox server brings autobahn along.
+        from peerit.tracker.mailbox import MailboxService
+        MailboxService(reactor, options.mailbox_endpoint,
+                       options["data-dir"]).setServiceParent(top)
     if options.redis_url is not None:
         _check_redis(options)
     stun, stun_alt_port, relay = options.nat_endpoints

@@ -410,3 +410,18 @@ def _last_line(error: Exception) -> str:
     lines = str(error).strip().splitlines()
     return lines[-1] if lines else type(error).__name__
 
+
+
+def parse_info(data: bytes) -> Container:
+    """An info section alone (fetched from peers and already checked against its info-hash)
+    to a validated container; every failure a :class:`MetainfoError`."""
+    if not data:
+        raise MetainfoError("empty info section")
+    try:
+        value = (INFO + Terminated).parse(data)
+    except ConstructError as e:
+        raise MetainfoError(_reason(e, data)) from None
+    except (ValueError, OverflowError, TypeError, struct.error) as e:
+        raise MetainfoError(f"undecodable field: {e}") from None
+    check_info(value)
+    return value

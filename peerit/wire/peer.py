@@ -204,3 +204,36 @@ def block_header(piece: int, offset: int) -> bytes:
     """The bytes before a block's payload, so senders can write the payload without a copy.
     (struct.pack range-checks both fields: struct.error for anything that is not a u32.)"""
     return _pack_block_header(BLOCK_OPCODE, piece, offset)
+
+
+# -- metadata exchange: a downloader holding only a link fetches the info section from peers
+# (docs/links.md). A peer answers its first MetadataRequest on a link with MetadataSize, then
+# each request with a MetadataPiece, or MetadataReject while it holds no verified metadata.
+
+METADATA_PIECE_SIZE = 16 * 1024
+MAX_METADATA_SIZE = 3 * 1024 * 1024  # the cap a fetcher applies (libtorrent's info-dict cap)
+
+
+@messages.register(12, Struct("piece" / Int32ub))
+@dataclass(frozen=True)
+class MetadataRequest:
+    piece: int
+
+
+@messages.register(13, Struct("size" / Int32ub))
+@dataclass(frozen=True)
+class MetadataSize:
+    size: int
+
+
+@messages.register(14, Struct("piece" / Int32ub, "data" / GreedyBytes))
+@dataclass(frozen=True)
+class MetadataPiece:
+    piece: int
+    data: bytes
+
+
+@messages.register(15, Struct("piece" / Int32ub))
+@dataclass(frozen=True)
+class MetadataReject:
+    piece: int

@@ -221,8 +221,8 @@ class DaemonCollectorTests(SynchronousTestCase):
         swarm = SimpleNamespace(peers={1: fake_peer("tcp", "10.0.0.2:1", 500, 50),
                                        2: fake_peer("quic", "198.18.0.9:1", 300, 0)})
         transfers = SimpleNamespace(
-            all=lambda: [SimpleNamespace(state=State.DOWNLOADING, swarm=swarm),
-                         SimpleNamespace(state=State.PAUSED, swarm=None)],
+            all=lambda: [SimpleNamespace(state=State.DOWNLOADING, data_swarm=swarm),
+                         SimpleNamespace(state=State.PAUSED, data_swarm=None)],
             host=SimpleNamespace(writer=SimpleNamespace(queued_bytes=4096, waits=3),
                                  hasher=SimpleNamespace(queued_bytes=0, waits=0)))
         trackers = SimpleNamespace(clients={1: SimpleNamespace(connected=True),

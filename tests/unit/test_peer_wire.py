@@ -23,6 +23,10 @@ GOLDEN = [
     (peer.Interested(), "09"),
     (peer.NotInterested(), "0a"),
     (peer.Reject(4, 5, 6), "0b" + "00000004" + "00000005" + "00000006"),
+    (peer.MetadataRequest(1), "0c" + "00000001"),
+    (peer.MetadataSize(40000), "0d" + "00009c40"),
+    (peer.MetadataPiece(2, b"ab"), "0e" + "00000002" + "6162"),
+    (peer.MetadataReject(3), "0f" + "00000003"),
 ]
 
 u32 = st.integers(0, 2**32 - 1)
@@ -37,6 +41,9 @@ messages = st.one_of(
     st.builds(peer.Cancel, u32, u32, u32),
     st.builds(peer.Reject, u32, u32, u32),
     st.builds(peer.Block, u32, u32, st.binary(max_size=256)),
+    st.builds(peer.MetadataRequest, u32), st.builds(peer.MetadataSize, u32),
+    st.builds(peer.MetadataPiece, u32, st.binary(max_size=256)),
+    st.builds(peer.MetadataReject, u32),
 )
 
 
@@ -128,7 +135,7 @@ class TruncationTests(SynchronousTestCase):
         """Compiled construct accepts short reads of fixed-size fields; we must not."""
         for message, hex_bytes in GOLDEN:
             raw = bytes.fromhex(hex_bytes)
-            if isinstance(message, (peer.Bitfield, peer.Block)):
+            if isinstance(message, (peer.Bitfield, peer.Block, peer.MetadataPiece)):
                 continue  # their payload runs to the end of the frame: any length is valid
             for cut in range(1, len(raw)):
                 with self.assertRaises(MalformedMessage, msg=(message, cut)):

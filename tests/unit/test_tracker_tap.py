@@ -243,3 +243,42 @@ class NatOptionsTests(SynchronousTestCase):
         nat = top.getServiceNamed("peerit-tracker-nat")
         self.assertEqual(nat.tracker.stun_info, wire.StunInfo(0, 0, 0))
         IService(top).stopService()
+
+
+class MailboxOptionsTests(SynchronousTestCase):
+    def test_off_unless_asked(self):
+        options = tap.Options()
+        options.parseOptions(["--data-dir", "d"])
+        self.assertIsNone(options.mailbox_endpoint)
+
+    def test_auto_is_port_59002_on_the_listen_interface_or_free_with_tcp_0(self):
+        self.assertEqual(tap.mailbox_endpoint("tcp:59000", "auto"), "tcp:59002")
+        self.assertEqual(tap.mailbox_endpoint("tcp:59000:interface=10.0.0.1", "auto"),
+                         "tcp:59002:interface=10.0.0.1")
+        self.assertEqual(tap.mailbox_endpoint("tcp:0:interface=127.0.0.1", "auto"),
+                         "tcp:0:interface=127.0.0.1")
+        self.assertEqual(tap.mailbox_endpoint("tcp:59000", "tcp:7000"), "tcp:7000")
+
+    def test_a_bad_endpoint_is_a_usage_error(self):
+        with self.assertRaises(usage.UsageError):
+            tap.Options().parseOptions(["--data-dir", "d", "--mailbox", "udp:5"])
+
+    def test_the_mailbox_listens_and_writes_its_url_before_the_tracker_is_ready(self):
+        data_dir = tempfile.mkdtemp(prefix="peerit-tap-test-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        options = tap.Options()
+        options.parseOptions(["--data-dir", data_dir, "--listen", "tcp:0:interface=127.0.0.1",
+                              "--stun", "none", "--relay", "none", "--mailbox", "auto"])
+        reactor = MemoryReactorClock()
+        top = tap.makeService(options, reactor=reactor)
+        top.privilegedStartService()
+        top.startService()
+        # The tracker's TLS port and the mailbox's web site; mailbox.url is there before
+        # the tracker's readiness file (written once the reactor runs).
+        self.assertEqual(sorted(isinstance(f, TLSMemoryBIOFactory)
+                                for _, f, _, _ in reactor.tcpServers), [False, True])
+        self.assertFalse(os.path.exists(os.path.join(data_dir, ENDPOINT_FILE)))
+        with open(os.path.join(data_dir, "mailbox.url")) as f:
+            self.assertRegex(f.read().strip(), r"^ws://127\.0\.0\.1:\d+/v1$")
+        IService(top).stopService()
+        self.assertFalse(os.path.exists(os.path.join(data_dir, "mailbox.url")))
