@@ -599,6 +599,7 @@ class FakeTracker:
         self.address = TrackerAddress(host, 59000, "00" * 32)
         self.rng = rng
         self.relay_port = relay_port
+        self.relay_host = ""   # the host its offers name ("": the tracker's own)
         self.delay = delay
         self.sessions: dict[bytes, FakeTrackerClient] = {}
         self.refuse: set[str] = set()  # request class names to refuse with an Error
@@ -634,7 +635,7 @@ class FakeTracker:
             for me, them, initiator in ((client, other, True), (other, client, False)):
                 self.clock.callLater(self.delay, me.deliver, wire.RelayOffer(
                     token=token, info_hash=message.info_hash, peer_id=them.peer_id,
-                    initiator=initiator, port=self.relay_port))
+                    initiator=initiator, port=self.relay_port, host=self.relay_host))
 
     def candidates_of(self, client: FakeTrackerClient) -> tuple:
         out = [wire.PunchCandidate(host, client.udp_port, "lan") for host in client.lan]

@@ -101,15 +101,18 @@ class NatCoordinator:
 
     ``random_bytes(n)`` makes attempt ids and nonces (``os.urandom``; tests inject their own).
     ``relay`` is None when this tracker runs no relay; the relay port offered is the one in
-    ``tracker.stun_info``.
+    ``tracker.stun_info``. ``relay_host`` is the address daemons reach this process's relay
+    at ("" unknown): offers name it when the two sessions are on different hosts, since each
+    daemon would otherwise dial its own tracker's host.
     """
 
     def __init__(self, tracker: Tracker, relay: RelayBroker | None = None,
                  limits: NatLimits = NatLimits(),
                  random_bytes: Callable[[int], bytes] = os.urandom,
-                 remote: Delivery | None = None):
+                 remote: Delivery | None = None, relay_host: str = ""):
         self.tracker = tracker
         self.relay = relay
+        self.relay_host = relay_host
         self.limits = limits
         self.random_bytes = random_bytes
         # Peers whose sessions are on other tracker processes (a shared store), or None.
@@ -176,21 +179,25 @@ class NatCoordinator:
         target = self._pair(session, request)
         if target is None:
             return
+        host = ""
         if target is _REMOTE and not self.remote.same_host(request.peer_id):
-            # RelayOffer names a port, not a host: the two could not find one relay.
-            session.refuse(request, "relay_unavailable",
-                           "that peer's session is on another tracker host")
-            return
+            # The target's daemon dials its own tracker's host unless the offer names ours.
+            if not self.relay_host:
+                session.refuse(request, "relay_unavailable",
+                               "that peer's session is on another tracker host and this "
+                               "one advertises no relay address (--relay-host)")
+                return
+            host = self.relay_host
         try:
             token = self.relay.offer(session.peer_id, request.peer_id)
         except RelayRefused as e:
             session.refuse(request, e.code, e.reason)
             return
         if target is _REMOTE:
-            # The token is this process's, so both peers meet at this process's relay port.
+            # The token is this process's, so both peers meet at this process's relay.
             self._deliver(session, request, RELAY,
                           wire.RelayOffer(token, request.info_hash, session.peer_id, False,
-                                          port), token=token, port=port)
+                                          port, host), token=token, port=port, host=host)
             return
         if not target.push(wire.RelayOffer(token, request.info_hash, session.peer_id, False,
                                            port)):
@@ -231,13 +238,13 @@ class NatCoordinator:
         return target
 
     def _deliver(self, session: TrackerSession, request, kind: bytes, to_target, *,
-                 token: bytes = b"", port: int = 0) -> None:
+                 token: bytes = b"", port: int = 0, host: str = "") -> None:
         """Hand the target's message to its process; answer the requester when it says."""
         d = self.remote.deliver(kind, request.info_hash, session.peer_id, request.peer_id,
                                 wire.build(to_target))
-        d.addCallback(self._delivered, session, request, kind, token, port)
+        d.addCallback(self._delivered, session, request, kind, token, port, host)
 
-    def _delivered(self, result, session, request, kind, token, port) -> None:
+    def _delivered(self, result, session, request, kind, token, port, host) -> None:
         if not result[0]:
             if kind == RELAY:
                 self.relay.withdraw(token)
@@ -250,7 +257,7 @@ class NatCoordinator:
             self.punches += 1
         else:
             session.send(wire.RelayOffer(token, request.info_hash, request.peer_id, True,
-                                         port))
+                                         port, host))
             self.relays += 1
 
     def serve_remote(self, kind: bytes, info_hash: bytes, requester: bytes, target_id: bytes,

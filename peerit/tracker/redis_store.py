@@ -656,12 +656,25 @@ def _supersede(tracker, peer_id: bytes) -> None:
                      "tracker process")
 
 
-def new_owner(label: str, host: str | None = None) -> bytes:
+def new_owner(label: str, host: str | None = None, relay_host: str = "") -> bytes:
     """A name for this process in Redis: ``HOST/LABEL-RANDOM`` (6 random bytes: a restart is
-    a new owner; the host tells whether two sessions can meet at one relay)."""
+    a new owner), where HOST is the machine's name, followed by ``@ADDRESS`` when the process
+    knows the address its relay is reached at (the host part tells whether two sessions can
+    meet at one relay: see :func:`one_relay_host`)."""
     host = host or socket.gethostname()
+    if relay_host:
+        host = f"{host}@{relay_host}"
     return f"{host}/{label}-{os.urandom(6).hex()}".encode()
 
 
 def host_of(owner: bytes) -> bytes:
     return owner.rpartition(b"/")[0]
+
+
+def one_relay_host(owner: bytes, other: bytes) -> bool:
+    """True when a daemon whose session is on ``other`` reaches ``owner``'s relay at its own
+    tracker's host: both processes are on one machine and do not advertise two different
+    relay addresses (a process advertising none is reached where its daemons reach it)."""
+    machine, _, relay = host_of(owner).partition(b"@")
+    other_machine, _, other_relay = host_of(other).partition(b"@")
+    return machine == other_machine and (relay == other_relay or not relay or not other_relay)

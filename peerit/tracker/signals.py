@@ -2,7 +2,8 @@
 
 When a daemon asks for a punch or a relay with a peer whose session is on another process,
 the requester's process builds the target's message (its Punch with the requester's
-candidates, or its RelayOffer naming this process's relay port) and hands it to the target's
+candidates, or its RelayOffer naming this process's relay port, and its address when the
+target is on another host) and hands it to the target's
 process through its Redis queue; that process checks its side as it would for a local
 request, pushes the message, and answers (for a punch, with the requester's Punch carrying
 the target's candidates). The requester's process then answers its daemon.
@@ -19,7 +20,7 @@ from typing import Callable
 
 from twisted.internet import defer
 
-from peerit.tracker.redis_store import host_of
+from peerit.tracker.redis_store import one_relay_host
 
 PUNCH = b"punch"
 RELAY = b"relay"
@@ -49,10 +50,11 @@ class Delivery:
         return owner is not None and owner != self.store.owner
 
     def same_host(self, peer_id: bytes) -> bool:
-        """True when the peer's session is on a process of this host (a relay offer names a
-        port on the tracker's host, so both sessions must be on one host to meet there)."""
+        """True when the peer's daemon reaches this process's relay at its own tracker's host
+        (its session is on a process of this host, with no other relay address): a relay
+        offer without a host is then enough."""
         owner = self.store.owner_of(peer_id)
-        return owner is not None and host_of(owner) == host_of(self.store.owner)
+        return owner is not None and one_relay_host(owner, self.store.owner)
 
     def deliver(self, kind: bytes, info_hash: bytes, requester: bytes, target: bytes,
                 body: bytes) -> defer.Deferred:

@@ -1,5 +1,6 @@
 """``twistd peerit-tracker``: options and the service they make."""
 
+import ipaddress
 import os
 import sys
 
@@ -107,6 +108,28 @@ def mailbox_endpoint(listen: str, mailbox: str) -> str | None:
     return f"tcp:{0 if port == 0 else DEFAULT_MAILBOX_PORT}{suffix}"
 
 
+def relay_host(given: str | None, relay: str | None) -> str:
+    """The address daemons reach this process's relay at: ``--relay-host``, else the relay's
+    interface when it is a concrete address, else "" (daemons dial their tracker's host)."""
+    if relay is None:
+        return ""
+    if given is not None:
+        try:
+            address = ipaddress.ip_address(given)
+        except ValueError:
+            raise UsageError(f"bad --relay-host {given!r}: an IPv4 or IPv6 address") from None
+        if address.is_unspecified or address.is_multicast:
+            raise UsageError(f"bad --relay-host {given!r}: the address daemons connect to, "
+                             "not a wildcard or multicast one")
+        return str(address)
+    _, interface = listen_parts(relay)
+    try:
+        address = ipaddress.ip_address(interface)
+    except ValueError:
+        return ""
+    return "" if address.is_unspecified else str(address)
+
+
 def read_password_file(path: str) -> bytes:
     """The first line of ``path`` (a file only its owner can read, as systemd's
     LoadCredential= or a secret mount gives it)."""
@@ -182,6 +205,11 @@ class Options(usage.Options):
         ["relay", None, "auto",
          "TCP endpoint of the relay (tcp:PORT[:interface=ADDR]), or none. auto: port "
          f"{DEFAULT_RELAY_PORT} on the --listen interface (a free port with tcp:0)."],
+        ["relay-host", None, None,
+         "Address daemons reach this process's relay at, named in relay offers when the "
+         "two peers' sessions are on tracker processes on different hosts (--store). "
+         "[default: the --relay interface when it is an address, else none: such relays "
+         "are refused]"],
         ["relay-rate", None, "10M",
          "Bandwidth cap of each direction of each relayed session, bytes/s "
          f"({units.UNITS_HELP})."],
@@ -263,6 +291,7 @@ class Options(usage.Options):
         try:
             self.nat_endpoints = nat_endpoints(self["listen"], self["stun"],
                                                self["stun-alt-port"], self["relay"])
+            self.relay_host = relay_host(self["relay-host"], self.nat_endpoints[2])
             self.relay_limits = RelayLimits(
                 rate=parse_rate(self["relay-rate"]), max_sessions=self["relay-sessions"],
                 per_peer=self["relay-per-peer"], idle_timeout=self["relay-idle-timeout"])
@@ -325,7 +354,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     remote = None
     if options.redis_url is not None:
         label = "tracker" if worker is None else f"worker{worker}"
-        store = RedisSwarmStore(reactor, options.redis_url, new_owner(label),
+        store = RedisSwarmStore(reactor, options.redis_url,
+                                new_owner(label, relay_host=options.relay_host),
                                 options.redis_password,
                                 refresh_interval=options.limits.idle_timeout / 6)
         tracker = Tracker(reactor, store, options.limits)
@@ -335,7 +365,8 @@ def makeService(options, reactor=None) -> service.MultiService:
     else:
         tracker = Tracker(reactor, MemorySwarmStore(), options.limits)
     broker = RelayBroker(reactor, options.relay_limits) if relay else None
-    coordinator = NatCoordinator(tracker, broker, options.nat_limits, remote=remote)
+    coordinator = NatCoordinator(tracker, broker, options.nat_limits, remote=remote,
+                                 relay_host=options.relay_host)
     shared = worker is not None
     if shared:
         ParentWatch(reactor).setServiceParent(top)

@@ -6,7 +6,8 @@ Twisted has no such option); the kernel spreads new connections and datagrams ov
 workers by a hash of the source. A worker that dies leaves the group, so the daemons it
 served reconnect to the same address and land on the others. Each worker runs its own relay
 on its own port: a relay token is redeemed where it was issued, and the offer names that
-port. All workers load the one key in the data directory, so the fingerprint is the same.
+port (and the host's ``--relay-host``, which every worker inherits, for a peer on another
+host). All workers load the one key in the data directory, so the fingerprint is the same.
 
 :class:`WorkerPool` is the parent: it picks the ports (binding once, so ``tcp:0`` works),
 starts the workers as ``twistd peerit-tracker ... --worker I``, restarts one that exits

@@ -16,8 +16,8 @@ import struct
 from dataclasses import dataclass, field
 
 from construct import (
-    Adapter, Byte, Bytes, Enum, ExprValidator, Flag, FormatField, Int16ub, Int32ub, Int64ub,
-    PrefixedArray, Struct, ValidationError, this)
+    Adapter, Byte, Bytes, Enum, ExprValidator, Flag, FormatField, GreedyBytes, Int16ub, Int32ub,
+    Int64ub, PrefixedArray, Struct, ValidationError, this)
 
 from peerit.wire.messages import MessageSet
 
@@ -72,6 +72,25 @@ class _ShortText(Adapter):
     def _encode(self, obj, context, path):
         data = obj.encode("utf8")
         return {"length": len(data), "data": data}
+
+
+class _TrailingIPAddress(Adapter):
+    """An optional IPv4 or IPv6 address as a message's last field: 4 or 16 packed bytes to
+    the end of the message, or none at all for "" (so a message without one has the bytes
+    it had before the field existed)."""
+
+    def _decode(self, obj, context, path):
+        if len(obj) not in (0, 4, 16):
+            raise ValidationError(f"address of {len(obj)} bytes", path=path)
+        return str(ipaddress.ip_address(obj)) if obj else ""
+
+    def _encode(self, obj, context, path):
+        if not obj:
+            return b""
+        try:
+            return ipaddress.ip_address(obj).packed
+        except ValueError as e:
+            raise ValidationError(str(e), path=path) from None
 
 
 IP_ADDRESS = _IPAddress(_COUNTED_BYTES)
@@ -364,16 +383,22 @@ class RelayRequest:
     "peer_id" / PEER_ID,
     "initiator" / Flag,
     "port" / Int16ub,
+    "host" / _TrailingIPAddress(GreedyBytes),
 ))
 @dataclass(frozen=True)
 class RelayOffer:
-    """Pushed to both sides: connect to the relay (``port`` on the tracker's host) and
-    present ``token``. The requester (``initiator=True``) is the TLS client inside."""
+    """Pushed to both sides: connect to the relay at ``host`` and ``port`` and present
+    ``token``. The requester (``initiator=True``) is the TLS client inside.
+
+    ``host`` "" (absent on the wire) means the host of the tracker this offer came from; a
+    tracker process names its own address when the two sessions are on different hosts,
+    since the token is redeemed only at the relay that issued it."""
     token: bytes
     info_hash: bytes
     peer_id: bytes
     initiator: bool
     port: int
+    host: str = ""
 
 
 FATAL_ERRORS = frozenset({

@@ -2,7 +2,9 @@
 different workers, a worker killed, Redis restarted. Each test starts its own redis-server on
 a free loopback port (no persistence) and stops it by PID."""
 
+import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,9 +12,11 @@ import time
 
 import pytest
 
+from peerit.addresses import TrackerAddress
 from peerit.identity import Identity
+from peerit.metainfo import Metainfo
 from peerit.testing.localswarm import LocalSwarm
-from peerit.testing.processes import environment, twistd_argv
+from peerit.testing.processes import Process, environment, twistd_argv
 from peerit.testing.redis import RedisServer, redis_server_path
 
 from test_daemon import MiB, random_file, sha256_of, share
@@ -157,6 +161,61 @@ def test_redis_restarted_empty_mid_swarm_table_is_whole_again(swarm, redis, tmp_
     assert sha256_of(tmp_path / "out" / src.name) == sha256_of(src)
     log = swarm.tracker_process.log()
     assert "unavailable" in log and "is back" in log, log[-3000:]
+
+
+def start_tracker_on(swarm, name: str, address: str, store: str) -> tuple[Process, str]:
+    """Another tracker process on ``address`` with the first one's key (as a second host
+    of one deployment would have), its own STUN and relay on that address."""
+    data = swarm.workdir / name
+    shutil.copytree(swarm.workdir / "tracker", data,
+                    ignore=shutil.ignore_patterns("tracker.endpoint*"))
+    process = Process(twistd_argv(
+        "peerit-tracker", "--listen", f"tcp:0:interface={address}", "--data-dir", str(data),
+        "--store", store, "--stun", f"udp:0:interface={address}",
+        "--relay", f"tcp:0:interface={address}", "--idle-timeout", "30"),
+        swarm.workdir / f"{name}.log")
+    process.wait_for_path(data / "tracker.endpoint", 30)
+    return process, (data / "tracker.endpoint").read_text().strip()
+
+
+def test_relay_between_sessions_on_two_hosts_meets_at_the_issuing_process(redis, tmp_path):
+    """Two tracker processes on two addresses (two "hosts": each relay is reachable only on
+    its own) over one Redis, a seeder pinned to one and a downloader allowed only the relay
+    pinned to the other: the downloader's process issues the token and both offers name its
+    address, so the seeder dials a relay that is not on its own tracker's host, and the file
+    arrives byte-identical."""
+    src = random_file(tmp_path / "src" / "hosts.bin", 4 * MiB, seed=24)
+    with LocalSwarm(tmp_path / "swarm") as swarm:
+        swarm.start_tracker("--store", redis.url, "--stun", "udp:0:interface=127.0.0.1",
+                            "--relay", "tcp:0:interface=127.0.0.1", "--idle-timeout", "30")
+        first = swarm.tracker_endpoint
+        second_process, second = start_tracker_on(swarm, "tracker2", "127.0.0.2", redis.url)
+        try:
+            assert first.split("#")[1] == second.split("#")[1], "one key, one fingerprint"
+            assert first.startswith("127.0.0.1:") and second.startswith("127.0.0.2:")
+            swarm.start_daemon("seed", *DAEMON_UDP, "--max-upload-rate", "1M")
+            shared = share(swarm, "seed", src)
+            swarm.tracker_endpoint = second
+            swarm.start_daemon("dl", *DAEMON_UDP, "--paths", "relay")
+            owners = {name: redis.command("HGET", b"peerit:p:" + peer_id_of(swarm, name), "o")
+                      for name in ("seed", "dl")}
+            assert b"@127.0.0.1/" in owners["seed"] and b"@127.0.0.2/" in owners["dl"], owners
+            # The downloader's .p2p names the tracker it is pinned to (trackers are outside
+            # the info-hash): one session each, on two hosts.
+            metainfo = Metainfo.read(shared["metainfo"])
+            theirs = str(tmp_path / "dl.p2p")
+            dataclasses.replace(metainfo, trackers=(TrackerAddress.parse(second),)).write(theirs)
+            swarm.ctl("dl", "download", theirs, "--to", str(tmp_path / "out"), "--detach")
+            swarm.wait_for("dl", shared["info_hash"], lambda s: s["peers"] > 0, timeout=60)
+            links = swarm.ctl_json("dl", "peers", shared["info_hash"])["peers"]
+            assert [link["path"] for link in links] == ["relay"], links
+            swarm.wait_complete("dl", shared["info_hash"], timeout=120)
+            assert sha256_of(tmp_path / "out" / src.name) == sha256_of(src)
+            # The relay that carried it is the issuing (downloader's) process's.
+            assert "relay session" in second_process.log(), second_process.log()[-3000:]
+            assert "relay session" not in swarm.tracker_process.log()
+        finally:
+            second_process.stop()
 
 
 def test_redis_unreachable_at_start_is_one_clear_line(tmp_path):

@@ -36,13 +36,16 @@ class World:
     """Two peers behind NATs of the given types, the tracker (STUN, coordination, relay)."""
 
     def __init__(self, a_type: str, b_type: str, seed: int = 1, loss: float = 0.0,
-                 a_paths=("quic", "relay"), b_paths=("quic", "relay"), start=True):
+                 a_paths=("quic", "relay"), b_paths=("quic", "relay"), start=True,
+                 relay_host: str = ""):
         self.clock = task.Clock()
         self.rng = random.Random(seed)
         self.network = FakeNetwork(self.clock, self.rng, loss=loss)
         self.stun = FakeStunServer(self.network, TRACKER_IP)
         self.tracker = FakeTracker(self.clock, TRACKER_IP, self.rng)
-        self.relay = FakeRelay(self.clock, TRACKER_IP, self.tracker.relay_port)
+        # A relay on another host than the tracker's answers only where the offers say.
+        self.tracker.relay_host = relay_host
+        self.relay = FakeRelay(self.clock, relay_host or TRACKER_IP, self.tracker.relay_port)
         self.a = self._peer("a", a_type, a_paths, seed)
         self.b = self._peer("b", b_type, b_paths, seed + 1000)
         if start:
@@ -301,6 +304,20 @@ class PunchedQuicTests(NatManagerTestCase):
         self.assertEqual(len(world.b.udp.ports), world.b.ports_before)
         requests = [type(m).__name__ for m in world.tracker.requests]
         self.assertEqual(requests, ["PunchRequest", "RelayRequest"])
+
+    def test_relay_named_by_the_offer_on_another_host_carries_the_link(self):
+        """An offer naming a host (the relay's tracker process is on another host than
+        ours): both sides dial that host, not their tracker's, and meet there; the peers'
+        TLS still proves each other's id."""
+        world, link, start = self.connect("symmetric", "symmetric",
+                                          relay_host="192.0.2.77")
+        self.assertIsInstance(link, ProbeLink, getattr(link, "value", link))
+        self.assertEqual(link.path, "relay")
+        self.assertEqual(link.peer_id, world.b.identity.peer_id)
+        self.assertEqual(world.b.inbound[-1].peer_id, world.a.identity.peer_id)
+        self.assertEqual(world.relay.spliced, 1)
+        self.assertEqual({c.transport.peer_address.host for c in world.relay.connections},
+                         {"192.0.2.77"})
 
     def test_tracker_refusal_fails_the_candidates(self):
         """The tracker refuses both requests (peer not in the swarm): the race fails soon

@@ -7,9 +7,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit.daemon.connector import NoPath
 from peerit.identity import Identity
 from peerit.daemon.nat.relay_client import (
-    RELAY_PREAMBLE, accept_through_relay, dial_through_relay, relay_hello)
+    RELAY_PREAMBLE, accept_through_relay, dial_through_relay, relay_address, relay_hello)
 from peerit.testing.datagrams import run_until
 from peerit.testing.fake_internet import FakeRelay, ProbeLink
+from peerit.wire import tracker as wire
 
 INITIATOR = Identity.generate("initiator")
 ACCEPTOR = Identity.generate("acceptor")
@@ -98,3 +99,13 @@ class RelayClientTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(len(results), 1)
         self.assertTrue(self.relay.connections[0].transport.closed)
+
+
+class RelayAddressTests(SynchronousTestCase):
+    def test_the_offers_host_else_the_trackers(self):
+        """An offer naming a host (a relay on another tracker host) is dialed there; one
+        naming none at its tracker's host, as single-host trackers always send."""
+        named = wire.RelayOffer(bytes(32), bytes(32), bytes(32), True, 59002, "192.0.2.9")
+        plain = wire.RelayOffer(bytes(32), bytes(32), bytes(32), False, 59001)
+        self.assertEqual(relay_address(named, "127.0.0.1"), ("192.0.2.9", 59002))
+        self.assertEqual(relay_address(plain, "127.0.0.1"), ("127.0.0.1", 59001))

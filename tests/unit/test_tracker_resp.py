@@ -146,6 +146,15 @@ class StoreOptionTests(SynchronousTestCase):
         reparsed = self.parse(*tail)
         self.assertEqual((reparsed["worker"], reparsed["max-peers"]), (2, 80))
 
+    def test_workers_inherit_the_hosts_relay_address(self):
+        """Every worker of a host advertises the one --relay-host for relays to other hosts."""
+        options = self.parse("--workers", "2", "--store", "redis://127.0.0.1/0",
+                             "--relay-host", "198.51.100.7")
+        tail = worker_argv(options, 1, 59000, None, "tcp:59002")
+        tail = tail[tail.index("peerit-tracker") + 1:]
+        self.assertIn("--relay-host=198.51.100.7", tail)
+        self.assertEqual(self.parse(*tail).relay_host, "198.51.100.7")
+
     def test_each_worker_serves_its_own_metrics_on_the_port_plus_its_index(self):
         options = self.parse("--workers", "2", "--store", "redis://127.0.0.1/0",
                              "--metrics", "tcp:9100", "--metrics-allow", "10.0.0.0/24")

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.testing.sharedstore import SharedTable
 from peerit.tracker.nat import NatCoordinator, NatLimits
+from peerit.tracker.redis_store import new_owner, one_relay_host
 from peerit.tracker.relay import RelayBroker
 from peerit.tracker.session import ACTIVE, Limits, Tracker
 from peerit.tracker.signals import Delivery
@@ -142,11 +143,15 @@ class TwoProcesses(SynchronousTestCase):
         self.refusal(self.a, "peer_unavailable")
         self.assertEqual(self.table.sent, 0)
 
-    def test_no_relay_between_sessions_on_different_hosts(self):
-        """A RelayOffer names a port on the tracker's host: sessions on two hosts could not
-        meet at one relay, so the request is refused (punches still cross hosts)."""
-        self.table.owners[self.b.peer_id] = b"host1/worker0-99"
-        self.table.stores[1].owner = b"host1/worker0-99"
+    def on_another_host(self, owner: bytes) -> None:
+        self.table.owners[self.b.peer_id] = owner
+        self.table.stores[1].owner = owner
+
+    def test_no_relay_between_hosts_from_a_process_that_advertises_no_relay_address(self):
+        """Without a relay address (--relay-host) the issuing process cannot tell the target,
+        whose daemon would dial its own tracker's host, where to meet: refused (punches
+        still cross hosts)."""
+        self.on_another_host(b"host1/worker0-99")
         self.a.send(wire.RelayRequest(SWARM, self.b.peer_id))
         self.refusal(self.a, "relay_unavailable", RELAY_OP)
         self.assertEqual((self.table.sent, self.brokers[0].pending), (0, 0))
@@ -154,6 +159,48 @@ class TwoProcesses(SynchronousTestCase):
         self.table.deliver()
         self.table.deliver()
         self.assertEqual(len(self.a.link.take(wire.Punch)), 1)
+
+    def test_relay_between_hosts_names_the_issuing_process_host_to_both(self):
+        """The token is redeemed only where it was issued: both offers name the issuing
+        process's relay address and port."""
+        self.nats[0].relay_host = "192.0.2.10"
+        self.on_another_host(b"host1@192.0.2.20/worker0-99")
+        self.a.send(wire.RelayRequest(SWARM, self.b.peer_id))
+        self.table.deliver()
+        [to_b] = self.b.link.take()
+        self.table.deliver()
+        [to_a] = self.a.link.take()
+        self.assertEqual((to_a.host, to_a.port, to_a.initiator, to_a.peer_id),
+                         ("192.0.2.10", 59001, True, self.b.peer_id))
+        self.assertEqual((to_b.host, to_b.port, to_b.initiator, to_b.peer_id, to_b.token),
+                         ("192.0.2.10", 59001, False, self.a.peer_id, to_a.token))
+        self.assertEqual((self.brokers[0].pending, self.nats[0].relays), (1, 1))
+
+    def test_processes_of_one_machine_on_two_relay_addresses_are_two_hosts(self):
+        """Two processes of one machine advertising different relay addresses (one per
+        interface): the offer names the issuer's, since the target's daemon reaches its own
+        tracker at the other address."""
+        self.nats[0].relay_host = "127.0.0.1"
+        self.table.stores[0].owner = b"host0@127.0.0.1/worker0-00"
+        self.table.owners[self.a.peer_id] = b"host0@127.0.0.1/worker0-00"
+        self.on_another_host(b"host0@127.0.0.2/worker1-01")
+        self.a.send(wire.RelayRequest(SWARM, self.b.peer_id))
+        self.table.deliver()
+        [to_b] = self.b.link.take()
+        self.assertEqual((to_b.host, to_b.port), ("127.0.0.1", 59001))
+
+    def test_relay_on_one_host_names_no_host_as_before(self):
+        """Sessions on processes of one host (the default owners here), even when the issuer
+        knows its relay address: the offers are the bytes they always were."""
+        self.nats[0].relay_host = "192.0.2.10"
+        self.a.send(wire.RelayRequest(SWARM, self.b.peer_id))
+        self.table.deliver()
+        [to_b] = self.b.link.take()
+        self.table.deliver()
+        [to_a] = self.a.link.take()
+        self.assertEqual((to_a.host, to_b.host), ("", ""))
+        self.assertEqual(wire.build(to_b), wire.build(wire.RelayOffer(
+            to_b.token, SWARM, self.a.peer_id, False, 59001)))
 
     def test_a_garbled_request_between_processes_is_refused_not_pushed(self):
         serve = self.nats[1].serve_remote
@@ -163,3 +210,25 @@ class TwoProcesses(SynchronousTestCase):
         self.assertFalse(serve(b"punch", SWARM, self.a.peer_id, self.b.peer_id,
                                relay_offer)[0], "a Punch request must carry a Punch")
         self.assertEqual(self.b.link.take(), [])
+
+
+class OwnerHostTests(SynchronousTestCase):
+    def test_a_process_names_its_relay_address_after_its_machine(self):
+        self.assertTrue(new_owner("worker0", "m1", "192.0.2.1")
+                        .startswith(b"m1@192.0.2.1/worker0-"))
+        self.assertTrue(new_owner("worker0", "m1").startswith(b"m1/worker0-"))
+
+    def test_one_relay_host_needs_one_machine_and_no_two_relay_addresses(self):
+        cases = [
+            (b"m1/w0-1", b"m1/w1-2", True),
+            (b"m1@10.0.0.1/w0-1", b"m1@10.0.0.1/w1-2", True),
+            (b"m1@10.0.0.1/w0-1", b"m1/w1-2", True),        # as before --relay-host
+            (b"m1@127.0.0.1/w0-1", b"m1@127.0.0.2/w1-2", False),
+            (b"m1@10.0.0.1/w0-1", b"m2@10.0.0.1/w1-2", False),
+            (b"m1/w0-1", b"m2/w1-2", False),
+            (b"m1@2001:db8::1/w0-1", b"m1@2001:db8::1/w1-2", True),
+        ]
+        for owner, other, expected in cases:
+            with self.subTest(owner=owner, other=other):
+                self.assertEqual(one_relay_host(owner, other), expected)
+                self.assertEqual(one_relay_host(other, owner), expected)

@@ -192,6 +192,28 @@ class NatOptionsTests(SynchronousTestCase):
         with self.assertRaises(UsageError):
             tap.nat_endpoints("tcp:59000", "tcp:4000", "auto", "none")
 
+    def test_relay_host_is_given_or_the_relays_concrete_interface(self):
+        """--relay-host wins; else the --relay interface when it is an address; else none
+        (a wildcard interface, or no relay at all)."""
+        self.assertEqual(tap.relay_host("192.0.2.5", "tcp:59001"), "192.0.2.5")
+        self.assertEqual(tap.relay_host("2001:DB8::5", "tcp:59001"), "2001:db8::5")
+        self.assertEqual(tap.relay_host(None, "tcp:0:interface=127.0.0.2"), "127.0.0.2")
+        self.assertEqual(tap.relay_host(None, "tcp:59001:interface=\\:\\:1"), "::1")
+        self.assertEqual(tap.relay_host(None, "tcp:59001:interface=0.0.0.0"), "")
+        self.assertEqual(tap.relay_host(None, "tcp:59001"), "")
+        self.assertEqual(tap.relay_host("192.0.2.5", None), "")
+        for bad in ("relay.example.org", "0.0.0.0", "::", "224.0.0.1", "192.0.2"):
+            with self.assertRaises(UsageError, msg=bad):
+                tap.relay_host(bad, "tcp:59001")
+
+    def test_relay_host_option_is_checked_and_kept(self):
+        options = tap.Options()
+        options.parseOptions(["--data-dir", "d", "--relay-host", "198.51.100.7"])
+        self.assertEqual(options.relay_host, "198.51.100.7")
+        with self.assertRaises(usage.UsageError) as caught:
+            tap.Options().parseOptions(["--data-dir", "d", "--relay-host", "relay.example"])
+        self.assertIn("--relay-host", str(caught.exception))
+
     def test_relay_rates_take_units(self):
         self.assertEqual([tap.parse_rate(t) for t in ("10M", "512k", "8Mi", "1e6", "100")],
                          [10e6, 512e3, 8 * 2**20, 1e6, 100.0])

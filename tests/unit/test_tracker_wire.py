@@ -51,6 +51,11 @@ GOLDEN = [
      "0d" + A.hex() + N.hex() + H.hex() + P.hex() + "00" "00" "00"),
     (wire.RelayRequest(H, P), "0e" + H.hex() + P.hex()),
     (wire.RelayOffer(T, H, P, False, 59001), "0f" + T.hex() + H.hex() + P.hex() + "00" "e679"),
+    # A relay on another host than the tracker's: its address, with no length, ends the offer.
+    (wire.RelayOffer(T, H, P, True, 59002, "192.0.2.7"),
+     "0f" + T.hex() + H.hex() + P.hex() + "01" "e67a" "c0000207"),
+    (wire.RelayOffer(T, H, P, False, 1, "2001:db8::1"),
+     "0f" + T.hex() + H.hex() + P.hex() + "00" "0001" "20010db8000000000000000000000001"),
     (wire.Error("peer_unavailable", "no", 12, H), "09" "000c" "0c" + H.hex() + "02" "6e6f"),
     (wire.Error("too_many_attempts", "", 12, H), "09" "000d" "0c" + H.hex() + "00"),
     (wire.Error("relay_unavailable", "", 14, H), "09" "000e" "0e" + H.hex() + "00"),
@@ -93,7 +98,8 @@ all_messages = st.one_of(
               st.lists(candidates, max_size=wire.MAX_PUNCH_CANDIDATES).map(tuple),
               st.sampled_from(wire.MAPPINGS)),
     st.builds(wire.RelayRequest, hashes, hashes),
-    st.builds(wire.RelayOffer, hashes, hashes, hashes, st.booleans(), ports),
+    st.builds(wire.RelayOffer, hashes, hashes, hashes, st.booleans(), ports,
+              st.one_of(st.just(""), ip_addresses)),
 )
 
 
@@ -206,6 +212,17 @@ class HostileInputTests(SynchronousTestCase):
             wire.build(wire.RelayOffer(T[:31], H, P, True, 1))
         with self.assertRaises(MalformedMessage):
             wire.build(wire.Punch(A[:15], N, H, P, True, ()))
+
+    def test_a_relay_offer_host_of_another_length_or_not_an_address_is_malformed(self):
+        """The trailing host is 0, 4 or 16 bytes; anything else, or a name instead of an
+        address, is refused both ways."""
+        offer = wire.build(wire.RelayOffer(T, H, P, True, 1))
+        for extra in (b"\x7f", b"\x7f\x00\x00", b"\x7f\x00\x00\x01\x00", bytes(17)):
+            with self.subTest(extra=extra.hex()), self.assertRaises(MalformedMessage):
+                wire.parse(offer + extra)
+        self.assertEqual(wire.parse(offer + b"\x7f\x00\x00\x02").host, "127.0.0.2")
+        with self.assertRaises(MalformedMessage):
+            wire.build(wire.RelayOffer(T, H, P, True, 1, "relay.example.org"))
 
     def test_a_full_punch_fits_the_tracker_frame_limit_and_requests_the_daemon_one(self):
         full = (wire.PunchCandidate("2001:db8::1", 65535, "lan"),) * wire.MAX_PUNCH_CANDIDATES

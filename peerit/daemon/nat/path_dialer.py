@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from peerit.daemon.connector import Candidate, NoPath, link_attempt
 from peerit.daemon.nat.public_address import PublicAddress
-from peerit.daemon.nat.relay_client import dial_through_relay
+from peerit.daemon.nat.relay_client import dial_through_relay, relay_address
 from peerit.daemon.nat.socket_pool import SocketPool
 from peerit.nat import punch
 from peerit.wire import tracker as wire
@@ -284,8 +284,9 @@ class PathDialer:
         key = (dial.info_hash, dial.peer_id)
         offer = await self._ask(self._relay_waits, key,
                                 wire.RelayRequest(dial.info_hash, dial.peer_id), "relay offer")
+        host, port = relay_address(offer, client.tracker.host)
         return await dial_through_relay(
-            self._connect_tcp, client.tracker.host, offer.port, offer.token, self.identity,
+            self._connect_tcp, host, port, offer.token, self.identity,
             dial.peer_id,
             lambda on_ready, on_failed: make_link("relay", on_ready, on_failed),
             clock=self.clock)

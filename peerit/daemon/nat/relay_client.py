@@ -1,6 +1,7 @@
 """The daemon's side of the tracker's relay: a peer link spliced through the tracker, still TLS.
 
-The relay (docs/nat-protocol.md) is plain TCP on the tracker's host. Each of the two peers
+The relay (docs/nat-protocol.md) is plain TCP on the tracker's host, or on the host its
+``RelayOffer`` names (:func:`relay_address`). Each of the two peers
 connects, sends :data:`RELAY_PREAMBLE` and the one-time token from its ``RelayOffer``, and the
 relay splices the two connections once both are there. The peers' own TLS then runs end to end
 inside the splice, so the relay sees only ciphertext and cannot pose as either peer: the
@@ -27,6 +28,13 @@ from peerit.wire.tracker import RELAY_TOKEN_SIZE as TOKEN_SIZE  # noqa: F401 (fo
 
 # connect_tcp(host, port, factory) -> Deferred[protocol]; cancelling it aborts the connect.
 ConnectTCP = Callable[[str, int, Factory], Deferred]
+
+
+def relay_address(offer, tracker_host: str) -> tuple[str, int]:
+    """Where to meet for ``offer``: the host it names, else the host of the tracker it came
+    from (a single-host tracker names none). Whoever answers there sees only the peers' TLS,
+    which pins the other peer's id: a wrong host can fail the link, not pose as the peer."""
+    return (offer.host or tracker_host, offer.port)
 
 
 class _RelayPreamble(Protocol):

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from peerit.daemon.nat.path_dialer import MAPPING_WAIT, PathDialer
 from peerit.daemon.nat.public_address import PublicAddress
-from peerit.daemon.nat.relay_client import accept_through_relay
+from peerit.daemon.nat.relay_client import accept_through_relay, relay_address
 from peerit.daemon.nat.socket_pool import SocketPool
 from peerit.nat import punch
 from peerit.wire import tracker as wire
@@ -53,7 +53,7 @@ class TrackerPushHandler:
     def handle_push(self, message, tracker=None) -> bool:
         """A tracker push; True when it was ours (StunInfo, Punch, RelayOffer, or an Error
         refusing one of our requests). ``tracker`` is the address of the tracker it came
-        from (the relay runs on that host)."""
+        from (the relay runs on that host unless the offer names another)."""
         if not self.running:
             return False
         kind = type(message)
@@ -135,8 +135,9 @@ class TrackerPushHandler:
             link = self._inbound_link("relay")
             link.connect_seconds = self.clock.seconds() - started
             return link
-        d = accept_through_relay(self._connect_tcp, client.tracker.host, message.port,
-                                 message.token, self.identity, build, clock=self.clock)
+        host, port = relay_address(message, client.tracker.host)
+        d = accept_through_relay(self._connect_tcp, host, port, message.token,
+                                 self.identity, build, clock=self.clock)
         self._accepting.add(d)
 
         def done(result):
