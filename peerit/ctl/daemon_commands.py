@@ -284,13 +284,7 @@ async def netcheck(client, args, reactor):
 
 
 def register(subparsers, common) -> None:
-    parents = [common, options.control_parent()]
-
-    def add(name, function, help, description=None):
-        p = subparsers.add_parser(name, parents=parents, help=help,
-                                  description=description or help)
-        p.set_defaults(run=with_client(function))
-        return p
+    add = options.daemon_command_adder(subparsers, common, with_client)
 
     p = add("share", share, "share a file or directory in place",
             "Create the .p2p for PATH (with a progress bar) and have the daemon seed PATH "

@@ -108,13 +108,7 @@ async def receive(client, args, reactor):
 
 
 def register(subparsers, common) -> None:
-    parents = [common, options.control_parent()]
-
-    def add(name, function, help, description=None):
-        p = subparsers.add_parser(name, parents=parents, help=help,
-                                  description=description or help)
-        p.set_defaults(run=with_client(function))
-        return p
+    add = options.daemon_command_adder(subparsers, common, with_client)
 
     p = add("link", link, "print the peerit: link of a share or download",
             "Print the peerit: link of a transfer: its info-hash and trackers (with their "

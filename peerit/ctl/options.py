@@ -37,3 +37,16 @@ def control_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     add_control_option(parent, in_subcommand=True)
     return parent
+
+
+def daemon_command_adder(subparsers, common: argparse.ArgumentParser, run_with):
+    """``add(name, function, help, description=None)`` for a command group's commands that
+    talk to a daemon: the common options and ``--control``, run through ``run_with``."""
+    parents = [common, control_parent()]
+
+    def add(name, function, help, description=None):
+        p = subparsers.add_parser(name, parents=parents, help=help,
+                                  description=description or help)
+        p.set_defaults(run=run_with(function))
+        return p
+    return add
