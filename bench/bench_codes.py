@@ -1,7 +1,10 @@
 """Short codes and links against magic-wormhole, over loopback with the real programs.
 
-    .venv/bin/python bench/bench_codes.py --sizes 10Mi,512Mi --runs 3
-    .venv/bin/python bench/bench_codes.py --sizes 10Mi,64Mi --runs 1      (a quick look)
+    bench/.venv/bin/python bench/bench_codes.py --sizes 10Mi,512Mi --runs 3
+    bench/.venv/bin/python bench/bench_codes.py --sizes 10Mi,64Mi --runs 1      (a quick look)
+
+``bench/run`` runs the same measurements as its rows ``code-small``, ``code`` and
+``first-piece``, one sample per process (``--sample``).
 
 Two measurements, side by side in one run:
 
@@ -35,7 +38,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "references"))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Child, free_port, make_file, package_versions, wait_for_port  # noqa: E402
+from common import (Child, free_port, install_sigterm_exit, make_file,  # noqa: E402
+                    package_versions, wait_for_port, write_result)
 from peerit.client import BlockingClient  # noqa: E402
 from peerit.units import parse_size  # noqa: E402
 from peerit.testing.localswarm import LocalSwarm  # noqa: E402
@@ -138,7 +142,7 @@ def wormhole_code(src: Path, work: Path, timeout: float) -> float:
     return seconds
 
 
-def first_piece(src: Path, work: Path, timeout: float) -> dict:
+def first_piece(src: Path, work: Path, timeout: float, kinds=("p2p", "link")) -> dict:
     """Seconds to the first verified piece, by .p2p and by link, alternating."""
     out = {}
     with LocalSwarm(work / "first") as swarm:
@@ -152,6 +156,8 @@ def first_piece(src: Path, work: Path, timeout: float) -> dict:
                                                                str(work / "dl-p2p"))),
                                ("link", lambda: client.download_link(shared["link"],
                                                                      str(work / "dl-link")))):
+                if kind not in kinds:
+                    continue
                 start = time.monotonic()
                 call()
                 while client.status(shared["info_hash"]).pieces_done < 1:
@@ -163,14 +169,40 @@ def first_piece(src: Path, work: Path, timeout: float) -> dict:
     return out
 
 
+SAMPLES = {"peer-it": peerit_code, "magic-wormhole": wormhole_code}
+
+
+def sample(args) -> None:
+    """One sample for bench/suite.py, on the file it made (``--source``)."""
+    src = Path(args.source)
+    with tempfile.TemporaryDirectory(prefix="bench-codes-") as tmp:
+        work = Path(tmp)
+        if args.sample in SAMPLES:
+            seconds = SAMPLES[args.sample](src, work, args.timeout - 20)
+        else:
+            kind = args.sample.removeprefix("first-piece-")
+            seconds = first_piece(src, work, args.timeout - 20, kinds=(kind,))[kind]
+    write_result(args.json, {"seconds": seconds, "bytes": src.stat().st_size})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sample", choices=[*SAMPLES, "first-piece-link", "first-piece-p2p"],
+                        help="(bench/suite.py) one sample of this kind on --source")
+    parser.add_argument("--source", help="(bench/suite.py) the file to send")
+    parser.add_argument("--json", help="(bench/suite.py) write the sample's result here")
     parser.add_argument("--sizes", default="10Mi,512Mi",
                         help="file sizes for the code comparison [default: 10Mi,512Mi]")
     parser.add_argument("--first-piece-size", default="64Mi")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
+    install_sigterm_exit()
+    if args.sample:
+        if not (args.source and args.json):
+            parser.error("--sample needs --source and --json")
+        sample(args)
+        return 0
     print("# " + ", ".join(package_versions(["magic-wormhole", "twisted"])))
     print(f"{'size':>8} {'tool':<14} {'median s':>9} {'MiB/s':>8}  runs")
     for text in args.sizes.split(","):

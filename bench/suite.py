@@ -10,8 +10,8 @@ builds ``bench/.venv`` with the references first.
     python bench/suite.py [--quick] [--only SELECTOR[,...]] [--runs N] [--budget SECONDS]
                           [--json FILE] [--keep] [--profile DIR]
 
-SELECTOR is a benchmark (transfer, swarm, small, medium, tree, fresh, natlab, create, idle)
-or BENCHMARK/TOOL (e.g. transfer/peer-it, create/hashlib, small/peer-it-fresh). Everything is
+SELECTOR is a benchmark (transfer, swarm, small, medium, tree, fresh, code-small, code,
+first-piece, natlab, create, idle) or BENCHMARK/TOOL (e.g. transfer/peer-it, create/hashlib, small/peer-it-fresh). Everything is
 bounded: each sample has a time limit, the whole suite has ``--budget``; samples that would
 start past it are reported as not run.
 Every process is ended by PID and the work directory is removed unless ``--keep``.
@@ -52,6 +52,9 @@ class Sizes:
     tree: int = 32 * MiB
     tree_files: int = 1000
     fresh: int = 256 * MiB
+    code_small: int = 10 * MiB
+    code: int = 512 * MiB
+    first_piece: int = 64 * MiB
     natlab: int = 256 * MiB
     create: int = 1024 * MiB
     idle_shares: int = 1000
@@ -61,12 +64,16 @@ class Sizes:
 
 
 QUICK = Sizes(transfer=16 * MiB, swarm=8 * MiB, swarm_downloaders=2, small=256 << 10,
-              medium=1 * MiB, tree=640 << 10, tree_files=20, fresh=4 * MiB, natlab=16 * MiB,
+              medium=1 * MiB, tree=640 << 10, tree_files=20, fresh=4 * MiB, code_small=1 * MiB,
+              code=8 * MiB, first_piece=4 * MiB, natlab=16 * MiB,
               create=32 * MiB, idle_shares=20, idle_links=3, idle_window=2.0, runs=1)
 
 # One download from a seeding daemon, timed from the command to the verified file
 # (bench/bench_small.py): the downloader's daemon running, or just started ("-fresh").
 SMALL = ("small", "medium", "tree", "fresh")
+# A file by short code (bench/bench_codes.py): `peerit-ctl receive CODE` against `wormhole
+# receive`, and the first verified piece of a download by link against one by .p2p.
+CODES = {"code-small": "code_small", "code": "code", "first-piece": "first_piece"}
 
 
 @dataclass
@@ -113,6 +120,15 @@ def benchmarks(sizes: Sizes) -> list[Benchmark]:
                   f"verified file",
                   "MB/s", ["peer-it-fresh", "libtorrent"], ">= 1.5x libtorrent",
                   {"libtorrent": (">=", 1.5)}, ours=("peer-it-fresh",)),
+        Benchmark("code-small", f"{mib(sizes.code_small)} by short code, receive command to "
+                  f"verified file", "s", ["peer-it", "magic-wormhole"],
+                  "<= 1.0x magic-wormhole's time", {"magic-wormhole": ("<=", 1.0)}),
+        Benchmark("code", f"{mib(sizes.code)} by short code, receive command to verified "
+                  f"file", "MB/s", ["peer-it", "magic-wormhole"],
+                  ">= 1.5x magic-wormhole", {"magic-wormhole": (">=", 1.5)}),
+        Benchmark("first-piece", f"first verified piece of a {mib(sizes.first_piece)} share, "
+                  f"download LINK beside download FILE.p2p", "s", ["link", "p2p"],
+                  "none (printed side by side)", ours=("link",)),
         Benchmark("natlab", f"1 -> 1 over the punched QUIC path (NAT lab), "
                   f"{mib(sizes.natlab)}", "MB/s", ["peer-it"], ">= 60 MB/s"),
         Benchmark("create", f".p2p creation of {mib(sizes.create)} (page cache)", "MB/s",
@@ -162,6 +178,10 @@ def sample_argv(bench: Benchmark, tool: str, sizes: Sizes, files: dict, workdir:
         if tool == "magic-wormhole":
             return [py, REFERENCES / "wormhole_peer.py", "run", "--file", src,
                     "--workdir", workdir, *common]
+    if bench.name in CODES:
+        kind = tool if bench.name != "first-piece" else f"first-piece-{tool}"
+        return [py, BENCH / "bench_codes.py", "--sample", kind, "--source",
+                files[bench.name], *common]
     if bench.name == "create":
         return [py, REFERENCES / "hash_file.py", "--file", files["create"], "--json", out,
                 "--what", "create" if tool == "peer-it" else "hashlib"]
@@ -182,6 +202,8 @@ def sample_timeout(bench: Benchmark, sizes: Sizes) -> float:
         return 90 + sizes.swarm_downloaders * sizes.swarm / (5 * 10**6)
     if bench.name in SMALL:
         return 90 + getattr(sizes, bench.name) / (5 * 10**6)
+    if bench.name in CODES:
+        return 90 + getattr(sizes, CODES[bench.name]) / (5 * 10**6)
     if bench.name == "create":
         return 30 + sizes.create / (20 * 10**6)
     if bench.name == "idle":
@@ -545,6 +567,9 @@ def main(argv=None) -> int:
                     make_tree(files["tree"], sizes.tree_files, sizes.tree)
                 else:
                     make_file(files[bench.name], getattr(sizes, bench.name))
+            if bench.name in CODES:
+                files[bench.name] = workdir / f"{bench.name}.bin"
+                make_file(files[bench.name], getattr(sizes, CODES[bench.name]))
             if bench.name == "create":
                 from bench_create import make_file as make_create_file, warm
                 files["create"] = workdir / "create.bin"

@@ -193,6 +193,38 @@ def test_quick_small_transfer_rows_time_the_download_command(tmp_path):
     assert processes_marked(marker) == []
 
 
+def test_quick_code_rows_time_receive_and_first_piece(tmp_path):
+    """The short-code rows (bench_codes.py --sample): `peerit-ctl receive CODE` to a verified
+    file, magic-wormhole beside it when this environment has its mailbox server and transit
+    relay, and the first verified piece by link beside by .p2p. Nothing left behind."""
+    import importlib.util
+    only = ["code-small/peer-it", "first-piece/link", "first-piece/p2p"]
+    has_wormhole = all(importlib.util.find_spec(m) is not None for m in
+                       ("wormhole", "wormhole_mailbox_server", "wormhole_transit_relay"))
+    if has_wormhole:
+        only.append("code-small/magic-wormhole")
+    results = tmp_path / "results.json"
+    marker = f"peerit-bench-smoke-{uuid.uuid4().hex}"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "suite.py"), "--quick", "--budget", "100",
+         "--only", ",".join(only), "--json", str(results)],
+        capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+        env={**os.environ, "PEERIT_BENCH_SMOKE": marker})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    data = json.loads(results.read_text())
+    assert sorted(data["results"]) == sorted(only)
+    for key in only:
+        (sample,) = data["results"][key]
+        assert "error" not in sample, (key, sample)
+        assert sample["seconds"] > 0, (key, sample)
+    assert data["results"]["code-small/peer-it"][0]["bytes"] == 1 << 20
+    assert re.search(r"^  p2p .* \d\.\d\d \(", run.stdout, re.M), run.stdout  # link/p2p ratio
+    if has_wormhole:
+        assert re.search(r"magic-wormhole .* <=1\.0 (PASS|FAIL)", run.stdout), run.stdout
+    assert processes_marked(marker) == []
+
+
 def test_swarm_trace_gives_a_timeline(tmp_path):
     """bench_transfer.py --trace has every daemon write its swarm's events, and
     bench/timeline.py turns them into per-daemon milestones and an upload matrix that
