@@ -221,7 +221,9 @@ def _make_protocol_class():
                 self.transport.write(framing.frame_header(256 << 20))
                 self.drip(0)
             elif behaviour == "wrong-type":
-                self.later(0.2, self.wrong_type, self.peer.rng.randrange(4))
+                # At once (the next reactor turn): a download that other seeders finish in a
+                # fraction of a second must still meet the violation.
+                self.later(0, self.wrong_type, self.peer.rng.randrange(4))
             elif behaviour == "stall":
                 self.keep_alive()
 
