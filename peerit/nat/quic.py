@@ -4,10 +4,10 @@ One :class:`QuicEndpoint` per UDP socket owns the QUIC connections on it. A remo
 carry several connections at once (one per swarm link between the same two peers, at most
 :data:`MAX_CONNECTIONS_PER_ADDRESS`): datagrams are told apart by their destination connection
 id, each connection proves and pins the peer's identity by itself, and each ends on its own
-(see "One connection per swarm link" below). It does no I/O itself: the socket multiplexer hands it datagrams
-(:meth:`QuicEndpoint.datagram_received`) and it sends through a ``send(data, addr)`` callable;
-time comes from an injected ``IReactorTime``. aioquic's sans-IO ``QuicConnection`` supplies TLS
-1.3, loss recovery and congestion control.
+(see "One connection per swarm link" below). It does no I/O itself: the socket multiplexer
+hands it datagrams (:meth:`QuicEndpoint.datagram_received`) and it sends through a
+``send(data, addr)`` callable; time comes from an injected ``IReactorTime``. aioquic's sans-IO
+``QuicConnection`` supplies TLS 1.3, loss recovery and congestion control.
 
 Identity works as on TCP+TLS: both sides present their certificate in the handshake (the
 server requests a client certificate) and each pins the other's peer id, so a wrong key fails
@@ -636,8 +636,8 @@ class QuicEndpoint:
     A remote address may have up to :data:`MAX_CONNECTIONS_PER_ADDRESS` connections and armed
     acceptances together. With one connection there and no acceptance armed, its short-header
     datagrams go to it unexamined (aioquic drops what is not for it); otherwise each datagram
-    goes by its destination connection id, and an Initial for an unknown id takes the oldest acceptance
-    armed for that address.
+    goes by its destination connection id, and an Initial for an unknown id takes the oldest
+    acceptance armed for that address.
     """
 
     def __init__(self, identity: Identity, send, clock, settings: QuicSettings = QuicSettings(),
