@@ -1,10 +1,13 @@
 """Peer links over QUIC on a (hole-punched) UDP socket, with aioquic driven by Twisted.
 
-One :class:`QuicEndpoint` per UDP socket owns the QUIC connections on it, keyed by remote
-address. It does no I/O itself: the socket multiplexer hands it datagrams
-(:meth:`QuicEndpoint.datagram_received`) and it sends through a ``send(data, addr)`` callable;
-time comes from an injected ``IReactorTime``. aioquic's sans-IO ``QuicConnection`` supplies TLS
-1.3, loss recovery and congestion control.
+One :class:`QuicEndpoint` per UDP socket owns the QUIC connections on it. A remote address may
+carry several connections at once (one per swarm link between the same two peers, at most
+:data:`MAX_CONNECTIONS_PER_ADDRESS`): datagrams are told apart by their destination connection
+id, each connection proves and pins the peer's identity by itself, and each ends on its own
+(see "One connection per swarm link" below). It does no I/O itself: the socket multiplexer
+hands it datagrams (:meth:`QuicEndpoint.datagram_received`) and it sends through a
+``send(data, addr)`` callable; time comes from an injected ``IReactorTime``. aioquic's sans-IO
+``QuicConnection`` supplies TLS 1.3, loss recovery and congestion control.
 
 Identity works as on TCP+TLS: both sides present their certificate in the handshake (the
 server requests a client certificate) and each pins the other's peer id, so a wrong key fails
@@ -17,6 +20,15 @@ The peer protocol runs unchanged: it gets a transport with the usual ``write`` /
 streams (client→server on stream 2, server→client on stream 3) rather than one bidirectional
 stream: a QUIC server cannot send on a client-opened stream before the client's first byte,
 while peer protocols may have either side speak first.
+
+One connection per swarm link: all the swarms two peers share use the one punched path, each
+in its own QUIC connection on the same 4-tuple, rather than one connection with a stream per
+swarm. A connection per link keeps each link exactly what it was alone (its own handshake and
+pin, its own flow-control windows so a stalled swarm cannot hold another's credit, its own
+end: a link closing or failing takes nothing else down, and its connection goes with it) and
+keeps the bulk fast path, which carries one stream per connection. The price is a handshake
+per link (about a round trip and one signature each way) and a congestion controller per
+link, as with one TCP connection per link.
 
 Throughput: input is batched (datagrams received in one reactor turn are processed, then one
 flush answers them all, via ``callLater(0)``), received stream data is joined into one
@@ -56,6 +68,10 @@ MTU_1500_IPV6_DATAGRAM_SIZE = 1500 - 40 - 8
 
 TIMER_RETRY = 1e-6  # seconds; see _Link._rearm_timer
 
+#: QUIC connections (open, handshaking, or armed acceptances) with one remote address: one
+#: per swarm link between two peers, bounded so a peer cannot make us hold unbounded state
+MAX_CONNECTIONS_PER_ADDRESS = 32
+
 # Application error codes in our CONNECTION_CLOSE frames.
 CLOSE_ABORTED = 0x1
 CLOSE_PROTOCOL = 0x2
@@ -64,6 +80,16 @@ CLOSE_PROTOCOL = 0x2
 def is_quic_datagram(data: bytes) -> bool:
     """QUIC sets the 0x40 ("fixed") bit in every packet's first byte (RFC 9000 §17)."""
     return bool(data) and bool(data[0] & 0x40)
+
+
+def destination_connection_id(data: bytes) -> bytes:
+    """The destination connection id of a datagram's first packet (RFC 9000 §17.2, §17.3):
+    length-prefixed in a long header; in a short header, the length we chose for our ids."""
+    if data[0] & 0x80:
+        if len(data) < 6:
+            return b""
+        return data[6:6 + data[5]]
+    return data[1:1 + CONNECTION_ID_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -242,6 +268,7 @@ class _Link:
         self.state = _State.HANDSHAKING
         self.written = 0
         self.peer_id: bytes | None = None
+        self.cids: set[bytes] = set()  # our connection ids the endpoint routes to this link
         self._protocol_factory = protocol_factory
         self._waiting = waiting
         self._protocol = None
@@ -353,6 +380,10 @@ class _Link:
             elif kind is events.StopSendingReceived:
                 self.abort(f"peer stopped reading (code 0x{event.error_code:x})")
                 return
+            elif kind is events.ConnectionIdIssued:
+                self.endpoint._add_cid(self, event.connection_id)
+            elif kind is events.ConnectionIdRetired:
+                self.endpoint._drop_cid(self, event.connection_id)
         if self.identity_refused():
             return
         # The client waits for HANDSHAKE_DONE: only then has the server accepted *our*
@@ -584,9 +615,9 @@ class _Link:
             self._timer = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Arm:
-    """Acceptance armed for one punched remote address."""
+    """Acceptance of one connection, armed for one punched remote address."""
     allowed_peer_ids: frozenset
     protocol_factory: object
     waiting: defer.Deferred
@@ -601,6 +632,12 @@ class QuicEndpoint:
     :meth:`datagram_received`. ``host`` is what transports report from ``getHost()``.
     ``send_many(datagrams, addr)``, if given, writes a burst to one address (e.g. with
     :class:`DatagramWriter`, one syscall per burst) and returns how many the OS refused.
+
+    A remote address may have up to :data:`MAX_CONNECTIONS_PER_ADDRESS` connections and armed
+    acceptances together. With one connection there and no acceptance armed, its short-header
+    datagrams go to it unexamined (aioquic drops what is not for it); otherwise each datagram
+    goes by its destination connection id, and an Initial for an unknown id takes the oldest
+    acceptance armed for that address.
     """
 
     def __init__(self, identity: Identity, send, clock, settings: QuicSettings = QuicSettings(),
@@ -611,8 +648,9 @@ class QuicEndpoint:
         self.host = host
         self._raw_send = send
         self._raw_send_many = send_many
-        self._links: dict[tuple, _Link] = {}
-        self._arms: dict[tuple, _Arm] = {}
+        self._links: dict[tuple, list[_Link]] = {}  # by remote address, oldest first
+        self._cids: dict[bytes, _Link] = {}  # our connection ids in use, to their link
+        self._arms: dict[tuple, list[_Arm]] = {}  # by remote address, oldest first
         self._dirty: dict[_Link, None] = {}
         self._flush_call = None
         self._closed = False
@@ -634,9 +672,10 @@ class QuicEndpoint:
         addr = tuple(addr)
         if self._closed:
             return defer.fail(QuicHandshakeFailed(string="QUIC endpoint is closed"))
-        if addr in self._links:
+        if self._in_use(addr) >= MAX_CONNECTIONS_PER_ADDRESS:
             return defer.fail(QuicHandshakeFailed(
-                string=f"a QUIC connection with {addr[0]}:{addr[1]} already exists"))
+                string=f"{MAX_CONNECTIONS_PER_ADDRESS} QUIC connections with "
+                       f"{addr[0]}:{addr[1]} already"))
         link_box: list[_Link] = []
         waiting = defer.Deferred(lambda d: self._cancel_link(link_box[0]))
         conn = PinnedQuicConnection(configuration=self._configuration(is_client=True),
@@ -645,7 +684,7 @@ class QuicEndpoint:
         conn.fast_path = self.settings.fast_path
         link = _Link(self, addr, conn, protocol_factory, waiting, is_client=True)
         link_box.append(link)
-        self._links[addr] = link
+        self._add_link(link)
         conn.connect(addr, self.clock.seconds())
         link.pump()
         return waiting
@@ -654,7 +693,8 @@ class QuicEndpoint:
                     timeout: float | None = None) -> defer.Deferred:
         """Arm acceptance of one QUIC connection from ``addr`` by one of ``allowed_peer_ids``.
 
-        Until armed, Initials from ``addr`` are dropped unanswered. The Deferred fires with the
+        Until armed, Initials from ``addr`` are dropped unanswered; each armed acceptance takes
+        one connection (arm once per expected link). The Deferred fires with the
         connected protocol (``protocol_factory(peer_id)``), or fails with ``TimedOut`` when
         no connection completed within ``timeout`` (default ``handshake_timeout``), or with
         the handshake's error; cancelling it disarms and closes a handshake in progress.
@@ -662,15 +702,16 @@ class QuicEndpoint:
         addr = tuple(addr)
         if self._closed:
             return defer.fail(QuicHandshakeFailed(string="QUIC endpoint is closed"))
-        if addr in self._arms or addr in self._links:
+        if self._in_use(addr) >= MAX_CONNECTIONS_PER_ADDRESS:
             return defer.fail(QuicHandshakeFailed(
-                string=f"QUIC acceptance from {addr[0]}:{addr[1]} already armed or connected"))
+                string=f"{MAX_CONNECTIONS_PER_ADDRESS} QUIC connections with "
+                       f"{addr[0]}:{addr[1]} already armed or open"))
         allowed = frozenset(allowed_peer_ids)
         if not allowed:
             raise ValueError("accept_from needs at least one allowed peer id")
         waiting = defer.Deferred(lambda d: self._cancel_arm(addr, arm))
         arm = _Arm(allowed, protocol_factory, waiting)
-        self._arms[addr] = arm
+        self._arms.setdefault(addr, []).append(arm)
         limit = self.settings.handshake_timeout if timeout is None else timeout
         arm.timeout = self.clock.callLater(limit, self._arm_timed_out, addr, arm, limit)
         waiting.addBoth(self._disarm, addr, arm)
@@ -681,12 +722,13 @@ class QuicEndpoint:
         if self._closed:
             return
         self._closed = True
-        for addr, arm in list(self._arms.items()):
+        for arm in [arm for arms in self._arms.values() for arm in arms]:
             if arm.link is None:
                 arm.waiting.errback(Failure(error.ConnectionAborted("QUIC endpoint closed")))
-        for link in list(self._links.values()):
+        for link in [link for links in self._links.values() for link in links]:
             link.shutdown()
         self._links.clear()
+        self._cids.clear()
         self._dirty.clear()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
@@ -696,7 +738,13 @@ class QuicEndpoint:
         """One QUIC datagram from the socket (first byte has the 0x40 bit)."""
         if self._closed:
             return
-        link = self._links.get(addr)
+        links = self._links.get(addr)
+        # The common case unexamined: a short-header packet from the one connection there.
+        if (links is not None and len(links) == 1 and not data[0] & 0x80
+                and addr not in self._arms):
+            link = links[0]
+        else:
+            link = self._route(data, addr, links)
         if link is None:
             link = self._accept_initial(data, addr)
             if link is None:
@@ -711,18 +759,33 @@ class QuicEndpoint:
     def datagrams_received(self, datagrams: list, addr) -> None:
         """QUIC datagrams of one read from one address, in order (a GRO read): what
         :meth:`datagram_received` does for each, with the lookups done once."""
-        link = self._links.get(addr)
-        if link is None or self._closed:
+        links = self._links.get(addr)
+        if links is None or self._closed:
             for data in datagrams:
                 self.datagram_received(data, addr)
             return
-        link.conn.receive_datagrams(datagrams, addr, self.clock.seconds())
-        self._dirty[link] = None
+        now = self.clock.seconds()
+        if len(links) == 1 and addr not in self._arms:
+            runs = [(links[0], datagrams)]
+        else:
+            runs = self._runs_by_link(datagrams, addr, links)
+        for link, run in runs:
+            if link is None:
+                for data in run:
+                    self.datagram_received(data, addr)
+                continue
+            link.conn.receive_datagrams(run, addr, now)
+            self._dirty[link] = None
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush)
 
     def links(self) -> int:
-        return len(self._links)
+        """QUIC connections on this socket, in any state but closed."""
+        return sum(len(links) for links in self._links.values())
+
+    def links_with(self, addr) -> int:
+        """QUIC connections with one remote address, in any state but closed."""
+        return len(self._links.get(tuple(addr), ()))
 
     # -- internals --------------------------------------------------------------------------
 
@@ -741,9 +804,58 @@ class QuicEndpoint:
             congestion_control_algorithm=settings.congestion_control,
         )
 
+    def _in_use(self, addr) -> int:
+        """Connections with ``addr`` plus acceptances armed for it and not yet taken."""
+        waiting = sum(1 for arm in self._arms.get(addr, ()) if arm.link is None)
+        return len(self._links.get(addr, ())) + waiting
+
+    def _route(self, data: bytes, addr, links) -> _Link | None:
+        """The connection a datagram from ``addr`` is for, by its destination connection id;
+        None when it is for none of them (an Initial, or a stray)."""
+        if not links:
+            return None
+        cid = destination_connection_id(data)
+        link = self._cids.get(cid)
+        if link is not None:
+            return link if link.addr == addr else None
+        # An id aioquic issued whose event we have not handled yet (it is reported when the
+        # frame announcing it is written).
+        for link in links:
+            if cid and link.conn.owns_connection_id(cid):
+                self._add_cid(link, cid)
+                return link
+        return None
+
+    def _runs_by_link(self, datagrams: list, addr, links) -> list:
+        """``datagrams`` split into runs of consecutive ones for the same connection (None:
+        for no connection yet), order kept."""
+        runs: list = []
+        for data in datagrams:
+            link = self._route(data, addr, links)
+            if runs and runs[-1][0] is link:
+                runs[-1][1].append(data)
+            else:
+                runs.append((link, [data]))
+        return runs
+
+    def _add_link(self, link: _Link) -> None:
+        self._links.setdefault(link.addr, []).append(link)
+        self._add_cid(link, link.conn.host_cid)
+
+    def _add_cid(self, link: _Link, cid: bytes) -> None:
+        if link.state is _State.CLOSED:
+            return
+        self._cids[cid] = link
+        link.cids.add(cid)
+
+    def _drop_cid(self, link: _Link, cid: bytes) -> None:
+        link.cids.discard(cid)
+        if self._cids.get(cid) is link:
+            del self._cids[cid]
+
     def _accept_initial(self, data: bytes, addr) -> _Link | None:
-        arm = self._arms.get(addr)
-        if arm is None or arm.link is not None:
+        arm = next((arm for arm in self._arms.get(addr, ()) if arm.link is None), None)
+        if arm is None:
             return None
         # RFC 9000 §14.1: a client's Initial comes in a datagram of at least 1200 bytes.
         if len(data) < MIN_DATAGRAM_SIZE:
@@ -764,12 +876,17 @@ class QuicEndpoint:
         conn.fast_path = self.settings.fast_path
         link = _Link(self, addr, conn, arm.protocol_factory, arm.waiting, is_client=False)
         arm.link = link
-        self._links[addr] = link
+        self._add_link(link)
+        # The client sends to the id it chose until it learns ours.
+        self._add_cid(link, header.destination_cid)
         return link
 
     def _disarm(self, result, addr, arm: _Arm):
-        if self._arms.get(addr) is arm:
-            del self._arms[addr]
+        arms = self._arms.get(addr)
+        if arms is not None and arm in arms:
+            arms.remove(arm)
+            if not arms:
+                del self._arms[addr]
         if arm.timeout is not None and arm.timeout.active():
             arm.timeout.cancel()
         return result
@@ -806,8 +923,13 @@ class QuicEndpoint:
             link.pump()
 
     def _forget(self, link: _Link) -> None:
-        if self._links.get(link.addr) is link:
-            del self._links[link.addr]
+        links = self._links.get(link.addr)
+        if links is not None and link in links:
+            links.remove(link)
+            if not links:
+                del self._links[link.addr]
+        for cid in list(link.cids):
+            self._drop_cid(link, cid)
         self._dirty.pop(link, None)
 
     def _send(self, data: bytes, addr) -> None:

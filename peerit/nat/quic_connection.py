@@ -15,6 +15,8 @@ and ``test_quic_fastpath.py``) rather than silently:
   receive windows whenever the peer has used half, whatever the application consumed, so a peer
   could make us buffer without bound. Here the credit is "bytes the application has consumed +
   a fixed window", which also gives real receive back-pressure when the reader pauses.
+- ``_host_cids`` tells which connection ids are ours (:meth:`owns_connection_id`): several
+  connections share one remote address, told apart by the id each datagram is sent to.
 - ``_streams`` and ``QuicStreamSender._buffer_start`` tell how much of a stream is still held
   (written, not yet acknowledged) for send back-pressure.
 - ``_loss._pacer`` is replaced by :class:`CoarsePacer`, whose bursts cover the reactor's timer
@@ -159,6 +161,11 @@ class PinnedQuicConnection(BulkStreamFastPath):
     def handshake_confirmed(self) -> bool:
         """For a client: the server sent HANDSHAKE_DONE, so it accepted our certificate."""
         return self._handshake_confirmed
+
+    def owns_connection_id(self, cid: bytes) -> bool:
+        """``cid`` is one of the connection ids we issued and have not retired: the endpoint
+        routes a datagram carrying it to this connection."""
+        return any(issued.cid == cid for issued in self._host_cids)
 
     # -- flow control -----------------------------------------------------------------------
 

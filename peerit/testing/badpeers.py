@@ -2,7 +2,10 @@
 
 For the reliability suites (``tests/reliability``). It listens for peer links like a daemon,
 registers with a tracker through :class:`peerit.daemon.tracker_client.TrackerClient` so honest
-daemons find and dial it, and then behaves as told:
+daemons find and dial it, and then behaves as told. With ``--udp`` it also takes the links
+daemons open over hole-punched QUIC and through the tracker's relay, with the daemon's own
+:class:`peerit.daemon.nat.manager.NatManager` (punch, ``QuicEndpoint``, relay client), so a
+daemon limited to one path (``--paths quic`` or ``relay``) meets it there:
 
 ``honest``       serve every request correctly (optionally capped in bytes per second); with
                  ``--check-uploads`` it also downloads from the daemon it talks to and checks
@@ -15,12 +18,13 @@ daemons find and dial it, and then behaves as told:
 ``wrong-type``   after the handshake send frames that are wrong at that moment (a second
                  handshake, a late bitfield, an unknown opcode, a truncated block header)
 ``stall``        claim every piece, accept requests and never answer them (keep-alives only)
-``silent``       finish TLS, then say nothing at all
+``silent``       finish TLS (or the QUIC handshake), then say nothing at all
 
 Run as ``python -m peerit.testing.badpeers --behaviour corrupt --p2p X.p2p --data PATH
 --tracker HOST:PORT#FP --data-dir DIR --report report.json``. The report (JSON, rewritten
 atomically twice a second and at exit) counts what it did: links, requests served (each with
-its piece, offset and time), bytes sent, blocks checked from the daemon and mismatches found.
+its piece, offset and time), bytes sent, blocks checked from the daemon and mismatches found,
+and the links taken per path (``paths``: tcp, quic, relay).
 
 The module also holds :class:`BlockingTlsClient`, a small blocking TLS client with a peer-it
 identity (stdlib ``ssl``) for the fuzz, exhaustion and access suites, and
@@ -55,6 +59,7 @@ class Report:
             "links_closed_by_daemon": 0, "requests": [], "bytes_sent": 0, "blocks_sent": 0,
             "frames_sent": 0, "checked_blocks": 0, "checked_bytes": 0, "mismatched_blocks": 0,
             "mismatches": [], "unexpected_blocks": 0, "registered": False,
+            "paths": {"tcp": 0, "quic": 0, "relay": 0},
         }
 
     def __getitem__(self, key):
@@ -93,8 +98,9 @@ def _make_protocol_class():
 
     @implementer(IHandshakeListener)
     class HostileProtocol(Protocol):
-        def __init__(self, peer: "HostilePeer"):
+        def __init__(self, peer: "HostilePeer", path: str):
             self.peer = peer
+            self.path = path
             self.decoder = framing.FrameDecoder(wire.MAX_FRAME_SIZE)
             self.peer_id = None
             self.handshaken = False
@@ -109,6 +115,9 @@ def _make_protocol_class():
         # -- plumbing ------------------------------------------------------------------------
         def connectionMade(self):
             self.peer.report.add("links")
+            self.peer.report["paths"][self.path] += 1
+            # QUIC proved the peer's id in its own handshake; TLS says so in handshakeCompleted.
+            self.peer_id = getattr(self.transport, "peer_id", None)
 
         def handshakeCompleted(self):
             self.peer_id = peer_id_of_transport(self.transport)
@@ -212,7 +221,9 @@ def _make_protocol_class():
                 self.transport.write(framing.frame_header(256 << 20))
                 self.drip(0)
             elif behaviour == "wrong-type":
-                self.later(0.2, self.wrong_type, self.peer.rng.randrange(4))
+                # At once (the next reactor turn): a download that other seeders finish in a
+                # fraction of a second must still meet the violation.
+                self.later(0, self.wrong_type, self.peer.rng.randrange(4))
             elif behaviour == "stall":
                 self.keep_alive()
 
@@ -337,6 +348,15 @@ class HostilePeer:
         self.store = FileStore(metainfo, root, writable=False)
         self.store.open(create=False)
         self.links = set()
+        self._protocol_class = None
+
+    def link(self, path: str):
+        """A new link's protocol; ``path`` is how it came (tcp, quic, relay)."""
+        if self._protocol_class is None:
+            self._protocol_class = _make_protocol_class()
+        link = self._protocol_class(self, path)
+        self.links.add(link)
+        return link
 
     def block_data(self, piece: int, offset: int, length: int) -> bytes:
         size = self.metainfo.piece_size(piece) if 0 <= piece < self.metainfo.piece_count else 0
@@ -352,14 +372,11 @@ class HostilePeer:
     def factory(self):
         from twisted.internet.protocol import Factory
         from peerit import tls
-        protocol_class = _make_protocol_class()
         peer = self
 
         class _Factory(Factory):
             def buildProtocol(self, addr):
-                link = protocol_class(peer)
-                peer.links.add(link)
-                return link
+                return peer.link("tcp")
         return tls.server_factory(self.identity, _Factory())
 
 
@@ -378,6 +395,8 @@ def main(argv=None) -> None:
     parser.add_argument("--check-uploads", action="store_true",
                         help="also download from the daemon and check every block")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--udp", help="also take punched QUIC and relayed links, on this UDP "
+                        "endpoint (udp:PORT[:interface=ADDR]); needs --tracker")
     options = parser.parse_args(argv)
 
     from twisted.internet import reactor, task
@@ -400,13 +419,28 @@ def main(argv=None) -> None:
     report["port"] = port.getHost().port
     report.write()
 
+    clients = []
+    nat = None
+    if options.udp:
+        from peerit.daemon.nat.manager import NatManager
+        nat = NatManager(reactor, identity, trackers=lambda: clients,
+                         swarm_trackers=lambda info_hash: clients,
+                         inbound_link=peer.link, udp=options.udp,
+                         local_hosts=lambda: [options.listen_host], paths=("quic", "relay"))
+        nat.start()
+        report["udp_port"] = nat.udp_port
+        reactor.addSystemEventTrigger("before", "shutdown", nat.stop)
+
     if options.tracker:
+        address = TrackerAddress.parse(options.tracker)
         client = TrackerClient(
-            reactor, identity, TrackerAddress.parse(options.tracker),
-            hello=lambda: tracker_wire.Hello(tcp_port=report["port"], udp_port=0,
+            reactor, identity, address,
+            hello=lambda: tracker_wire.Hello(tcp_port=report["port"],
+                                             udp_port=nat.udp_port if nat else 0,
                                              addresses=(options.listen_host,)),
             announces=lambda: [tracker_wire.Announce(metainfo.info_hash, "started", 0)],
-            on_push=lambda message: None)
+            on_push=lambda message: nat is not None and nat.handle_push(message, address))
+        clients.append(client)
         client.startService()
 
         def registered(_):

@@ -76,3 +76,30 @@ def test_netcheck_on_loopback_sees_no_nat(nat_swarm):
     assert report["port_preserved"] is True, report
     assert report["mapping"] == "endpoint-independent", report
     assert report["tracker_rtt"] is not None and report["tracker_rtt"] < 1, report
+
+
+def test_two_shares_between_the_same_two_daemons_both_use_punched_quic(nat_swarm, tmp_path):
+    """Two shares from one seeder to one downloader that may dial only QUIC: both swarms'
+    links are on the punched path (one QUIC connection each on the same pair of UDP
+    sockets), not the relay, and both files arrive intact."""
+    udp = "udp:0:interface=127.0.0.1"
+    nat_swarm.start_daemon("seed", "--udp", udp, "--max-upload-rate", "2M")
+    nat_swarm.start_daemon("dl", "--udp", udp, "--paths", "quic")
+    shares = []
+    for i in range(2):
+        src = random_file(tmp_path / "src" / f"share{i}.bin", 6 * MiB, seed=40 + i)
+        shares.append((src, share(nat_swarm, "seed", src)))
+    for _, shared in shares:
+        nat_swarm.ctl("dl", "download", shared["metainfo"], "--to", str(tmp_path / "out"),
+                      "--detach")
+    for _, shared in shares:
+        nat_swarm.wait_for("dl", shared["info_hash"], lambda s: s["peers"] > 0, timeout=60)
+    for _, shared in shares:
+        assert [p["path"] for p in peers(nat_swarm, "dl", shared["info_hash"])] == ["quic"]
+        assert [p["path"] for p in peers(nat_swarm, "seed", shared["info_hash"])] == ["quic"]
+    for src, shared in shares:
+        nat_swarm.wait_complete("dl", shared["info_hash"], timeout=120)
+        assert sha256_of(tmp_path / "out" / src.name) == sha256_of(src)
+    log = nat_swarm.daemons["dl"].process.log()
+    assert "Traceback" not in log, log[-3000:]
+    assert "already exists" not in log

@@ -68,7 +68,7 @@ class QuicLoopbackTests(TestCase):
         sender = yield a.endpoint.connect(self.addrs[1], self.ids[1].peer_id,
                                           lambda pid: Protocol())
         receiver = yield accepted
-        conn = a.endpoint._links[self.addrs[1]].conn
+        conn = a.endpoint._links[self.addrs[1]][0].conn
         self.assertIs(receiver, sink)
         self.assertEqual(sender.transport.peer_id, self.ids[1].peer_id)
         self.assertEqual(sink.transport.peer_id, self.ids[0].peer_id)

@@ -6,6 +6,7 @@ public namespace, daemons behind the routers, real downloads.
   symmetric<->symmetric, which goes through the relay. Path and time to first byte are
   recorded (printed, and written to ``nat_matrix.json`` in the lab's work directory).
 - Two peers behind the same router connect over their LAN addresses.
+- Two swarms between the same two peers behind two NATs both use the punched path.
 - 5% loss each way on both routers: the download still completes.
 - ``peerit-ctl netcheck`` reports the mapping (and, with coturn as ``--stun-server``, the
   filtering) each router type really has.
@@ -225,6 +226,55 @@ def test_same_router_peers_use_lan_addresses(make_lab, payload, tmp_path):
             assert peer["path"] == ("tcp" if name == "dl" else "quic"), peer
             # Out of the swarm again, so the next downloader sees a2 alone.
             peers.ctl(name, "remove", shared["info_hash"])
+
+
+def test_two_swarms_between_two_peers_behind_nats_share_the_punched_path(
+        make_lab, tmp_path):
+    """a1 (behind r1) downloads two shares from b1 (behind r2), both port-restricted, at
+    once: both swarms' links are punched QUIC between the routers' public addresses (one
+    connection each on the one punched path), neither goes through the relay, and both
+    files arrive intact."""
+    with make_lab(r1="port-restricted", r2="port-restricted") as lab:
+        peers = LabPeers(lab, tmp_path)
+        peers.start_tracker()
+        # 16 MiB in all at 2 MB/s: both links stay up long enough to be listed, however slow
+        # each peerit-ctl call is on a loaded machine.
+        peers.start_daemon("seed", "b1", "--max-upload-rate", "2M")
+        peers.start_daemon("dl", "a1")
+        shares = []
+        for i in range(2):
+            src = random_file(tmp_path / "src" / f"swarm{i}.bin", 8 * MiB, seed=60 + i)
+            shares.append((src, peers.share("seed", src)))
+        for _, shared in shares:
+            peers.ctl("dl", "download", shared["metainfo"], "--to", str(tmp_path / "out"),
+                      "--detach")
+        seen: dict = {}
+        deadline = time.monotonic() + 90
+        while len(seen) < len(shares):
+            assert time.monotonic() < deadline, (seen, peers.log("dl")[-4000:])
+            for _, shared in shares:
+                info_hash = shared["info_hash"]
+                if info_hash not in seen:
+                    listed = peers.ctl_json("dl", "peers", info_hash)["peers"]
+                    if listed:
+                        seen[info_hash] = (listed, peers.ctl_json(
+                            "seed", "peers", info_hash)["peers"])
+            time.sleep(0.1)
+        for listed, seed_listed in seen.values():
+            assert [p["path"] for p in listed] == ["quic"], (seen, peers.log("dl")[-4000:])
+            assert [p["path"] for p in seed_listed] == ["quic"], seen
+            assert seed_listed[0]["address"].split(":")[0] == ROUTER_PUBLIC["r1"], seen
+        for src, shared in shares:
+            deadline = time.monotonic() + 120
+            while peers.ctl_json("dl", "status", shared["info_hash"])["state"] != "seeding":
+                assert time.monotonic() < deadline, peers.log("dl")[-4000:]
+                time.sleep(0.2)
+            assert sha256_of(tmp_path / "out" / src.name) == sha256_of(src)
+            short = shared["info_hash"][:12]
+            assert any(f"swarm {short}: peer" in line and line.endswith("attached over quic")
+                       for line in peers.log("dl").splitlines()), short
+        assert "attached over relay" not in peers.log("dl")
+        assert "attached over relay" not in peers.log("seed")
 
 
 def test_download_completes_with_loss_on_both_routers(make_lab, payload, tmp_path):

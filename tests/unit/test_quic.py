@@ -16,7 +16,8 @@ from zope.interface import implementer
 from peerit.errors import IdentityMismatch, TimedOut
 from peerit.identity import Identity
 from peerit.nat.quic import (
-    QuicConnectionLost, QuicEndpoint, QuicHandshakeFailed, QuicSettings, is_quic_datagram)
+    MAX_CONNECTIONS_PER_ADDRESS, QuicConnectionLost, QuicEndpoint, QuicHandshakeFailed,
+    QuicSettings, destination_connection_id, is_quic_datagram)
 from peerit.testing.datagrams import DatagramNetwork, drop_every, drop_fraction, run_until
 
 DIALER = Identity.generate("dialer")
@@ -223,10 +224,21 @@ class HandshakeTests(QuicTestCase):
         self.failureResultOf(connected, TimedOut)
         self.assertGreater(self.acceptor.dropped, 0)
 
-    def test_second_connect_to_the_same_address_is_refused(self):
-        self.dialer.connect(B, ACCEPTOR.peer_id, Factory())
-        self.failureResultOf(self.dialer.connect(B, ACCEPTOR.peer_id, Factory()),
+    def test_connections_with_one_address_are_capped(self):
+        """Connects and armed acceptances with one address stop at the cap, with a clear
+        error; another address is not affected."""
+        for _ in range(MAX_CONNECTIONS_PER_ADDRESS):
+            self.dialer.connect(B, ACCEPTOR.peer_id, Factory())
+        failure = self.failureResultOf(self.dialer.connect(B, ACCEPTOR.peer_id, Factory()),
+                                       QuicHandshakeFailed)
+        self.assertIn(f"{MAX_CONNECTIONS_PER_ADDRESS} QUIC connections", str(failure.value))
+        self.assertEqual(self.dialer.links_with(B), MAX_CONNECTIONS_PER_ADDRESS)
+        for _ in range(MAX_CONNECTIONS_PER_ADDRESS):
+            self.acceptor.accept_from(A, [DIALER.peer_id], Factory())
+        self.failureResultOf(self.acceptor.accept_from(A, [DIALER.peer_id], Factory()),
                              QuicHandshakeFailed)
+        self.assertNoResult(self.acceptor.accept_from(("203.0.113.9", 1), [DIALER.peer_id],
+                                                      Factory()))
 
 
 class TransferTests(QuicTestCase):
@@ -428,3 +440,131 @@ class ProtocolErrorTests(QuicTestCase):
                                            and self.acceptor.links() == 0, 10))
         client2, server2 = self.open_link(dialer_greeting=b"again")
         self.assertTrue(self.advance_until(lambda: server2.data == b"again", 5))
+
+
+class SharedPathTests(QuicTestCase):
+    """Several links (one per swarm) between the same two addresses, each its own QUIC
+    connection on the one 4-tuple, told apart by connection id."""
+    settings = QuicSettings(receive_window=256 * 1024, send_buffer_limit=128 * 1024)
+
+    def open_links(self, n: int):
+        factories = [(Factory(), Factory()) for _ in range(n)]
+        accepted = [self.acceptor.accept_from(A, [DIALER.peer_id], acceptor)
+                    for _, acceptor in factories]
+        connected = [self.dialer.connect(B, ACCEPTOR.peer_id, dialer)
+                     for dialer, _ in factories]
+        self.assertTrue(self.advance_until(
+            lambda: all(d.called for d in connected + accepted), 10))
+        clients = [self.successResultOf(d) for d in connected]
+        servers = [self.successResultOf(d) for d in accepted]
+        # Acceptances are interchangeable (each Initial takes the oldest free one): pair the
+        # ends by what they say.
+        for i, client in enumerate(clients):
+            client.transport.write(b"link %d" % i)
+        self.assertTrue(self.advance_until(lambda: all(s.data for s in servers), 5))
+        by_greeting = {server.data: server for server in servers}
+        for server in servers:
+            server.chunks.clear()
+        return [(client, by_greeting[b"link %d" % i]) for i, client in enumerate(clients)]
+
+    def test_three_links_on_one_address_each_carry_their_own_bytes(self):
+        """Three connections between A and B at once: each pins the other's id, and 300 KB
+        each way per link arrive on that link only, in order, with 3% loss."""
+        pairs = self.open_links(3)
+        self.assertEqual(self.dialer.links_with(B), 3)
+        self.assertEqual(self.acceptor.links_with(A), 3)
+        self.net.loss = drop_fraction(0.03, seed=11)
+        rng = random.Random(9)
+        payloads = []
+        for client, server in pairs:
+            self.assertEqual(client.peer_id_when_made, ACCEPTOR.peer_id)
+            self.assertEqual(server.peer_id_when_made, DIALER.peer_id)
+            up, down = rng.randbytes(300_000), rng.randbytes(300_000)
+            client.transport.write(up)
+            server.transport.write(down)
+            payloads.append((up, down))
+        self.assertTrue(self.advance_until(lambda: all(
+            len(s.data) == len(up) and len(c.data) == len(down)
+            for (c, s), (up, down) in zip(pairs, payloads)), 120))
+        for (client, server), (up, down) in zip(pairs, payloads):
+            self.assertEqual(server.data, up)
+            self.assertEqual(client.data, down)
+        self.assertGreater(self.net.dropped, 10)
+
+    def test_a_link_closing_or_aborting_leaves_the_others_open(self):
+        """One link closes cleanly and another is aborted: the third still carries data, and
+        each connection is gone once its link is."""
+        (c1, s1), (c2, s2), (c3, s3) = self.open_links(3)
+        c1.transport.loseConnection()
+        c2.transport.abortConnection()
+        self.assertTrue(self.advance_until(lambda: c1.lost and s1.lost and s2.lost, 10))
+        s1.lost.trap(error.ConnectionDone)
+        s2.lost.trap(QuicConnectionLost)
+        self.assertTrue(self.advance_until(lambda: self.dialer.links_with(B) == 1
+                                           and self.acceptor.links_with(A) == 1, 10))
+        self.assertIsNone(c3.lost)
+        self.assertIsNone(s3.lost)
+        s3.transport.write(b"still here")
+        self.assertTrue(self.advance_until(lambda: c3.data == b"still here", 5))
+        c3.transport.loseConnection()
+        self.assertTrue(self.advance_until(lambda: self.dialer.links() == 0
+                                           and self.acceptor.links() == 0, 10))
+        self.assertEqual(self.dialer._cids, {})
+        self.assertEqual(self.acceptor._cids, {})
+
+    def test_each_link_proves_the_identity_itself(self):
+        """A second connect on the open path expecting another id fails with
+        IdentityMismatch; the open link is untouched."""
+        [(client, server)] = self.open_links(1)
+        self.acceptor.accept_from(A, [DIALER.peer_id], Factory())
+        wrong = self.dialer.connect(B, STRANGER.peer_id, Factory())
+        self.assertTrue(self.advance_until(lambda: wrong.called, 10))
+        self.failureResultOf(wrong, IdentityMismatch)
+        self.assertIsNone(client.lost)
+        client.transport.write(b"fine")
+        self.assertTrue(self.advance_until(lambda: server.data == b"fine", 5))
+
+    def test_an_initial_without_a_free_acceptance_is_dropped(self):
+        """With one link open and no acceptance armed, a second connect's Initials are
+        dropped (not fed to the open connection) and it times out; the open link lives."""
+        [(client, server)] = self.open_links(1)
+        dropped = self.acceptor.dropped
+        extra = self.dialer.connect(B, ACCEPTOR.peer_id, Factory())
+        self.assertTrue(self.advance_until(lambda: extra.called, 30))
+        self.failureResultOf(extra, TimedOut)
+        self.assertGreater(self.acceptor.dropped, dropped)
+        self.assertEqual(self.acceptor.links_with(A), 1)
+        client.transport.write(b"fine")
+        self.assertTrue(self.advance_until(lambda: server.data == b"fine", 5))
+
+    def test_a_batched_read_is_split_among_its_connections(self):
+        """Datagrams of two connections read in one batch (a GRO read) each reach their own
+        connection, in order."""
+        batch = []
+
+        def to_acceptor(data, src):
+            if not batch:
+                self.clock.callLater(0, flush)
+            batch.append((data, src))
+
+        def flush():
+            taken = list(batch)
+            batch.clear()
+            for src in {src for _, src in taken}:
+                self.acceptor.datagrams_received([d for d, s in taken if s == src], src)
+        self.net.attach(B, to_acceptor)
+        pairs = self.open_links(2)
+        payloads = [random.Random(i).randbytes(200_000) for i in range(2)]
+        for (client, _), payload in zip(pairs, payloads):
+            client.transport.write(payload)
+        self.assertTrue(self.advance_until(lambda: all(
+            len(s.data) == len(p) for (_, s), p in zip(pairs, payloads)), 60))
+        for (_, server), payload in zip(pairs, payloads):
+            self.assertEqual(server.data, payload)
+
+    def test_destination_connection_id_of_long_and_short_headers(self):
+        self.assertEqual(destination_connection_id(
+            bytes([0xc3, 0, 0, 0, 1, 4]) + b"abcd" + b"rest"), b"abcd")
+        self.assertEqual(destination_connection_id(bytes([0x41]) + b"12345678" + b"x"),
+                         b"12345678")
+        self.assertEqual(destination_connection_id(bytes([0xc3, 0, 0])), b"")

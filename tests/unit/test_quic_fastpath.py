@@ -65,8 +65,8 @@ class TransferTestCase(SynchronousTestCase):
         self.assertTrue(run_until(self.clock, lambda: connected.called and accepted.called, 10))
         self.client = self.successResultOf(connected)
         self.server = self.successResultOf(accepted)
-        self.client_conn = self.dialer._links[B].conn
-        self.server_conn = self.acceptor._links[A].conn
+        self.client_conn = self.dialer._links[B][0].conn
+        self.server_conn = self.acceptor._links[A][0].conn
 
     def transfer(self, sender, receiver, data: bytes, timeout: float = 600.0):
         sender.transport.write(data)
