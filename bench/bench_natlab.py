@@ -71,6 +71,7 @@ def follow(client, info_hash: str, started: float, timeout: float):
     """(first byte seconds, completion seconds, final status, peers as soon as listed) from
     ``started``, polling every 10 ms (links close once both sides are complete)."""
     first = peers = None
+    previous = started
     deadline = started + timeout
     while True:
         status = as_json(client.status(info_hash))
@@ -80,9 +81,12 @@ def follow(client, info_hash: str, started: float, timeout: float):
         if first is None and status["downloaded"] > 0:
             first = now - started
         if status["state"] == "seeding":
+            if first is None:  # all of it between two polls (a seeder has no swarm counter)
+                first = previous - started
             return first, now - started, status, peers or []
         if now > deadline:
             raise TimeoutError(f"not complete within {timeout}s: {status}")
+        previous = now
         time.sleep(0.01 if first is None else 0.05)
 
 
@@ -250,9 +254,9 @@ def main():
                 pstats.Stats(str(path)).sort_stats("tottime").print_stats(20)
     if args.loss and args.size:
         big = random_file(root / "bulk.bin", args.size * MiB, seed=2)
-        for loss in (int(v) for v in args.loss.split(",")):
-            for run in range(args.bulk_runs):
-                compare_at_loss(big, root / f"loss{loss}-{run}", loss,
+        for run in range(args.bulk_runs):
+            for index, loss in enumerate(int(v) for v in args.loss.split(",")):
+                compare_at_loss(big, root / f"loss{loss}-{run}-{index}", loss,
                                 libtorrent=not args.no_libtorrent)
     print(f"\nwork directory (logs): {root}")
 
