@@ -174,7 +174,7 @@ def run_libtorrent_utp(payload: Path, workdir: Path, loss: int = 0,
         cpu_after = [proc_cpu_times(pid) for pid in pids]
         times = json.loads(result.read_text())
     ok = times["done"] and sha256_of(out / payload.name) == sha256_of(payload)
-    first = times["first_byte"] or times["end"]
+    first = times["first_byte"] or times["start"]  # no byte at all: 0 MB/s over the run
     return {"ok": ok, "done": times["done"], "size": times["bytes"],
             "first_byte": first - times["start"],
             "total": times["end"] - times["start"],
