@@ -4,6 +4,8 @@ rate of the punched QUIC path with a CPU profile of both daemons.
     sudo .venv/bin/python bench/bench_natlab.py                 # TTFB for every pair + 256 MiB
     sudo .venv/bin/python bench/bench_natlab.py --pairs cone --size 64 --runs 2
     sudo .venv/bin/python bench/bench_natlab.py --pairs none --size 256 --no-profile --bulk-runs 3
+    sudo .venv/bin/python bench/bench_natlab.py --pairs none --size 64 --no-profile --loss 10,50
+
 
 For each NAT pair a fresh lab (tests/natlab/lab.py) gets the real tracker (STUN, punch
 coordination, relay) in its public namespace, a seeder behind r2 and a downloader behind r1.
@@ -16,12 +18,21 @@ The bulk run moves ``--size`` MiB (default 256) between port-restricted NATs ove
 QUIC; MB/s is measured from first byte to completion, CPU seconds per daemon from
 /proc/PID/stat, and both daemons run under cProfile (twistd --profile) whose top entries are
 printed after they stop.
+
+``--loss PERMILLE,...`` repeats the bulk run with that share of packets dropped at random on
+both routers (nftables ``numgen random``, both directions), side by side with libtorrent over
+uTP between the same two hosts through the same lossy NATs (bench/references/
+libtorrent_utp_lab.py: uTP only, 4 MiB socket buffers; the seeder's router forwards its uTP
+port with a static DNAT rule, since libtorrent has no hole punching). Both are timed from the
+first payload byte to completion; the seeder starts with the file already checked.
 """
 
 import argparse
+import json
 import os
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +45,7 @@ sys.path.insert(0, str(HERE / "references"))
 
 from common import proc_cpu_times  # noqa: E402
 from peerit.client import as_json  # noqa: E402
-from lab import NAT_TYPES, NatLab, check_available  # noqa: E402
+from lab import HOSTS, NAT_TYPES, ROUTER_PUBLIC, NatLab, check_available  # noqa: E402
 from test_nat_matrix import (  # noqa: E402
     LabPeers, MiB, random_file, sha256_of)
 
@@ -60,6 +71,7 @@ def follow(client, info_hash: str, started: float, timeout: float):
     """(first byte seconds, completion seconds, final status, peers as soon as listed) from
     ``started``, polling every 10 ms (links close once both sides are complete)."""
     first = peers = None
+    previous = started
     deadline = started + timeout
     while True:
         status = as_json(client.status(info_hash))
@@ -69,16 +81,21 @@ def follow(client, info_hash: str, started: float, timeout: float):
         if first is None and status["downloaded"] > 0:
             first = now - started
         if status["state"] == "seeding":
+            if first is None:  # all of it between two polls (a seeder has no swarm counter)
+                first = previous - started
             return first, now - started, status, peers or []
         if now > deadline:
             raise TimeoutError(f"not complete within {timeout}s: {status}")
+        previous = now
         time.sleep(0.01 if first is None else 0.05)
 
 
 def run_pair(r1: str, r2: str, payload: Path, workdir: Path, profile=False,
-             timeout: float = 120) -> dict:
+             timeout: float = 120, loss: int = 0) -> dict:
+    """One transfer of ``payload`` seeder (b1 behind r2) -> downloader (a1 behind r1);
+    ``loss`` per mille of the packets each router forwards are dropped at random."""
     from peerit.client import BlockingClient
-    with NatLab(workdir, r1=r1, r2=r2) as lab:
+    with NatLab(workdir, r1=r1, r2=r2, loss={"r1": loss, "r2": loss}) as lab:
         peers = ProfiledPeers(lab, workdir, profile)
         peers.start_tracker()
         peers.start_daemon("seed", "b1")
@@ -110,6 +127,61 @@ def run_pair(r1: str, r2: str, payload: Path, workdir: Path, profile=False,
         }
 
 
+UTP_PORT = 6881  # libtorrent's seeder port, forwarded by its router
+
+
+def utp_forward_ruleset(host: str, port: int) -> str:
+    """A static port forward on the router in front of ``host``: what a libtorrent user
+    without hole punching configures (or gets from UPnP/NAT-PMP)."""
+    return f"""
+table ip lab_forward {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "wan" udp dport {port} dnat to {HOSTS[host][1]}:{port}
+    }}
+}}
+"""
+
+
+def run_libtorrent_utp(payload: Path, workdir: Path, loss: int = 0,
+                       timeout: float = 300) -> dict:
+    """The same transfer as :func:`run_pair` (port-restricted NATs, seeder on b1, downloader
+    on a1, ``loss`` per mille on both routers) with libtorrent over uTP."""
+    script = str(HERE / "references" / "libtorrent_utp_lab.py")
+    workdir.mkdir(parents=True, exist_ok=True)
+    torrent = workdir / (payload.name + ".torrent")
+    subprocess.run([sys.executable, script, "torrent", "--file", str(payload),
+                    "--out", str(torrent)], check=True, timeout=600)
+    with NatLab(workdir, loss={"r1": loss, "r2": loss}) as lab:
+        seed_host, seed_router = "b1", HOSTS["b1"][0]
+        lab.nft(seed_router, utp_forward_ruleset(seed_host, UTP_PORT))
+        ready, result = workdir / "seed.ready", workdir / "dl.result"
+        seeder = lab.spawn(seed_host, [
+            sys.executable, script, "seed", "--torrent", str(torrent),
+            "--save-path", str(payload.parent), "--listen", f"{HOSTS[seed_host][1]}:{UTP_PORT}",
+            "--ready", str(ready)], workdir / "lt-seed.log")
+        seeder.wait_for_path(ready, 60)
+        out = workdir / "out"
+        out.mkdir()
+        downloader = lab.spawn("a1", [
+            sys.executable, script, "download", "--torrent", str(torrent),
+            "--save-path", str(out), "--listen", f"{HOSTS['a1'][1]}:{UTP_PORT}",
+            "--peer", f"{ROUTER_PUBLIC[seed_router]}:{UTP_PORT}", "--result", str(result),
+            "--timeout", str(timeout)], workdir / "lt-dl.log")
+        pids = (seeder.pid, downloader.pid)
+        cpu_before = [proc_cpu_times(pid) for pid in pids]
+        downloader.wait_for_path(result, timeout + 30)
+        cpu_after = [proc_cpu_times(pid) for pid in pids]
+        times = json.loads(result.read_text())
+    ok = times["done"] and sha256_of(out / payload.name) == sha256_of(payload)
+    first = times["first_byte"] or times["start"]  # no byte at all: 0 MB/s over the run
+    return {"ok": ok, "done": times["done"], "size": times["bytes"],
+            "first_byte": first - times["start"],
+            "total": times["end"] - times["start"],
+            "bulk_seconds": times["end"] - first,
+            "cpu": tuple(sum(b) - sum(a) for a, b in zip(cpu_before, cpu_after))}
+
+
 def pairs_for(which: str):
     if which == "cone":
         return [(a, b) for a in CONE for b in CONE]
@@ -131,6 +203,12 @@ def main():
     parser.add_argument("--bulk-runs", type=int, default=1,
                         help="bulk runs (a fresh lab each); the median ceiling is printed")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--loss", default="",
+                        help="comma-separated per-mille random loss on both routers: the bulk "
+                             "run at each (instead of the lossless one), beside libtorrent "
+                             "over uTP (e.g. 10,50)")
+    parser.add_argument("--no-libtorrent", action="store_true",
+                        help="with --loss: peer-it only")
     args = parser.parse_args()
     check_available()
     root = Path(tempfile.mkdtemp(prefix="bench-natlab-"))
@@ -147,7 +225,7 @@ def main():
                 print(f"{r['pair']:42} {r['path']:6} {r['first_byte']:9.2f}s "
                       f"{r['connect']:7.2f}s {('%gs' % target) if target else '-':>7} "
                       f"{met:>3} {'' if r['ok'] else 'CORRUPT'}", flush=True)
-    if args.size:
+    if args.size and not args.loss:
         big = random_file(root / "bulk.bin", args.size * MiB, seed=2)
         ceilings = []
         for run in range(args.bulk_runs):
@@ -174,7 +252,36 @@ def main():
             if path.exists():
                 print(f"\n--- {label} profile (top 20 by own time) ---")
                 pstats.Stats(str(path)).sort_stats("tottime").print_stats(20)
+    if args.loss and args.size:
+        big = random_file(root / "bulk.bin", args.size * MiB, seed=2)
+        for run in range(args.bulk_runs):
+            for index, loss in enumerate(int(v) for v in args.loss.split(",")):
+                compare_at_loss(big, root / f"loss{loss}-{run}-{index}", loss,
+                                libtorrent=not args.no_libtorrent)
     print(f"\nwork directory (logs): {root}")
+
+
+def compare_at_loss(payload: Path, workdir: Path, loss: int, libtorrent: bool) -> None:
+    size = payload.stat().st_size
+    ours = run_pair("port-restricted", "port-restricted", payload, workdir / "peerit",
+                    timeout=300, loss=loss)
+    line = (f"\n{loss / 10:g}% loss on both routers, {size // MiB} MiB: peer-it "
+            f"{size / ours['bulk_seconds'] / 1e6:.1f} MB/s over {ours['path']} "
+            f"({ours['bulk_seconds']:.2f} s, {'intact' if ours['ok'] else 'CORRUPT'}, "
+            f"CPU {ours['cpu'][0]:.1f}/{ours['cpu'][1]:.1f} s)")
+    print(line + f"; load average {os.getloadavg()[0]:.1f}", flush=True)
+    if libtorrent:
+        # uTP under heavy loss is slow: a bound keeps the lab (and its lock) from being held
+        # for long; an unfinished run reports its average rate up to the bound.
+        theirs = run_libtorrent_utp(payload, workdir / "libtorrent", loss=loss,
+                                    timeout=max(60.0, 20 * ours["total"]))
+        rate = theirs["size"] / max(theirs["bulk_seconds"], 1e-9) / 1e6
+        state = ("intact" if theirs["ok"] else "CORRUPT") if theirs["done"] else \
+            f"NOT DONE in {theirs['total']:.0f} s: {theirs['size'] / size:.0%}"
+        print(f"  libtorrent uTP {rate:.2f} MB/s ({theirs['bulk_seconds']:.2f} s, {state}, "
+              f"CPU {theirs['cpu'][0]:.1f}/{theirs['cpu'][1]:.1f} s) -> peer-it "
+              f"{size / ours['bulk_seconds'] / 1e6 / max(rate, 1e-9):.2f}x; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ and ``test_quic_fastpath.py``) rather than silently:
   (written, not yet acknowledged) for send back-pressure.
 - ``_loss._pacer`` is replaced by :class:`CoarsePacer`, whose bursts cover the reactor's timer
   granularity (see there).
+- ``_serialize_transport_parameters`` is wrapped to announce ``MAX_ACK_DELAY_MS`` instead of
+  aioquic's fixed 25 ms.
 
 - The bulk fast path (``peerit/nat/quic_fastpath.py``, mixed in here) overrides
   ``_write_application`` (it calls aioquic's after its burst) and ``receive_datagram`` (it
@@ -74,7 +76,9 @@ from cryptography import x509
 from aioquic import tls
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY, MAX_STREAM_DATA_FRAME_CAPACITY)
-from aioquic.quic.packet import QuicFrameType
+from aioquic.buffer import Buffer
+from aioquic.quic.packet import (
+    QuicFrameType, pull_quic_transport_parameters, push_quic_transport_parameters)
 from aioquic.quic.recovery import QuicPacketPacer
 
 from peerit.identity import format_fingerprint, peer_id_of_certificate
@@ -83,6 +87,12 @@ from peerit.nat.quic_fastpath import BulkStreamFastPath
 
 #: How late a reactor timer may fire: epoll sleeps in whole milliseconds, rounded up.
 TIMER_GRANULARITY = 0.002
+#: the max_ack_delay we announce, in ms. aioquic announces 25 ms but acknowledges within its
+#: 1 ms ACK timer (and at the end of every reactor turn with input, here). The peer adds
+#: the announced delay to every probe timeout: with 25 ms, each lost tail packet or lost ACK
+#: stalled a fast link for 25 ms or more. 5 ms leaves room for the reactor's 2 ms timer
+#: granularity and a busy turn.
+MAX_ACK_DELAY_MS = 5
 
 
 class CoarsePacer(QuicPacketPacer):
@@ -120,6 +130,15 @@ class PinnedQuicConnection(BulkStreamFastPath):
         self._consumed_total = 0
         #: why the handshake refused the peer's key (None while nothing was refused)
         self.identity_refusal: str | None = None
+
+    def _serialize_transport_parameters(self) -> bytes:
+        # aioquic writes max_ack_delay=25 with no setting; announce what we really do.
+        parameters = pull_quic_transport_parameters(
+            Buffer(data=super()._serialize_transport_parameters()))
+        parameters.max_ack_delay = MAX_ACK_DELAY_MS
+        buf = Buffer(capacity=3 * self._max_datagram_size)
+        push_quic_transport_parameters(buf, parameters)
+        return buf.data
 
     # -- identity -------------------------------------------------------------------------
 

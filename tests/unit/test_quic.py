@@ -18,6 +18,7 @@ from peerit.identity import Identity
 from peerit.nat.quic import (
     MAX_CONNECTIONS_PER_ADDRESS, QuicConnectionLost, QuicEndpoint, QuicHandshakeFailed,
     QuicSettings, destination_connection_id, is_quic_datagram)
+from peerit.nat.quic_connection import MAX_ACK_DELAY_MS
 from peerit.testing.datagrams import DatagramNetwork, drop_every, drop_fraction, run_until
 
 DIALER = Identity.generate("dialer")
@@ -109,6 +110,15 @@ class HandshakeTests(QuicTestCase):
         self.assertEqual((client.transport.getPeer().host, client.transport.getPeer().port), B)
         self.assertEqual((server.transport.getPeer().host, server.transport.getPeer().port), A)
         self.assertEqual(client.transport.getPeer().type, "UDP")
+
+    def test_each_side_announces_the_ack_delay_it_keeps(self):
+        """Both sides announce MAX_ACK_DELAY_MS (not aioquic's fixed 25 ms), and each side's
+        probe timeout uses the other's announcement."""
+        self.open_link()
+        for endpoint in (self.dialer, self.acceptor):
+            (link,) = endpoint._links.values()
+            self.assertEqual(link.conn._loss.max_ack_delay, MAX_ACK_DELAY_MS / 1000)
+            self.assertLess(link.conn._loss.max_ack_delay, 0.025)
 
     def test_dialer_refuses_a_server_with_another_key(self):
         """Expecting STRANGER's id, the dialer fails with IdentityMismatch; no protocol is
