@@ -116,7 +116,7 @@ class HandshakeTests(QuicTestCase):
         probe timeout uses the other's announcement."""
         self.open_link()
         for endpoint in (self.dialer, self.acceptor):
-            (link,) = endpoint._links.values()
+            ((link,),) = endpoint._links.values()
             self.assertEqual(link.conn._loss.max_ack_delay, MAX_ACK_DELAY_MS / 1000)
             self.assertLess(link.conn._loss.max_ack_delay, 0.025)
 
