@@ -218,11 +218,10 @@ class FileStore:
         if excess <= 0:
             return
         for old_index in [i for i in self._fds if i not in self._leases][:excess]:
-            old_fd = self._fds.pop(old_index)
-            if old_index in self._dirty:
-                os.fdatasync(old_fd)
-                self._dirty.discard(old_index)
-            os.close(old_fd)
+            # Closed without fdatasync (its written pages stay the file's, and sync() flushes
+            # it through a new fd): a flush per closed file cost a tree of 1,000 small files
+            # 0.3 s of its download.
+            os.close(self._fds.pop(old_index))
             direct_fd = self._direct_fds.pop(old_index, None)
             if direct_fd is not None:
                 os.close(direct_fd)
@@ -452,17 +451,26 @@ class FileStore:
         return digest.digest()
 
     def sync(self) -> None:
+        """fdatasync every file written since the last sync, reopening those whose fd was
+        closed meanwhile (the cap on open files): fdatasync flushes a file, not an fd."""
         with self._lock:
-            dirty = [i for i in self._dirty if i in self._fds]
+            dirty = sorted(self._dirty)
             self._dirty.clear()
-            for i in dirty:
-                self._leases[i] = self._leases.get(i, 0) + 1
-        try:
-            for i in dirty:
-                os.fdatasync(self._fds[i])
-        finally:
-            for i in dirty:
-                self._unlease(i)
+        for done, index in enumerate(dirty):
+            try:
+                fd = self._lease(index)
+            except PeeritError:
+                with self._lock:
+                    self._dirty.update(dirty[done:])
+                raise
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                with self._lock:
+                    self._dirty.update(dirty[done:])
+                raise _os_error(e, self.path_of(index)) from None
+            finally:
+                self._unlease(index)
 
     def close(self) -> None:
         """Close every file once no thread is using it; later calls fail with PeeritError."""
