@@ -27,6 +27,10 @@ MAX_OPEN_FILES = 64
 # Direct I/O: offsets, lengths and buffer addresses in multiples of this (the largest
 # logical block size in common use; 512-byte devices accept it too).
 DIRECT_ALIGN = 4096
+# Files smaller than this go through the page cache even in a download: an O_DIRECT write
+# waits for the device, and a tree of small files paid that wait (and a second open) per
+# file, while the page cache a small file fills is small.
+DIRECT_MIN_FILE_SIZE = 1 << 20
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
@@ -173,7 +177,7 @@ class FileStore:
             self._unlease(index)
             raise
         direct_fd = self._open_direct(fd) if self.direct and not self._direct_refused \
-            else None
+            and self.metainfo.files[index].size >= DIRECT_MIN_FILE_SIZE else None
         with self._lock:
             existing = self._fds.get(index)
             if existing is not None:  # another thread opened it meanwhile
