@@ -45,15 +45,19 @@ def connect_error(code: int | None, path: str, text: str = "") -> PeeritError:
 class BlockingClient:
     """The calls of :class:`peerit.client.Client`, blocking, on a plain socket."""
 
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, *, connected: socket.socket | None = None):
+        """Connect to the control socket at ``path`` (see :func:`control_path`), or use the
+        ``connected`` socket given (the unit tests' end of a socket pair)."""
         self.path = control_path(path)
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._socket.settimeout(CONNECT_TIMEOUT)
-        try:
-            self._socket.connect(self.path)
-        except OSError as e:
-            self._socket.close()
-            raise connect_error(e.errno, self.path, str(e)) from None
+        self._socket = connected
+        if connected is None:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._socket.settimeout(CONNECT_TIMEOUT)
+            try:
+                self._socket.connect(self.path)
+            except OSError as e:
+                self._socket.close()
+                raise connect_error(e.errno, self.path, str(e)) from None
         self._decoder = boxes.BoxDecoder()
         self._counter = 0
         self._pending = []  # boxes read while waiting for another
