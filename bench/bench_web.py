@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -133,7 +134,8 @@ class InProcessDaemon:
                            parse_web_spec("tcp:0:interface=127.0.0.1"),
                            instance=lambda: self.daemon.node.peer_id.hex()[:12])
         self.daemon.add_face(self.web)
-        BlockingClient._start_reactor()  # one reactor thread, shared with the clients
+        threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
+                         daemon=True, name="bench-web-reactor").start()
         self.call(self.daemon.startService)
 
     def call(self, function, *args):

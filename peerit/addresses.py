@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from peerit.endpoints import DEFAULT_MAILBOX_PORT, DEFAULT_TRACKER_PORT
 from peerit.errors import UsageError
-from peerit.identity import format_fingerprint, parse_fingerprint
+from peerit.fingerprints import format_fingerprint, parse_fingerprint
 
 
 

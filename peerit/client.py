@@ -1,4 +1,4 @@
-"""Python client API for a running peer-it daemon (what ``peerit-ctl`` uses).
+"""Python client API for a running peer-it daemon.
 
 Asynchronous use, inside a Twisted program::
 
@@ -6,91 +6,28 @@ Asynchronous use, inside a Twisted program::
     started = await client.download("/tmp/x.p2p", "/tmp/out")
     status = await client.status(started.info_hash)
 
-Scripts without a reactor use :class:`BlockingClient`, which runs one in a background thread.
-Answers are frozen dataclasses (:class:`TransferStatus`, :class:`PeerInfo`, ...) whose fields
-are derived from the AMP response lists in :mod:`peerit.control.commands`, so the two cannot
-disagree; :func:`as_json` turns one into JSON-ready values. Every error is a
-:class:`peerit.errors.PeeritError` subclass with a one-line message.
+Scripts without a reactor (and ``peerit-ctl``) use :class:`BlockingClient`: the same calls,
+blocking, on a plain socket (:mod:`peerit.control.blocking_client`), without loading Twisted.
+Two clients because the asynchronous one lives on its caller's reactor while a blocking one
+must not need one; both speak the one contract of :mod:`peerit.control.contract` and return
+the same frozen dataclasses (:class:`TransferStatus`, :class:`PeerInfo`, ...,
+:mod:`peerit.control.results`); :func:`as_json` turns one into JSON-ready values. Every error is
+a :class:`peerit.errors.PeeritError` subclass with a one-line message.
 """
 
-import dataclasses
-import errno
 import json
 import os
-import threading
 
-from twisted.internet import defer, endpoints, error as twisted_error, threads
+from twisted.internet import defer, endpoints, error as twisted_error
 from twisted.protocols import amp
 
 from peerit.control import commands
-from peerit.control.paths import control_path_of, default_control_path
-from peerit.errors import DaemonNotRunning, PermissionDenied, PeeritError, TimedOut
-
-CONNECT_TIMEOUT = 5
-CALL_TIMEOUT = 60
-
-_SCALARS = {amp.Unicode: str, amp.Integer: int, amp.Float: float, amp.Boolean: bool}
-
-
-def _result_class(name: str, fields, nested: dict, doc: str):
-    """A frozen dataclass with one field per ``(name, amp argument)`` of an AMP field list;
-    ``nested`` gives the dataclass of each ``AmpList`` field's items."""
-    spec = []
-    for raw, argument in fields:
-        key = raw.decode()
-        if isinstance(argument, amp.AmpList):
-            kind = list[nested[key]]
-        elif isinstance(argument, amp.ListOf):
-            kind = list[_SCALARS[type(argument.elementType)]]
-        else:
-            kind = _SCALARS[type(argument)]
-        spec.append((key, kind))
-    cls = dataclasses.make_dataclass(name, spec, frozen=True)
-    cls.__module__ = __name__
-    cls.__doc__ = doc
-    cls._nested = nested
-    return cls
-
-
-def _from_answer(cls, answer: dict):
-    values = {}
-    for field in dataclasses.fields(cls):
-        value = answer[field.name]
-        item = cls._nested.get(field.name)
-        values[field.name] = [_from_answer(item, v) for v in value] if item else value
-    return cls(**values)
-
-
-def as_json(result):
-    """A result (or a list of them) as plain dicts and lists, for ``json.dump``."""
-    if isinstance(result, list):
-        return [as_json(r) for r in result]
-    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
-
-
-TransferStatus = _result_class("TransferStatus", commands.TRANSFER_FIELDS, {},
-                               "One transfer, as ``status`` and ``list`` report it.")
-PeerInfo = _result_class("PeerInfo", commands.PEER_FIELDS, {}, "One connected peer.")
-DaemonInfo = _result_class("DaemonInfo", commands.DaemonInfo.response, {},
-                           "Who the daemon is and how it is connected.")
-Shared = _result_class("Shared", commands.Share.response, {}, "A share the daemon now seeds.")
-Started = _result_class("Started", commands.Download.response, {}, "A download begun.")
-PeerList = _result_class("PeerList", commands.Peers.response, {"peers": PeerInfo},
-                         "The peers of a transfer (at most MAX_PEERS_LISTED) and how many.")
-Done = _result_class("Done", commands.Pause.response, {},
-                     "The transfer a pause, resume or remove acted on.")
-LinkOf = _result_class("LinkOf", commands.LinkOf.response, {}, "A transfer's peerit: link.")
-Exported = _result_class("Exported", commands.ExportMetainfo.response, {},
-                         "Where a transfer's metadata was written as a .p2p.")
-SendOffer = _result_class("SendOffer", commands.Send.response, {},
-                          "A private share and the code that names it.")
-SendState = _result_class("SendState", commands.SEND_FIELDS, {}, "Where a send stands.")
-
-
-def control_path(explicit: str | None = None) -> str:
-    """The control socket: ``explicit``, else $PEERIT_CONTROL, else the daemon's default."""
-    spec = explicit or os.environ.get("PEERIT_CONTROL") or default_control_path()
-    return control_path_of(spec)
+from peerit.control.blocking_client import (  # noqa: F401 (this module's API)
+    CALL_TIMEOUT, CONNECT_TIMEOUT, BlockingClient, connect_error, control_path)
+from peerit.control.results import (  # noqa: F401 (this module's API)
+    DaemonInfo, Done, Exported, LinkOf, PeerInfo, PeerList, SendOffer, SendState, Shared,
+    Started, TransferStatus, as_json, from_answer as _from_answer)
+from peerit.errors import DaemonNotRunning, PeeritError, TimedOut
 
 
 class ClientProtocol(amp.AMP):
@@ -240,90 +177,4 @@ class Client:
 def _connect_error(e: Exception, path: str) -> PeeritError:
     os_error = getattr(e, "osError", None)
     code = os_error if isinstance(os_error, int) else getattr(os_error, "errno", None)
-    if code in (errno.EACCES, errno.EPERM) or "Permission denied" in str(e):
-        return PermissionDenied(f"cannot reach the daemon's control socket {path}: "
-                                "permission denied (it belongs to another user)")
-    return DaemonNotRunning(f"no peer-it daemon is listening on {path} (start one with "
-                            "'twistd peerit-daemon', or point --control/PEERIT_CONTROL at it)")
-
-
-class BlockingClient:
-    """The same calls, blocking, for scripts: runs a reactor in a daemon thread."""
-
-    _reactor_started = False
-
-    def __init__(self, path: str | None = None):
-        from twisted.internet import reactor  # the global reactor is this class's purpose
-        self._reactor = reactor
-        self._start_reactor()
-        self._client = self._blocking(Client.connect, reactor, path)
-
-    @classmethod
-    def _start_reactor(cls):
-        if cls._reactor_started:
-            return
-        from twisted.internet import reactor
-        threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
-                         daemon=True, name="peerit-client-reactor").start()
-        cls._reactor_started = True
-
-    def _blocking(self, coroutine_function, *args, **kwargs):
-        return threads.blockingCallFromThread(
-            self._reactor, lambda: defer.ensureDeferred(coroutine_function(*args, **kwargs)))
-
-    def info(self) -> DaemonInfo:
-        return self._blocking(self._client.info)
-
-    def share(self, data_path: str, metainfo_path: str, check: bool = False) -> Shared:
-        return self._blocking(self._client.share, data_path, metainfo_path, check)
-
-    def download(self, metainfo_path: str, target_dir: str = "") -> Started:
-        return self._blocking(self._client.download, metainfo_path, target_dir)
-
-    def status(self, ident: str) -> TransferStatus:
-        return self._blocking(self._client.status, ident)
-
-    def list(self) -> list[TransferStatus]:
-        return self._blocking(self._client.list)
-
-    def peers(self, ident: str) -> PeerList:
-        return self._blocking(self._client.peers, ident)
-
-    def pause(self, ident: str) -> Done:
-        return self._blocking(self._client.pause, ident)
-
-    def resume(self, ident: str) -> Done:
-        return self._blocking(self._client.resume, ident)
-
-    def remove(self, ident: str, delete_data: bool = False) -> Done:
-        return self._blocking(self._client.remove, ident, delete_data)
-
-    def netcheck(self) -> dict:
-        return self._blocking(self._client.netcheck)
-
-    def download_link(self, link: str, target_dir: str = "") -> Started:
-        return self._blocking(self._client.download_link, link, target_dir)
-
-    def link_of(self, ident: str) -> LinkOf:
-        return self._blocking(self._client.link_of, ident)
-
-    def export_metainfo(self, ident: str, path: str, overwrite: bool = False) -> Exported:
-        return self._blocking(self._client.export_metainfo, ident, path, overwrite)
-
-    def send(self, data_path: str, metainfo_path: str) -> SendOffer:
-        return self._blocking(self._client.send, data_path, metainfo_path)
-
-    def send_status(self, info_hash: str) -> SendState:
-        return self._blocking(self._client.send_status, info_hash)
-
-    def receive(self, code: str, target_dir: str = "") -> Started:
-        return self._blocking(self._client.receive, code, target_dir)
-
-    def close(self) -> None:
-        self._reactor.callFromThread(self._client.close)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    return connect_error(code, path, str(e))

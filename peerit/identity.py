@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from peerit.errors import PeeritError
-
-PEER_ID_SIZE = 32
+from peerit.fingerprints import (  # noqa: F401 (also this module's API)
+    PEER_ID_SIZE, format_fingerprint, parse_fingerprint)
 
 
 def peer_id_of_public_key(public_key) -> bytes:
@@ -31,22 +31,6 @@ def peer_id_of_certificate(cert) -> bytes:
     if not isinstance(cert, x509.Certificate):
         cert = cert.to_cryptography()
     return peer_id_of_public_key(cert.public_key())
-
-
-def format_fingerprint(peer_id: bytes) -> str:
-    return peer_id.hex()
-
-
-def parse_fingerprint(text: str) -> bytes:
-    """A fingerprint as users write it: 64 hex digits (colons allowed)."""
-    cleaned = text.strip().replace(":", "").lower()
-    try:
-        raw = bytes.fromhex(cleaned)
-    except ValueError:
-        raw = b""
-    if len(raw) != PEER_ID_SIZE:
-        raise PeeritError(f"bad fingerprint {text!r}: expected 64 hex digits")
-    return raw
 
 
 @dataclass(frozen=True)

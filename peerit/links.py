@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from peerit.addresses import TrackerAddress
 from peerit.errors import BadLink, PeeritError, UnpinnedTracker, UnsupportedLink, UsageError
-from peerit.identity import PEER_ID_SIZE
+from peerit.fingerprints import PEER_ID_SIZE
 
 SCHEME = "peerit"
 VERSION = 1

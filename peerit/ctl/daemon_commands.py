@@ -8,11 +8,13 @@ from peerit.ctl import options
 from peerit.ctl.offline import describe
 from peerit.ctl.output import emit, format_eta, format_rate, format_size, printable, progress_bar
 from peerit.errors import (
-    DaemonNotRunning, MetadataMismatch, MetadataTooLarge, PeeritError, TimedOut, UsageError)
+    DaemonNotRunning, MetadataMismatch, MetadataTooLarge, MetainfoError, PeeritError, PermissionDenied, TimedOut,
+    UsageError)
 
-# Twisted, the AMP client, the metainfo model and share creation are imported inside the
-# functions that use them: importing them costs most of peerit-ctl's start-up, and --help,
-# --version or a typo should not wait for the reactor and cryptography to load.
+# The daemon is reached through a blocking client on a plain socket (no Twisted, no reactor);
+# the metainfo model, links and share creation are imported inside the functions that use
+# them: importing them costs most of peerit-ctl's start-up, and --help, --version or a typo
+# should not wait for cryptography and construct to load.
 
 FINISHED_STATES = ("seeding",)
 # A download from a link whose only peers served oversized or tampered metadata.
@@ -20,43 +22,15 @@ METADATA_FAILURES = {"metadata too large": MetadataTooLarge,
                      "metadata mismatch": MetadataMismatch}
 
 
-def run_reactor(coroutine_function):
-    """Run ``coroutine_function(reactor)`` to completion; return its value or raise its error.
-
-    Ctrl-C stops the reactor; we report it as KeyboardInterrupt (the daemon carries on).
-    """
-    from twisted.internet import defer, reactor
-    outcome = {}
-
-    def go():
-        d = defer.ensureDeferred(coroutine_function(reactor))
-        d.addCallbacks(lambda value: outcome.setdefault("value", value),
-                       lambda failure: outcome.setdefault("failure", failure))
-        d.addBoth(lambda _: reactor.stop() if reactor.running else None)
-    reactor.callWhenRunning(go)
-    reactor.run()
-    if "failure" in outcome:
-        outcome["failure"].raiseException()
-    if "value" not in outcome:
-        raise KeyboardInterrupt
-    return outcome["value"]
-
-
 def with_client(function):
     """An argparse ``run`` that connects to the daemon and calls ``function(client, args)``.
 
     The commands print what the daemon answered, as text or JSON: they take the client's
-    typed answers as JSON-ready values (:func:`peerit.client.as_json`) from the start."""
+    typed answers as JSON-ready values (:func:`as_json`) from the start."""
     def run(args):
-        from peerit.client import Client
-
-        async def main(reactor):
-            client = await Client.connect(reactor, args.control)
-            try:
-                return await function(client, args, reactor)
-            finally:
-                client.close()
-        return run_reactor(main) or 0
+        from peerit.control.blocking_client import BlockingClient
+        with BlockingClient(args.control) as client:
+            return function(client, args) or 0
     return run
 
 
@@ -83,12 +57,11 @@ def status_line(s: dict) -> str:
 # -- share ---------------------------------------------------------------------------------
 
 def as_json(result):
-    # peerit.client (Twisted, AMP) loads only when a daemon command runs: see above.
-    from peerit.client import as_json
+    from peerit.control.results import as_json
     return as_json(result)
 
 
-async def share(client, args, reactor):
+def share(client, args):
     from peerit.addresses import TrackerAddress
     from peerit.metainfo import Metainfo
     from peerit.share_builder import scan_share
@@ -99,13 +72,13 @@ async def share(client, args, reactor):
         metainfo = Metainfo.read(args.p2p)
         metainfo_path, check = os.path.abspath(args.p2p), True
     else:
-        info = as_json(await client.info())
+        info = as_json(client.info())
         trackers = [TrackerAddress.parse(t) for t in info["trackers"]]
         trackers += [TrackerAddress.parse(t) for t in args.tracker
                      if TrackerAddress.parse(t) not in trackers]
         local = scan_share(data_path)
         metainfo_path = os.path.abspath(args.output or f"{local.name}.p2p")
-        metainfo = await hash_share(reactor, local, trackers, args)
+        metainfo = hash_share(local, trackers, args)
         if os.path.exists(metainfo_path):
             try:
                 same = Metainfo.read(metainfo_path).info_hash == metainfo.info_hash
@@ -116,9 +89,9 @@ async def share(client, args, reactor):
                                  "(use -o elsewhere or --force)")
         metainfo.write(metainfo_path, overwrite=True)
         check = False
-    answer = as_json(await client.share(data_path, metainfo_path, check=check))
+    answer = as_json(client.share(data_path, metainfo_path, check=check))
     try:
-        link = (await client.link_of(answer["info_hash"])).link
+        link = (client.link_of(answer["info_hash"])).link
     except PeeritError:
         link = ""  # no tracker with a fingerprint to name in a link
     result = {"metainfo": metainfo_path, "info_hash": answer["info_hash"],
@@ -129,23 +102,17 @@ async def share(client, args, reactor):
                        + (f"\nlink      {link}" if link else ""))
 
 
-async def hash_share(reactor, local, trackers, args):
-    """The metainfo of scanned files, hashed off the reactor with a progress bar."""
+def hash_share(local, trackers, args):
+    """The metainfo of scanned files, hashed with a progress bar."""
     from peerit.share_builder import create_metainfo_from_share
     bar = progress_bar(local.total_size, f"hashing {local.name}", args)
     try:
-        return await reactor_thread(reactor, lambda: create_metainfo_from_share(
+        return create_metainfo_from_share(
             local, trackers=tuple(trackers),
-            progress=bar and (lambda done: reactor.callFromThread(
-                bar.update, done - bar.n))))
+            progress=bar and (lambda done: bar.update(done - bar.n)))
     finally:
         if bar is not None:
             bar.close()
-
-
-async def reactor_thread(reactor, function):
-    from twisted.internet.threads import deferToThread
-    return await deferToThread(function)
 
 
 # -- download ------------------------------------------------------------------------------
@@ -157,79 +124,73 @@ def check_link(args) -> None:
         links.parse(args.file)
 
 
-async def download(client, args, reactor):
+def download(client, args):
     from peerit import links
     if links.looks_like_link(args.file):
-        answer = as_json(await client.download_link(args.file.strip(), args.to or ""))
+        answer = as_json(client.download_link(args.file.strip(), args.to or ""))
     else:
-        from peerit.metainfo import Metainfo
-        Metainfo.read(args.file)  # a bad .p2p is reported here, in the user's terms
-        answer = as_json(await client.download(args.file, args.to or ""))
+        answer = as_json(started_download(client, args.file, args.to or ""))
     info_hash = answer["info_hash"]
     if args.detach:
         emit(args, answer, f"downloading {printable(answer['name'])} to "
                            f"{answer['path']}\ninfo-hash {info_hash}")
         return
-    status = await follow(client, info_hash, reactor, args,
-                          f"{printable(answer['name'])}")
+    status = follow(client, info_hash, args, f"{printable(answer['name'])}")
     emit(args, status, f"done: {status['path']} ({format_size(status['size'])}, "
                        f"{status['pieces']} pieces verified)")
 
 
-async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
+def started_download(client, path: str, target: str):
+    """The daemon reads the .p2p; a bad one is then read here too, to report it in the
+    user's terms (the path as typed). The metainfo model is loaded only then."""
+    try:
+        return client.download(path, target)
+    except (MetainfoError, UsageError, PermissionDenied):
+        from peerit.metainfo import Metainfo
+        Metainfo.read(path)
+        raise
+
+
+def follow(client, info_hash: str, args, desc: str) -> dict:
     """Follow the daemon's events for the transfer until it is complete and verified (or
     fails), with a progress bar: it ends the moment the last piece is verified."""
-    from twisted.internet import defer
     bar = None
-    last_line = [0.0]
-    latest = {}
-    finished = defer.Deferred()
-
-    def show(status):
-        nonlocal bar
-        if bar is None:
-            bar = progress_bar(status["size"], desc, args)
-        if bar is not None:
-            bar.update(status["done"] - bar.n)
-            bar.set_postfix_str(f"{status['state']}, {status['peers']} peers, "
-                                f"ETA {format_eta(status['eta'])}", refresh=False)
-            bar.refresh()
-        elif not args.json and time.monotonic() - last_line[0] > 5:
-            last_line[0] = time.monotonic()
-            print(status_line(status), file=sys.stderr)
-
-    def changed(status):
-        if finished.called:
-            return
-        if status is None:
-            finished.errback(PeeritError("the download was removed"))
-            return
-        status = as_json(status)
-        latest.update(status)
-        if status["state"] == "error":
-            finished.errback(PeeritError(f"download failed: {status['error']}"))
-        elif status["state"] in METADATA_FAILURES:
-            finished.errback(METADATA_FAILURES[status["state"]](
-                f"{status['error'] or status['state']} (the daemon keeps looking for "
-                f"other peers)"))
-        elif status["state"] in FINISHED_STATES:
-            finished.callback(status)
-        else:
-            show(status)
-
-    def lost():
-        if not finished.called:
-            finished.errback(DaemonNotRunning("the daemon closed the connection"))
-
-    def timed_out(result, timeout):
-        raise TimedOut(f"not complete after {timeout:.0f}s ({latest.get('state')}, "
-                       f"{latest.get('pieces_done')}/{latest.get('pieces')} pieces); "
-                       "the daemon keeps going")
+    last_line = 0.0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    status = as_json(client.follow(info_hash))
     try:
-        changed(await client.follow(info_hash, changed, lost))
-        if args.timeout and not finished.called:
-            finished.addTimeout(args.timeout, reactor, onTimeoutCancel=timed_out)
-        return await finished
+        while True:
+            if status is None:
+                raise PeeritError("the download was removed")
+            if status["state"] == "error":
+                raise PeeritError(f"download failed: {status['error']}")
+            if status["state"] in METADATA_FAILURES:
+                raise METADATA_FAILURES[status["state"]](
+                    f"{status['error'] or status['state']} (the daemon keeps looking for "
+                    f"other peers)")
+            if status["state"] in FINISHED_STATES:
+                return status
+            if bar is None:
+                bar = progress_bar(status["size"], desc, args)
+            if bar is not None:
+                bar.update(status["done"] - bar.n)
+                bar.set_postfix_str(f"{status['state']}, {status['peers']} peers, "
+                                    f"ETA {format_eta(status['eta'])}", refresh=False)
+                bar.refresh()
+            elif not args.json and time.monotonic() - last_line > 5:
+                last_line = time.monotonic()
+                print(status_line(status), file=sys.stderr)
+            latest = status
+            try:
+                status = client.next_change(
+                    None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except DaemonNotRunning:
+                raise DaemonNotRunning("the daemon closed the connection") from None
+            except TimedOut:
+                raise TimedOut(f"not complete after {args.timeout:.0f}s ({latest['state']}, "
+                               f"{latest['pieces_done']}/{latest['pieces']} pieces); "
+                               "the daemon keeps going") from None
+            status = as_json(status) if status is not None else None
     finally:
         if bar is not None:
             bar.close()
@@ -237,26 +198,26 @@ async def follow(client, info_hash: str, reactor, args, desc: str) -> dict:
 
 # -- the rest ------------------------------------------------------------------------------
 
-async def status(client, args, reactor):
+def status(client, args):
     if args.id:
-        s = as_json(await client.status(args.id))
+        s = as_json(client.status(args.id))
         emit(args, s, status_line(s))
     else:
-        transfers = as_json(await client.list())
-        info = as_json(await client.info())
+        transfers = as_json(client.list())
+        info = as_json(client.info())
         emit(args, {"daemon": info, "transfers": transfers},
              f"peer id {info['peer_id'][:16]}, listening on port {info['listen_port']}, "
              f"trackers connected {len(info['trackers_connected'])}/{len(info['trackers'])}"
              + "".join("\n" + status_line(s) for s in transfers))
 
 
-async def list_(client, args, reactor):
-    transfers = as_json(await client.list())
+def list_(client, args):
+    transfers = as_json(client.list())
     emit(args, transfers, "\n".join(status_line(s) for s in transfers) or "nothing shared")
 
 
-async def peers(client, args, reactor):
-    answer = as_json(await client.peers(args.id))
+def peers(client, args):
+    answer = as_json(client.peers(args.id))
     lines = [f"{p['peer_id'][:16]}  {p['path']:<5} {p['address']:<22} "
              f"connected in {p['connect_seconds'] * 1000:.0f} ms  pieces {p['pieces']:>6}  "
              f"down {format_rate(p['download_rate']):>11}  "
@@ -265,20 +226,20 @@ async def peers(client, args, reactor):
 
 
 def simple(method: str, verb: str):
-    async def run(client, args, reactor):
-        answer = as_json(await getattr(client, method)(args.id))
+    def run(client, args):
+        answer = as_json(getattr(client, method)(args.id))
         emit(args, answer, f"{verb} {answer['info_hash']}")
     return run
 
 
-async def remove(client, args, reactor):
-    answer = as_json(await client.remove(args.id, delete_data=args.delete_data))
+def remove(client, args):
+    answer = as_json(client.remove(args.id, delete_data=args.delete_data))
     emit(args, answer, f"removed {answer['info_hash']}"
                        + (" and deleted its files" if args.delete_data else ""))
 
 
-async def netcheck(client, args, reactor):
-    report = await client.netcheck()
+def netcheck(client, args):
+    report = client.netcheck()
     emit(args, report, report.get("text") or "\n".join(f"{k}: {v}" for k, v in
                                                       sorted(report.items())))
 

@@ -11,8 +11,8 @@ from peerit.ctl.daemon_commands import as_json, checked_first, follow, hash_shar
 from peerit.ctl.output import emit, format_size, print_json, printable, progress_bar
 from peerit.errors import PeeritError, TimedOut, UsageError
 
-# Heavy imports (Twisted, the links' addresses and identities, share creation) happen inside
-# the commands, as in daemon_commands: --help must not wait for them.
+# Heavy imports (the links' addresses and identities, share creation) happen inside the
+# commands, as in daemon_commands: --help must not wait for them.
 
 # How often `send` asks where its send stands (a send's progress is not on the event hub yet).
 SEND_POLL_INTERVAL = 0.5
@@ -23,54 +23,53 @@ _SEND_ERRORS = {cls.exit_code: cls for cls in (
     errors.RendezvousUnreachable)}
 
 
-async def link(client, args, reactor):
-    answer = as_json(await client.link_of(args.id))
+def link(client, args):
+    answer = as_json(client.link_of(args.id))
     emit(args, answer, answer["link"])
 
 
-async def export(client, args, reactor):
-    answer = as_json(await client.export_metainfo(args.id, args.output,
+def export(client, args):
+    answer = as_json(client.export_metainfo(args.id, args.output,
                                                   overwrite=args.force))
     emit(args, answer, f"wrote {answer['path']}")
 
 
-async def send(client, args, reactor):
+def send(client, args):
     from peerit.addresses import TrackerAddress
     from peerit.share_builder import scan_share
     data_path = os.path.abspath(args.path)
     if not os.path.exists(data_path):
         raise UsageError(f"{args.path} does not exist")
-    info = as_json(await client.info())
+    info = as_json(client.info())
     local = scan_share(data_path)
-    metainfo = await hash_share(
-        reactor, local, [TrackerAddress.parse(t) for t in info["trackers"]], args)
+    metainfo = hash_share(
+        local, [TrackerAddress.parse(t) for t in info["trackers"]], args)
     # The .p2p is the daemon's business here (the receiver gets the metadata from it).
     directory = os.path.join(info["data_dir"], "sends")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     metainfo_path = os.path.join(directory, f"{metainfo.info_hash_hex}.p2p")
     metainfo.write(metainfo_path)
-    answer = as_json(await client.send(data_path, metainfo_path))
+    answer = as_json(client.send(data_path, metainfo_path))
     code = answer["code"]
     if args.json:
         print_json({"code": code, "info_hash": answer["info_hash"], "link": answer["link"]})
     else:
         print(f"code {code}", flush=True)
         print(f"on the other side: peerit-ctl receive {code}", file=sys.stderr, flush=True)
-    status = await _follow_send(client, answer["info_hash"], reactor, args,
+    status = _follow_send(client, answer["info_hash"], args,
                                 printable(answer["name"]))
     emit(args, status, f"delivered: {printable(answer['name'])} "
                        f"({format_size(status['size'])}) to {status['receiver'][:16]}")
 
 
-async def _follow_send(client, info_hash: str, reactor, args, desc: str) -> dict:
+def _follow_send(client, info_hash: str, args, desc: str) -> dict:
     """Poll until the receiver holds everything (upload progress meanwhile)."""
-    from twisted.internet.task import deferLater
     bar = None
     started = time.monotonic()
     waiting_said = False
     try:
         while True:
-            status = as_json(await client.send_status(info_hash))
+            status = as_json(client.send_status(info_hash))
             if status["state"] == "failed":
                 raise _SEND_ERRORS.get(status["error_code"], PeeritError)(status["error"])
             if status["delivered"]:
@@ -87,7 +86,7 @@ async def _follow_send(client, info_hash: str, reactor, args, desc: str) -> dict
                     bar = progress_bar(status["size"], f"sending {desc}", args)
                 if bar is not None:
                     bar.update(min(status["uploaded"], status["size"]) - bar.n)
-            await deferLater(reactor, SEND_POLL_INTERVAL, lambda: None)
+            time.sleep(SEND_POLL_INTERVAL)
     finally:
         if bar is not None:
             bar.close()
@@ -99,9 +98,9 @@ def check_code(args) -> None:
     check_code(args.code)
 
 
-async def receive(client, args, reactor):
-    answer = as_json(await client.receive(args.code, args.to or ""))
-    status = await follow(client, answer["info_hash"], reactor, args,
+def receive(client, args):
+    answer = as_json(client.receive(args.code, args.to or ""))
+    status = follow(client, answer["info_hash"], args,
                           printable(answer["name"]))
     emit(args, status, f"done: {status['path']} ({format_size(status['size'])}, "
                        f"{status['pieces']} pieces verified)")

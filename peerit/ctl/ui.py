@@ -6,9 +6,9 @@ from peerit.ctl.output import emit
 from peerit.errors import PeeritError
 
 
-async def ui(client, args, reactor):
+def ui(client, args):
     import webbrowser
-    url = await client.web_login()
+    url = client.web_login()
     if args.open and not webbrowser.open(url):
         raise PeeritError(f"no browser to open here; open this link yourself:\n{url}")
     emit(args, {"url": url}, url)

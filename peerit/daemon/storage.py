@@ -27,6 +27,10 @@ MAX_OPEN_FILES = 64
 # Direct I/O: offsets, lengths and buffer addresses in multiples of this (the largest
 # logical block size in common use; 512-byte devices accept it too).
 DIRECT_ALIGN = 4096
+# Files smaller than this go through the page cache even in a download: an O_DIRECT write
+# waits for the device, and a tree of small files paid that wait (and a second open) per
+# file, while the page cache a small file fills is small.
+DIRECT_MIN_FILE_SIZE = 1 << 20
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
@@ -173,7 +177,7 @@ class FileStore:
             self._unlease(index)
             raise
         direct_fd = self._open_direct(fd) if self.direct and not self._direct_refused \
-            else None
+            and self.metainfo.files[index].size >= DIRECT_MIN_FILE_SIZE else None
         with self._lock:
             existing = self._fds.get(index)
             if existing is not None:  # another thread opened it meanwhile
@@ -218,11 +222,10 @@ class FileStore:
         if excess <= 0:
             return
         for old_index in [i for i in self._fds if i not in self._leases][:excess]:
-            old_fd = self._fds.pop(old_index)
-            if old_index in self._dirty:
-                os.fdatasync(old_fd)
-                self._dirty.discard(old_index)
-            os.close(old_fd)
+            # Closed without fdatasync (its written pages stay the file's, and sync() flushes
+            # it through a new fd): a flush per closed file cost a tree of 1,000 small files
+            # 0.3 s of its download.
+            os.close(self._fds.pop(old_index))
             direct_fd = self._direct_fds.pop(old_index, None)
             if direct_fd is not None:
                 os.close(direct_fd)
@@ -452,17 +455,26 @@ class FileStore:
         return digest.digest()
 
     def sync(self) -> None:
+        """fdatasync every file written since the last sync, reopening those whose fd was
+        closed meanwhile (the cap on open files): fdatasync flushes a file, not an fd."""
         with self._lock:
-            dirty = [i for i in self._dirty if i in self._fds]
+            dirty = sorted(self._dirty)
             self._dirty.clear()
-            for i in dirty:
-                self._leases[i] = self._leases.get(i, 0) + 1
-        try:
-            for i in dirty:
-                os.fdatasync(self._fds[i])
-        finally:
-            for i in dirty:
-                self._unlease(i)
+        for done, index in enumerate(dirty):
+            try:
+                fd = self._lease(index)
+            except PeeritError:
+                with self._lock:
+                    self._dirty.update(dirty[done:])
+                raise
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                with self._lock:
+                    self._dirty.update(dirty[done:])
+                raise _os_error(e, self.path_of(index)) from None
+            finally:
+                self._unlease(index)
 
     def close(self) -> None:
         """Close every file once no thread is using it; later calls fail with PeeritError."""

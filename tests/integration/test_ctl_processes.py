@@ -75,13 +75,21 @@ class StartupTests(SynchronousTestCase):
                 "try:\n    runpy.run_module('peerit.ctl.main', run_name='__main__')\n"
                 "except SystemExit:\n    pass\n"
                 f"heavy = {self.HEAVY!r}\n"
-                "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy "
-                "or m in heavy)), file=sys.stderr)\n")
+                "print('loaded:', *sorted(m for m in sys.modules if m.split('.')[0] in heavy "
+                "or m in heavy), file=sys.stderr)\n")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               cwd=ROOT, env=env, timeout=60)
-        return done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+        return done.stderr.strip().splitlines()[-1].removeprefix("loaded:").strip()
 
     def test_help_and_version_load_no_networking_crypto_or_format_modules(self):
         for argv in (["--help"], ["--version"], ["download", "--help"], ["help", "create"]):
             self.assertEqual(self.loaded_by(argv), "", argv)
+
+    def test_daemon_commands_load_neither_twisted_nor_crypto_nor_construct(self):
+        """The daemon commands speak AMP on a plain socket: a download of a .p2p or a link
+        and a status pay for no reactor, TLS or format library (here refused: no daemon)."""
+        link = "peerit:?v=1&ih=" + "ab" * 32 + "&tr=127.0.0.1:1%23" + "cd" * 32
+        for argv in (["download", "/nonexistent.p2p"], ["download", link], ["status"]):
+            loaded = self.loaded_by([*argv, "--control", "/nonexistent/control.sock"])
+            self.assertEqual(loaded, "", argv)

@@ -7,6 +7,7 @@ import tempfile
 from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.daemon.state import StateDB, SwarmRecord
+from peerit.daemon import storage
 from peerit.daemon.storage import FileStore
 from peerit.errors import NoSpace, UsageError
 from peerit.metainfo import FileEntry, Metainfo
@@ -203,6 +204,8 @@ class DirectIOTests(SynchronousTestCase):
     def setUp(self):
         self.root = tempfile.mkdtemp()
         self.addCleanup(lambda: os.system(f"rm -rf {self.root}"))
+        # Small files keep these tests fast; the size rule has its own test below.
+        self.patch(storage, "DIRECT_MIN_FILE_SIZE", 0)
 
     def check(self, files, piece_length, block):
         import random
@@ -251,6 +254,17 @@ class DirectIOTests(SynchronousTestCase):
         if direct_io_supported(self.root):
             self.assertGreater(store.direct_bytes_written, 0)
 
+    def test_files_below_the_direct_size_go_through_the_page_cache(self):
+        """An O_DIRECT write waits for the device: a small file is written buffered (no
+        second fd either), a large one direct, in the same download."""
+        self.patch(storage, "DIRECT_MIN_FILE_SIZE", 65536)
+        store = self.check([("small.bin", 65536 - 4096), ("large.bin", 2 * 65536)],
+                           piece_length=65536, block=16384)
+        if direct_io_supported(self.root):
+            self.assertEqual(store.direct_bytes_written, 2 * 65536)
+            self.assertEqual([store.metainfo.files[i].path for i in store._direct_fds],
+                             ["large.bin"])
+
     def test_a_store_without_direct_never_uses_it(self):
         metainfo, data = directory_metainfo([("x.bin", 65536)], piece_length=65536)
         store = FileStore(metainfo, self.root)
@@ -263,7 +277,6 @@ class DirectIOTests(SynchronousTestCase):
     def test_an_alignment_the_device_refuses_falls_back_to_the_page_cache(self):
         """O_DIRECT refusing our alignment (EINVAL) is not a storage failure: the store
         goes on buffered and the data is still right."""
-        from peerit.daemon import storage
         self.patch(storage, "DIRECT_ALIGN", 100)  # no device accepts 100-byte alignment
         store = self.check([("big.bin", 3 * 65536 + 1000)], piece_length=65536, block=16384)
         if direct_io_supported(self.root):

@@ -221,3 +221,23 @@ class FileLeaseTests(SynchronousTestCase):
         store.write_block(0, 0, data[:1024])
         for piece in range(5):
             self.assertEqual(store.piece_digest(piece), metainfo.piece_hash(piece))
+
+    def test_closing_for_the_cap_does_not_flush_and_sync_flushes_every_written_file(self):
+        """Evicting an fd (the cap on open files) costs no fdatasync; ``sync`` then flushes
+        every file written since the last one, reopening those closed meanwhile."""
+        self.patch(storage, "MAX_OPEN_FILES", 2)
+        metainfo, data = directory_metainfo([(f"f{i}.bin", 1024) for i in range(5)])
+        store = FileStore(metainfo, self.root)
+        store.open(create=True)
+        self.addCleanup(store.close)
+        flushed = []
+        self.patch(storage.os, "fdatasync", lambda fd: flushed.append(os.fstat(fd).st_ino))
+        for piece in range(4):
+            store.write_block(piece, 0, data[piece * 1024:(piece + 1) * 1024])
+        self.assertEqual(flushed, [])
+        store.sync()
+        self.assertEqual(sorted(flushed), sorted(os.stat(store.path_of(i)).st_ino
+                                                 for i in range(4)))
+        flushed.clear()
+        store.sync()
+        self.assertEqual(flushed, [])  # nothing written since
