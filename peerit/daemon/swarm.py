@@ -57,7 +57,10 @@ class PeerState:
     peer_interested: bool = False
     got_first_message: bool = False
     requested: dict = field(default_factory=dict)  # (piece, offset) -> (length, sent at)
-    cancelled: set = field(default_factory=set)  # blocks we cancelled; late copies are fine
+    # Blocks we cancelled: one late copy of each is fine. A block asked for again stays here:
+    # the copy of the cancelled request, still on its way, answers the new one, and the
+    # copy of the new request must then not count as unsolicited.
+    cancelled: set = field(default_factory=set)
     upload_queue: list = field(default_factory=list)  # (piece, offset, length)
     last_block_at: float = 0.0
     strikes: int = 0
@@ -349,7 +352,7 @@ class Swarm:
         room = self._pipeline_depth(peer) - len(peer.requested)
         if room <= 0:
             return
-        blocks = self.picker.next_requests(peer, peer.pieces, room)
+        blocks = self.picker.next_requests(peer, peer.pieces, room, len(peer.requested))
         if not blocks:
             if not peer.requested and not self.picker.interesting(peer.pieces):
                 peer.am_interested = False
@@ -360,7 +363,6 @@ class Swarm:
         now = self.clock.seconds()
         for piece, offset, length in blocks:
             peer.requested[(piece, offset)] = (length, now)
-            peer.cancelled.discard((piece, offset))
             peer.link.send(wire.Request(piece, offset, length))
         if self.trace is not None:
             self.trace("request", peer=peer.short_id, blocks=len(blocks),

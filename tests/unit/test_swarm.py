@@ -105,6 +105,29 @@ class TransferTests(SynchronousTestCase):
         self.assertEqual(leecher.store.writes, 0)
         self.assertNotIn(seeder.my_peer_id, leecher.peers)
 
+    def test_block_asked_again_after_a_cancel_may_come_twice(self):
+        """A block cancelled (here by a choke) and asked for again can arrive twice: the copy
+        of the first request, already on its way, then the copy of the second. Neither is
+        unsolicited; the link stays up."""
+        h = SwarmHarness(os.urandom(4 * PIECE))
+        seeder, leecher = h.swarm(True), h.swarm(False)
+        end, _ = h.network.connect(leecher, seeder)
+        h.network.queue.clear()
+        state = end.state
+        leecher.handle(state, wire.Bitfield(seeder.have.to_bytes()))
+        leecher.handle(state, wire.Unchoke())
+        key = next(iter(state.requested))
+        leecher.handle(state, wire.Choke())  # cancels every request
+        leecher.handle(state, wire.Unchoke())
+        self.assertIn(key, state.requested)  # asked again
+        piece, offset = key
+        data = h.data[piece * PIECE + offset:][:BLOCK]
+        leecher.handle(state, wire.Block(piece, offset, data))
+        leecher.handle(state, wire.Block(piece, offset, data))
+        self.assertIsNone(end.closed)
+        self.assertNotIn(seeder.my_peer_id, leecher.banned)
+        self.assertEqual(leecher.store.writes, 1)
+
     def test_request_for_missing_piece_is_rejected(self):
         """An uploader that lacks a piece answers Reject instead of sending anything."""
         h = SwarmHarness(os.urandom(4 * PIECE))
