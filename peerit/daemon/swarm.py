@@ -42,6 +42,12 @@ class SwarmConfig:
     stall_cooloff: float = 300.0  # ...and not taken back for this long
     strikes_to_ban: int = 2
     upload_slots: int = 4
+    # While seeding nobody gives back, so there is no tit-for-tat to keep slots few: as
+    # libtorrent (8 slots), serve more downloaders at once. In a swarm of fresh downloaders
+    # every one of them then starts from the seeder at once, with pieces the others lack,
+    # instead of the first five holding all of its bandwidth until its next rechoke round,
+    # which a fast swarm never reaches.
+    seed_upload_slots: int = 8
 
 
 @dataclass(eq=False)
@@ -107,7 +113,7 @@ class Swarm:
         self.config = config or SwarmConfig()
         self.picker = Picker(metainfo.piece_count, metainfo.piece_size,
                              self.config.block_size, have, rng)
-        self.choker = Choker(rng, self.config.upload_slots)
+        self.choker = Choker(rng, self.config.upload_slots, self.config.seed_upload_slots)
         self.peers: dict[bytes, PeerState] = {}
         self.banned: set[bytes] = set()
         self.stalled: dict[bytes, float] = {}  # peer id -> when it may attach again
@@ -265,7 +271,7 @@ class Swarm:
             self._on_bitfield(peer, message.bits)
         elif kind is wire.Interested:
             peer.peer_interested = True
-            if peer.am_choking and self._unchoked_count() < self.config.upload_slots + 1:
+            if peer.am_choking and self._unchoked_count() < self._slots() + 1:
                 self._unchoke(peer, "interested")
         elif kind is wire.NotInterested:
             peer.peer_interested = False
@@ -549,7 +555,7 @@ class Swarm:
         waiting interested peer now, not at the next rechoke round: in a fast swarm the
         round (10 s) came after everyone else had finished, and one downloader, choked by
         all, waited for it (a 10 s straggler in a 4 s swarm)."""
-        free = self.config.upload_slots + 1 - self._unchoked_count()
+        free = self._slots() + 1 - self._unchoked_count()
         if free <= 0:
             return
         waiting = [p for p in self.peers.values() if p.peer_interested and p.am_choking]
@@ -564,6 +570,10 @@ class Swarm:
             waiting.sort(key=lambda p: p.upload.rate, reverse=True)
         for peer in waiting[:free]:
             self._unchoke(peer, "free_slot")
+
+    def _slots(self) -> int:
+        """Regular upload slots now (one optimistic slot comes on top)."""
+        return self.config.upload_slots if self.downloading else self.config.seed_upload_slots
 
     def _unchoked_count(self) -> int:
         return sum(1 for p in self.peers.values() if not p.am_choking)

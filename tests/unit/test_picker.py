@@ -157,6 +157,16 @@ class ChokerTests(SynchronousTestCase):
         self.assertIn("fast", chosen)
         self.assertNotIn("idle", chosen)
 
+    def test_seeding_uses_the_seed_slots(self):
+        """A seeder's round unchokes seed_slots regular peers (plus the optimistic one)."""
+        choker = Choker(random.Random(1), slots=1, seed_slots=3)
+        views = [PeerView(k, True, 0.0, float(k)) for k in range(6)]
+        chosen = choker.rechoke(views, seeding=True)
+        self.assertLessEqual({5, 4, 3}, chosen)
+        self.assertEqual(len(chosen), 4)
+        self.assertEqual(len(Choker(random.Random(1), slots=1, seed_slots=3)
+                             .rechoke(views, seeding=False)), 2)
+
     def test_optimistic_slot_rotates(self):
         choker = Choker(random.Random(2), slots=1)
         peers = [PeerView(i, True, 100 if i == 0 else 0, 0) for i in range(8)]
