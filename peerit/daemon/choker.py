@@ -3,7 +3,8 @@
 Every round, the interested peers that gave us the most (while we download) or took the most
 (while we seed, so fast downloaders finish and start seeding themselves) get the regular slots;
 one more rotates every few rounds among the rest so newcomers get a first chance. Nobody can
-hog the uploader: a peer keeps its slot only by ranking in the top ``slots``.
+hog the uploader: a peer keeps its slot only by ranking in the top ``slots``. A seeder, which
+has nothing to trade for, may have more regular slots (``seed_slots``).
 """
 
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ class PeerView:
 
 
 class Choker:
-    def __init__(self, rng, slots: int = DEFAULT_SLOTS):
+    def __init__(self, rng, slots: int = DEFAULT_SLOTS, seed_slots: int | None = None):
         self.rng = rng
         self.slots = slots
+        self.seed_slots = slots if seed_slots is None else seed_slots  # while seeding
         self.optimistic = None
         self._round = 0
 
@@ -34,8 +36,9 @@ class Choker:
         # Shuffle first so equal rates (e.g. all zero at start) do not always favour the same.
         self.rng.shuffle(interested)
         interested.sort(key=rate, reverse=True)
-        regular = {p.key for p in interested[:self.slots]}
-        rest = [p.key for p in interested[self.slots:]]
+        slots = self.seed_slots if seeding else self.slots
+        regular = {p.key for p in interested[:slots]}
+        rest = [p.key for p in interested[slots:]]
         if self._round % OPTIMISTIC_EVERY == 0 or self.optimistic not in rest:
             self.optimistic = self.rng.choice(rest) if rest else None
         self._round += 1

@@ -5,7 +5,13 @@ a new one is started, so verified pieces (which we can then upload) appear early
 is the rarest one the peer has, ties broken by a random scan start; the first few pieces are
 random instead, so a newcomer quickly holds something worth trading. When every missing block
 has been requested, endgame allows duplicates from other peers, and the first copy to arrive
-cancels the rest.
+cancels the rest; a peer is asked for duplicates only once it has (almost) nothing else in
+flight, as libtorrent does: duplicates asked of busy peers arrive late anyway, and every one
+is a block's worth of bytes sent, decrypted and thrown away.
+
+Choosing runs once per block received, so it stays linear in the pieces a call looks at:
+pieces in progress with nothing left to ask are skipped before the peer's bitfield is read,
+and several new pieces are picked from one pass over the candidates.
 """
 
 from dataclasses import dataclass, field
@@ -14,6 +20,7 @@ from peerit.bitfield import Bitfield
 
 RANDOM_FIRST_PIECES = 4
 ENDGAME_DUPLICATES = 2  # at most this many peers asked for the same block in endgame
+ENDGAME_IN_FLIGHT = 2  # endgame duplicates go only to a peer with fewer blocks in flight
 
 
 @dataclass(eq=False)
@@ -95,26 +102,37 @@ class Picker:
         return not any(p.free for p in self.in_progress.values())
 
     # -- choosing -------------------------------------------------------------------------
-    def next_requests(self, peer, pieces: Bitfield, count: int) -> list[tuple[int, int, int]]:
-        """Up to ``count`` (piece, offset, length) blocks to request from ``peer``."""
+    def next_requests(self, peer, pieces: Bitfield, count: int,
+                      in_flight: int = 0) -> list[tuple[int, int, int]]:
+        """Up to ``count`` (piece, offset, length) blocks to request from ``peer``, which has
+        ``in_flight`` blocks requested and not yet received."""
         out: list[tuple[int, int, int]] = []
         if count <= 0:
             return out
-        for progress in list(self.in_progress.values()):
-            if progress.index in pieces and progress.open_to(peer):
+        for progress in self.in_progress.values():
+            # ``free`` first: most pieces in progress are fully asked for, and this check
+            # costs less than the bitfield's.
+            if progress.free and progress.index in pieces and progress.open_to(peer):
                 self._take(progress, peer, count, out)
                 if len(out) >= count:
                     return out
         while len(out) < count:
-            index = self._new_piece(pieces)
-            if index is None:
+            # As many new pieces as full-size ones would fill the request (a short last
+            # piece leaves room: the loop picks again).
+            per_piece = -(-self.piece_size(0) // self.block_size)
+            new = self._new_pieces(pieces, -(-(count - len(out)) // per_piece))
+            if not new:
                 break
-            progress = PieceInProgress(index, self.piece_size(index), self.block_size)
-            self.in_progress[index] = progress
-            self.untouched.discard(index)
-            self._take(progress, peer, count, out)
-        if len(out) < count and self.endgame:
-            self._take_duplicates(peer, pieces, count, out)
+            for index in new:
+                progress = PieceInProgress(index, self.piece_size(index), self.block_size)
+                self.in_progress[index] = progress
+                self.untouched.discard(index)
+                self._take(progress, peer, count, out)
+        if len(out) >= count:
+            return out
+        room = min(count, ENDGAME_IN_FLIGHT - in_flight)
+        if len(out) < room and self.endgame:
+            self._take_duplicates(peer, pieces, room, out)
         return out
 
     def _take(self, progress: PieceInProgress, peer, count: int, out: list) -> None:
@@ -141,16 +159,22 @@ class Picker:
                 if len(out) >= count:
                     return
 
-    def _new_piece(self, pieces: Bitfield) -> int | None:
+    def _new_pieces(self, pieces: Bitfield, wanted: int) -> list[int]:
+        """Up to ``wanted`` untouched pieces that ``pieces`` holds, rarest first (random among
+        equally rare), or random ones while we hold fewer than ``RANDOM_FIRST_PIECES``."""
         untouched = self.untouched
         candidates = list(untouched) if pieces.complete else pieces.having(untouched)
-        if not candidates:
-            return None
+        if not candidates or wanted <= 0:
+            return []
         if len(self.have) < RANDOM_FIRST_PIECES:
-            return self.rng.choice(candidates)
+            return self.rng.sample(candidates, min(wanted, len(candidates)))
         availability = self.availability
-        rarest = min(map(availability.__getitem__, candidates))
-        return self.rng.choice([i for i in candidates if availability[i] == rarest])
+        if wanted == 1:  # the usual call (one block came in): no sort
+            rarest = min(map(availability.__getitem__, candidates))
+            return [self.rng.choice([i for i in candidates if availability[i] == rarest])]
+        self.rng.shuffle(candidates)
+        candidates.sort(key=availability.__getitem__)  # stable: ties stay shuffled
+        return candidates[:wanted]
 
     # -- outcomes -------------------------------------------------------------------------
     def block_received(self, peer, piece: int, offset: int, length: int):

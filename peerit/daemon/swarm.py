@@ -42,6 +42,12 @@ class SwarmConfig:
     stall_cooloff: float = 300.0  # ...and not taken back for this long
     strikes_to_ban: int = 2
     upload_slots: int = 4
+    # While seeding nobody gives back, so there is no tit-for-tat to keep slots few: as
+    # libtorrent (8 slots), serve more downloaders at once. In a swarm of fresh downloaders
+    # every one of them then starts from the seeder at once, with pieces the others lack,
+    # instead of the first five holding all of its bandwidth until its next rechoke round,
+    # which a fast swarm never reaches.
+    seed_upload_slots: int = 8
 
 
 @dataclass(eq=False)
@@ -57,7 +63,10 @@ class PeerState:
     peer_interested: bool = False
     got_first_message: bool = False
     requested: dict = field(default_factory=dict)  # (piece, offset) -> (length, sent at)
-    cancelled: set = field(default_factory=set)  # blocks we cancelled; late copies are fine
+    # Blocks we cancelled: one late copy of each is fine. A block asked for again stays here:
+    # the copy of the cancelled request, still on its way, answers the new one, and the
+    # copy of the new request must then not count as unsolicited.
+    cancelled: set = field(default_factory=set)
     upload_queue: list = field(default_factory=list)  # (piece, offset, length)
     last_block_at: float = 0.0
     strikes: int = 0
@@ -104,7 +113,7 @@ class Swarm:
         self.config = config or SwarmConfig()
         self.picker = Picker(metainfo.piece_count, metainfo.piece_size,
                              self.config.block_size, have, rng)
-        self.choker = Choker(rng, self.config.upload_slots)
+        self.choker = Choker(rng, self.config.upload_slots, self.config.seed_upload_slots)
         self.peers: dict[bytes, PeerState] = {}
         self.banned: set[bytes] = set()
         self.stalled: dict[bytes, float] = {}  # peer id -> when it may attach again
@@ -262,7 +271,7 @@ class Swarm:
             self._on_bitfield(peer, message.bits)
         elif kind is wire.Interested:
             peer.peer_interested = True
-            if peer.am_choking and self._unchoked_count() < self.config.upload_slots + 1:
+            if peer.am_choking and self._unchoked_count() < self._slots() + 1:
                 self._unchoke(peer, "interested")
         elif kind is wire.NotInterested:
             peer.peer_interested = False
@@ -349,7 +358,7 @@ class Swarm:
         room = self._pipeline_depth(peer) - len(peer.requested)
         if room <= 0:
             return
-        blocks = self.picker.next_requests(peer, peer.pieces, room)
+        blocks = self.picker.next_requests(peer, peer.pieces, room, len(peer.requested))
         if not blocks:
             if not peer.requested and not self.picker.interesting(peer.pieces):
                 peer.am_interested = False
@@ -360,7 +369,6 @@ class Swarm:
         now = self.clock.seconds()
         for piece, offset, length in blocks:
             peer.requested[(piece, offset)] = (length, now)
-            peer.cancelled.discard((piece, offset))
             peer.link.send(wire.Request(piece, offset, length))
         if self.trace is not None:
             self.trace("request", peer=peer.short_id, blocks=len(blocks),
@@ -547,7 +555,7 @@ class Swarm:
         waiting interested peer now, not at the next rechoke round: in a fast swarm the
         round (10 s) came after everyone else had finished, and one downloader, choked by
         all, waited for it (a 10 s straggler in a 4 s swarm)."""
-        free = self.config.upload_slots + 1 - self._unchoked_count()
+        free = self._slots() + 1 - self._unchoked_count()
         if free <= 0:
             return
         waiting = [p for p in self.peers.values() if p.peer_interested and p.am_choking]
@@ -562,6 +570,10 @@ class Swarm:
             waiting.sort(key=lambda p: p.upload.rate, reverse=True)
         for peer in waiting[:free]:
             self._unchoke(peer, "free_slot")
+
+    def _slots(self) -> int:
+        """Regular upload slots now (one optimistic slot comes on top)."""
+        return self.config.upload_slots if self.downloading else self.config.seed_upload_slots
 
     def _unchoked_count(self) -> int:
         return sum(1 for p in self.peers.values() if not p.am_choking)

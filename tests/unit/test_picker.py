@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.bitfield import Bitfield
 from peerit.daemon.choker import Choker, PeerView
-from peerit.daemon.picker import Picker, RANDOM_FIRST_PIECES
+from peerit.daemon.picker import ENDGAME_IN_FLIGHT, Picker, RANDOM_FIRST_PIECES
 
 PIECE, BLOCK = 4096, 1024
 
@@ -78,12 +78,45 @@ class PickerTests(SynchronousTestCase):
         a = p.next_requests("a", everyone, 100)
         self.assertTrue(p.endgame)
         b = p.next_requests("b", everyone, 100)
-        self.assertEqual(sorted(a), sorted(b))
-        accepted, others, done = p.block_received("b", *a[0])
+        self.assertEqual(len(b), ENDGAME_IN_FLIGHT)
+        self.assertLessEqual(set(b), set(a))
+        accepted, others, done = p.block_received("b", *b[0])
         self.assertTrue(accepted)
         self.assertEqual(others, ("a",))
         # a's copy of the same block is no longer wanted
-        self.assertEqual(p.block_received("a", *a[0])[0], False)
+        self.assertEqual(p.block_received("a", *b[0])[0], False)
+
+    def test_endgame_duplicates_go_only_to_peers_with_little_in_flight(self):
+        """A busy peer is not asked for duplicates (they would come late and be thrown
+        away); an idle one is, up to ENDGAME_IN_FLIGHT blocks in flight."""
+        p = picker(1)
+        everyone = holding(1, [0])
+        p.next_requests("a", everyone, 100)
+        self.assertEqual(p.next_requests("busy", everyone, 100,
+                                         in_flight=ENDGAME_IN_FLIGHT), [])
+        self.assertEqual(len(p.next_requests("idle", everyone, 100,
+                                             in_flight=ENDGAME_IN_FLIGHT - 1)), 1)
+
+    def test_several_new_pieces_in_one_call_are_the_rarest(self):
+        """A deep request (a fresh unchoke) takes the rarest pieces, not the first found."""
+        p = picker(20, have=range(RANDOM_FIRST_PIECES))
+        everyone = holding(20, range(20))
+        for _ in range(3):
+            p.add_peer_pieces(everyone)
+        for rare in (6, 13, 19):
+            p.availability[rare] = 1
+        requests = p.next_requests("peer", everyone, 3 * PIECE // BLOCK)
+        self.assertEqual({r[0] for r in requests}, {6, 13, 19})
+        self.assertEqual(len(requests), 3 * PIECE // BLOCK)
+
+    def test_short_last_piece_still_fills_the_request(self):
+        """New pieces are counted in full-size pieces; a short last one leaves room that
+        the same call fills from another piece."""
+        bits = Bitfield(3)
+        p = Picker(3, lambda i: PIECE if i < 2 else BLOCK, BLOCK, bits, random.Random(1))
+        got = p.next_requests("a", holding(3, [0, 2]), PIECE // BLOCK + 1)
+        self.assertEqual(len(got), PIECE // BLOCK + 1)
+        self.assertEqual({r[0] for r in got}, {0, 2})
 
     def test_unrequested_block_is_refused(self):
         p = picker(2)
@@ -123,6 +156,16 @@ class ChokerTests(SynchronousTestCase):
         chosen = choker.rechoke(peers, seeding=True)
         self.assertIn("fast", chosen)
         self.assertNotIn("idle", chosen)
+
+    def test_seeding_uses_the_seed_slots(self):
+        """A seeder's round unchokes seed_slots regular peers (plus the optimistic one)."""
+        choker = Choker(random.Random(1), slots=1, seed_slots=3)
+        views = [PeerView(k, True, 0.0, float(k)) for k in range(6)]
+        chosen = choker.rechoke(views, seeding=True)
+        self.assertLessEqual({5, 4, 3}, chosen)
+        self.assertEqual(len(chosen), 4)
+        self.assertEqual(len(Choker(random.Random(1), slots=1, seed_slots=3)
+                             .rechoke(views, seeding=False)), 2)
 
     def test_optimistic_slot_rotates(self):
         choker = Choker(random.Random(2), slots=1)

@@ -105,6 +105,29 @@ class TransferTests(SynchronousTestCase):
         self.assertEqual(leecher.store.writes, 0)
         self.assertNotIn(seeder.my_peer_id, leecher.peers)
 
+    def test_block_asked_again_after_a_cancel_may_come_twice(self):
+        """A block cancelled (here by a choke) and asked for again can arrive twice: the copy
+        of the first request, already on its way, then the copy of the second. Neither is
+        unsolicited; the link stays up."""
+        h = SwarmHarness(os.urandom(4 * PIECE))
+        seeder, leecher = h.swarm(True), h.swarm(False)
+        end, _ = h.network.connect(leecher, seeder)
+        h.network.queue.clear()
+        state = end.state
+        leecher.handle(state, wire.Bitfield(seeder.have.to_bytes()))
+        leecher.handle(state, wire.Unchoke())
+        key = next(iter(state.requested))
+        leecher.handle(state, wire.Choke())  # cancels every request
+        leecher.handle(state, wire.Unchoke())
+        self.assertIn(key, state.requested)  # asked again
+        piece, offset = key
+        data = h.data[piece * PIECE + offset:][:BLOCK]
+        leecher.handle(state, wire.Block(piece, offset, data))
+        leecher.handle(state, wire.Block(piece, offset, data))
+        self.assertIsNone(end.closed)
+        self.assertNotIn(seeder.my_peer_id, leecher.banned)
+        self.assertEqual(leecher.store.writes, 1)
+
     def test_request_for_missing_piece_is_rejected(self):
         """An uploader that lacks a piece answers Reject instead of sending anything."""
         h = SwarmHarness(os.urandom(4 * PIECE))
@@ -179,7 +202,7 @@ class ChokingTests(SynchronousTestCase):
     def test_uploader_unchokes_at_most_slots_plus_optimistic(self):
         """With more interested peers than slots, only slots + 1 are unchoked."""
         h = SwarmHarness(os.urandom(8 * PIECE))
-        seeder = h.swarm(True, upload_slots=2, max_peers=50)
+        seeder = h.swarm(True, seed_upload_slots=2, max_peers=50)
         leechers = [h.swarm(False) for _ in range(6)]
         for leecher in leechers:
             h.network.connect(leecher, seeder)
@@ -199,7 +222,7 @@ class ChokingTests(SynchronousTestCase):
         """When an unchoked peer loses interest, a choked interested one is unchoked now,
         not at the next rechoke round."""
         h = SwarmHarness(os.urandom(8 * PIECE))
-        seeder = h.swarm(True, upload_slots=1, max_peers=50)
+        seeder = h.swarm(True, seed_upload_slots=1, max_peers=50)
         leechers = [h.swarm(False) for _ in range(4)]
         for leecher in leechers:
             h.network.connect(leecher, seeder)
@@ -219,6 +242,22 @@ class ChokingTests(SynchronousTestCase):
         # ... and a peer that leaves frees its slot the same way.
         seeder.detach(unchoked[1])
         self.assertEqual(len([p for p in waiting if not p.am_choking]), 2)
+
+    def test_a_seeder_serves_more_downloaders_at_once_than_a_downloader(self):
+        """Seeding, seed_upload_slots + 1 interested peers are unchoked; downloading (tit for
+        tat), upload_slots + 1."""
+        h = SwarmHarness(os.urandom(8 * PIECE))
+        seeder = h.swarm(True, upload_slots=2, seed_upload_slots=5, max_peers=50)
+        leecher = h.swarm(False, upload_slots=2, seed_upload_slots=5, max_peers=50)
+        others = [h.swarm(False) for _ in range(8)]
+        for other in others:
+            h.network.connect(other, seeder)
+            h.network.connect(other, leecher)
+        for s in (seeder, leecher):
+            for peer in list(s.peers.values()):
+                s.handle(peer, wire.Interested())
+        self.assertEqual(len([p for p in seeder.peers.values() if not p.am_choking]), 6)
+        self.assertEqual(len([p for p in leecher.peers.values() if not p.am_choking]), 3)
 
     def test_simultaneous_links_keep_the_same_one_on_both_sides(self):
         """If both peers dial each other, both keep the link dialed by the lower peer id."""
