@@ -112,7 +112,7 @@ class DaemonOperations:
                               "--web none)")
         return self.web_sign_in()
 
-    def download_metainfo(self, data: bytes, target_dir: str = "") -> dict:
+    def download_metainfo(self, data: bytes, target_dir: str = "") -> defer.Deferred:
         """Download from the bytes of a .p2p (an upload): checked, kept in the data
         folder (the transfer's record holds it too), then :meth:`download`."""
         _check_paths(target_dir)
@@ -148,10 +148,11 @@ class DaemonOperations:
         return {"info_hash": t.info_hash.hex(), "name": t.name,
                 "state": t.state.value}
 
-    def download(self, metainfo_path: str, target_dir: str) -> dict:
+    def download(self, metainfo_path: str, target_dir: str) -> defer.Deferred:
+        """Fires once the download's files exist (they are made off the reactor)."""
         _check_paths(metainfo_path, target_dir)
-        t = self.transfers.add_download(metainfo_path, target_dir)
-        return {"info_hash": t.info_hash.hex(), "name": t.name, "path": t.path}
+        return self.transfers.add_download(metainfo_path, target_dir).addCallback(
+            lambda t: {"info_hash": t.info_hash.hex(), "name": t.name, "path": t.path})
 
     def status(self, ident: str) -> dict:
         return self.transfers.find(ident).summary()

@@ -244,23 +244,52 @@ class Transfers(service.Service):
             raise
         return transfer, present
 
-    def add_download(self, metainfo_path: str, target_dir: str) -> Transfer:
+    def add_download(self, metainfo_path: str, target_dir: str) -> defer.Deferred:
+        """Fires with the transfer once its files exist (or with the error that refused
+        them)."""
         metainfo = Metainfo.read(metainfo_path)
         root = self._root(target_dir)
         existing = self._existing(metainfo.info_hash, root)
         if existing is not None:
-            return existing
+            return defer.succeed(existing)
         if not self._trackers_for(metainfo):
             raise UsageError("no tracker to find peers: the .p2p lists none with a "
                              "fingerprint and the daemon has no --tracker")
-        transfer, present = self._open_download(metainfo, root)
-        self.node.state.add(SwarmRecord(
-            metainfo.info_hash, metainfo.to_bytes(), root, "download", False,
-            None, None, None, time.time(), None))
+        record = SwarmRecord(metainfo.info_hash, metainfo.to_bytes(), root, "download",
+                             False, None, None, None, time.time(), None)
+        if os.path.exists(os.path.join(root, metainfo.name)):
+            transfer, present = self._open_download(metainfo, root)
+            self.node.state.add(record)
+            self.transfers[metainfo.info_hash] = transfer
+            # Data already at the target (an earlier download, a copy) counts once checked.
+            transfer.start(list(range(metainfo.piece_count)) if present else None)
+            return defer.succeed(transfer)
+        return self._add_new_download(metainfo, root, record)
+
+    def _add_new_download(self, metainfo, root: str, record: SwarmRecord) -> defer.Deferred:
+        """A download to a fresh target: it announces and connects while its files are made
+        on the writer thread (``Transfer.create_files``). Answered once they exist; if they
+        cannot be made (a full disk, a symlink), it is undone as if never added: nothing
+        recorded, no files left, the error the answer."""
+        transfer = Transfer(self.host, metainfo, root, "download")
+        try:
+            created = transfer.create_files()
+        except PeeritError:
+            transfer.store.delete_files()
+            raise
+        self.node.state.add(record)
         self.transfers[metainfo.info_hash] = transfer
-        # Data already at the target (an earlier download, a copy) counts once checked.
-        transfer.start(list(range(metainfo.piece_count)) if present else None)
-        return transfer
+        transfer.start()
+
+        def failed(failure):
+            failure.trap(PeeritError)
+            if self.transfers.get(metainfo.info_hash) is transfer:
+                transfer.stop("cannot make its files")
+                del self.transfers[metainfo.info_hash]
+                self.node.state.remove(metainfo.info_hash)
+            transfer.store.delete_files()
+            return failure
+        return created.addCallbacks(lambda _: transfer, failed)
 
     # -- links (docs/links.md) --------------------------------------------------------------
     def add_link(self, link, target_dir: str, pin: bytes | None = None,

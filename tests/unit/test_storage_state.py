@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit.daemon.state import StateDB, SwarmRecord
 from peerit.daemon import storage
 from peerit.daemon.storage import FileStore
-from peerit.errors import NoSpace, UsageError
+from peerit.errors import NoSpace, PeeritError, UsageError
 from peerit.metainfo import FileEntry, Metainfo
 
 
@@ -44,6 +44,22 @@ class FileStoreTests(SynchronousTestCase):
         store.close()
         with open(os.path.join(self.root, "share", "a", "y", "z.bin"), "rb") as f:
             self.assertEqual(f.read(), data[1500:1510])
+
+    def test_no_block_is_written_before_the_files_are_made(self):
+        """open_root alone makes the root, not the files; a write until open_files has run
+        is refused (not a file made on the fly, not a write into nothing)."""
+        metainfo, data = directory_metainfo([("a/x.bin", 1500), ("b.bin", 600)])
+        store = FileStore(metainfo, self.root)
+        self.addCleanup(store.close)
+        store.open_root(create=True)
+        self.assertTrue(os.path.isdir(self.root))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "share")))
+        with self.assertRaises(PeeritError):
+            store.write_block(0, 0, data[:1024])
+        self.assertFalse(os.path.exists(os.path.join(self.root, "share", "a", "x.bin")))
+        store.open_files(create=True)
+        store.write_block(0, 0, data[:1024])
+        self.assertEqual(store.piece_digest(0), metainfo.piece_hash(0))
 
     def test_files_are_preallocated_to_their_size(self):
         metainfo, _ = directory_metainfo([("one.bin", 5000), ("two.bin", 0)])

@@ -4,6 +4,7 @@ with the daemon reduced to the narrow ``TransferHost`` it is given."""
 import os
 import random
 import tempfile
+from dataclasses import replace
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
@@ -164,6 +165,70 @@ class TransferEventTests(TransferTestCase):
         transfer._fail("disk gone")
         self.clock.advance(0)  # not a whole tick: an error is said at once
         self.assertEqual(self.published[-1]["data"], {"state": "error"})
+
+
+class Stage:
+    """A BlockWriter run by hand: submitted and called work waits in order until ``run``."""
+
+    def __init__(self):
+        self.queue = []
+
+    def submit(self, size, function, *args):
+        self.queue.append((function, args, None))
+
+    def call(self, function, *args):
+        d = Deferred()
+        self.queue.append((function, args, d))
+        return d
+
+    def run(self):
+        while self.queue:
+            function, args, d = self.queue.pop(0)
+            result = function(*args)
+            if d is not None:
+                d.callback(result)
+
+
+class FileCreationOrderTests(TransferTestCase):
+    """A new download's files are made on the writer thread while it announces; no block
+    of it is written before they exist."""
+
+    def setUp(self):
+        super().setUp()
+        self.hasher, self.writer = Stage(), Stage()
+        self.host = replace(self.host, hasher=self.hasher, writer=self.writer)
+
+    def test_the_swarm_starts_before_the_files_exist_and_blocks_queue_behind_them(self):
+        transfer = Transfer(self.host, self.metainfo, self.root, "download")
+        self.addCleanup(transfer.store.close)
+        made = []
+        transfer.create_files().addCallback(made.append)
+        transfer.start()
+        self.addCleanup(transfer.stop)
+        # Announced and downloading while the files are still only queued.
+        self.assertEqual(self.tracker.announced, ["started"])
+        self.assertIs(transfer.state, State.DOWNLOADING)
+        self.assertFalse(os.path.exists(transfer.path))
+        transfer._write_block(0, 0, self.data[:PIECE])
+        self.hasher.run()
+        self.assertEqual([f.__name__ for f, _, _ in self.writer.queue],
+                         ["open_files", "_write_in_writer"])
+        self.writer.run()
+        self.assertEqual(made, [None])
+        self.assertEqual(transfer._write_failures, set())
+        with open(transfer.path, "rb") as f:
+            self.assertEqual(f.read(PIECE), self.data[:PIECE])
+        self.assertEqual(os.path.getsize(transfer.path), len(self.data))  # preallocated
+
+    def test_a_target_that_cannot_be_made_is_refused_at_once(self):
+        blocker = os.path.join(self.root, "file")
+        with open(blocker, "wb"):
+            pass
+        transfer = Transfer(self.host, self.metainfo, os.path.join(blocker, "sub"),
+                            "download")
+        with self.assertRaises(PeeritError):
+            transfer.create_files()
+        self.assertEqual(self.writer.queue, [])
 
 
 class PeerListTimingTests(TransferTestCase):
