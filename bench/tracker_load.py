@@ -774,6 +774,32 @@ def main():
             indent=1))
 
 
+def end_workers(pids: list[int], data_dir: str, timeout: float = 10.0) -> None:
+    """A worker ends by itself once its parent is gone (the parent stops it, or its parent
+    watch notices a SIGKILLed parent); wait for that, bounded, then SIGKILL what is left.
+    Each PID is checked to still be this run's worker (its command line names this run's
+    data directory, and it is not a zombie) before it is signalled."""
+    def ours(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError):
+            return False
+        return state != "Z" and data_dir.encode() in cmdline
+
+    for grace in (timeout, 2.0):
+        deadline = time.monotonic() + grace
+        while (pids := [pid for pid in pids if ours(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pids or grace != timeout:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def run_mode(args, mode: str) -> dict:
     """Start the deployment of ``mode`` (its Redis too), run the load, stop everything."""
     store, workers = MODES[mode]
@@ -802,6 +828,7 @@ def run_mode(args, mode: str) -> dict:
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     finished = False
     scraper = None
+    pids: list[int] = []
     try:
         endpoint = Path(data_dir) / "tracker.endpoint"
         deadline = time.monotonic() + 30
@@ -847,6 +874,8 @@ def run_mode(args, mode: str) -> dict:
             except subprocess.TimeoutExpired:
                 os.kill(tracker.pid, signal.SIGKILL)
                 tracker.wait()
+        if workers > 1:
+            end_workers(pids, data_dir)
         if redis is not None:
             redis.stop()
         if finished:
