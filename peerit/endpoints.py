@@ -50,7 +50,13 @@ def parse_udp_endpoint(spec: str, what: str = "UDP endpoint") -> tuple[int, str]
         kind, rest = "udp", kind
     if kind != "udp" or not rest:
         raise UsageError(f"bad {what} {spec!r}: expected udp:PORT[:interface=ADDR]")
-    port_text, interface = None, ""
+    return _port_and_interface(rest, spec, what, default_interface="")
+
+
+def _port_and_interface(rest: str, spec: str, what: str,
+                        default_interface: str) -> tuple[int, str]:
+    """``PORT[:interface=ADDR]`` or ``port=PORT[:interface=ADDR]`` (what follows ``kind:``)."""
+    port_text, interface = None, default_interface
     for index, part in enumerate(split_unescaped(rest)):
         key, sep, value = part.partition("=")
         if not sep and index == 0:
@@ -85,24 +91,12 @@ def metrics_description(spec: str, option: str = "--metrics") -> str:
     """``tcp:PORT[:interface=ADDR]`` (or ``tcp:port=PORT...``) as the Twisted description
     the metrics listener uses; the interface is 127.0.0.1 unless given, not Twisted's "all
     addresses", so turning metrics on publishes nothing by itself."""
-    kind, sep, rest = spec.partition(":")
+    kind, _, rest = spec.partition(":")
     if kind != "tcp" or not rest:
         raise UsageError(f"bad {option} {spec!r}: expected tcp:PORT[:interface=ADDR]")
-    port_text, interface = None, DEFAULT_METRICS_INTERFACE
-    for index, part in enumerate(split_unescaped(rest)):
-        key, sep, value = part.partition("=")
-        if not sep and index == 0:
-            port_text = key
-        elif key == "port":
-            port_text = value
-        elif key == "interface" and value:
-            interface = value
-        else:
-            raise UsageError(f"bad {option} {spec!r}: unknown part {part!r}")
-    if port_text is None or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise UsageError(f"bad {option} {spec!r}: expected a port 0-65535")
+    port, interface = _port_and_interface(rest, spec, option, DEFAULT_METRICS_INTERFACE)
     escaped = interface.replace(":", "\\:")
-    return f"tcp:{int(port_text)}:interface={escaped}"
+    return f"tcp:{port}:interface={escaped}"
 
 
 def listen_parts(description: str) -> tuple[int, str]:

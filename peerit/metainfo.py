@@ -143,14 +143,8 @@ class Metainfo:
     @classmethod
     def from_bytes(cls, data: bytes) -> "Metainfo":
         parsed = wire.parse(data)
-        info = parsed.info.value
-        metainfo = cls(
-            name=info.name,
-            piece_length=info.piece_length,
-            total_size=info.total_size,
-            is_directory=info.layout == "directory",
-            files=tuple(FileEntry(f.path, f.size) for f in info.files),
-            piece_hashes=info.piece_hashes,
+        metainfo = cls._from_parsed_info(
+            parsed.info.value,
             trackers=tuple(TrackerAddress(t.host, t.port, t.fingerprint)
                            for t in parsed.trackers),
             created=parsed.created,
@@ -164,18 +158,21 @@ class Metainfo:
     def from_info(cls, info_bytes: bytes, trackers=()) -> "Metainfo":
         """A share from its info section alone (metadata fetched from peers, already checked
         against the info-hash), with the trackers of the link it came from."""
-        info = wire.parse_info(info_bytes)
-        metainfo = cls(
+        metainfo = cls._from_parsed_info(wire.parse_info(info_bytes), trackers=tuple(trackers))
+        metainfo.__dict__["info_bytes"] = bytes(info_bytes)
+        return metainfo
+
+    @classmethod
+    def _from_parsed_info(cls, info, **rest) -> "Metainfo":
+        return cls(
             name=info.name,
             piece_length=info.piece_length,
             total_size=info.total_size,
             is_directory=info.layout == "directory",
             files=tuple(FileEntry(f.path, f.size) for f in info.files),
             piece_hashes=info.piece_hashes,
-            trackers=tuple(trackers),
+            **rest,
         )
-        metainfo.__dict__["info_bytes"] = bytes(info_bytes)
-        return metainfo
 
     @classmethod
     def read(cls, path: str) -> "Metainfo":

@@ -19,6 +19,7 @@ receiver waiting for a sender to answer its code (``receive_wait``: a code that 
 waiting sender, because it expired or never existed, fails after it).
 """
 
+import contextlib
 import json
 
 import wormhole
@@ -59,16 +60,10 @@ class CodeExchange:
         return self._create(APPID, self.mailbox_url, self.reactor)
 
     async def _connected(self, w) -> None:
-        try:
-            await self._within(w.get_welcome(), self.connect_timeout)
-        except defer.TimeoutError:
-            await self._close(w)
-            raise RendezvousUnreachable(
+        async with self._closed_on_error(w, "", RendezvousUnreachable(
                 f"the rendezvous {self.mailbox_url} did not answer within "
-                f"{self.connect_timeout:g}s") from None
-        except Exception as e:
-            await self._close(w)
-            raise self._translate(e, "") from None
+                f"{self.connect_timeout:g}s")):
+            await self._within(w.get_welcome(), self.connect_timeout)
 
     # -- sender ---------------------------------------------------------------------------
     async def offer(self, link: links.Link, my_peer_id: bytes, admit=None):
@@ -78,18 +73,19 @@ class CodeExchange:
         w = self._open()
         await self._connected(w)
         w.allocate_code(2)
-        try:
+        async with self._closed_on_error(w, "", RendezvousUnreachable(
+                f"the rendezvous {self.mailbox_url} gave no code within "
+                f"{self.connect_timeout:g}s")):
             code = await self._within(w.get_code(), self.connect_timeout)
-        except Exception as e:
-            await self._close(w)
-            raise self._translate(e, "") from None
         sent = links.Link(link.info_hash, link.trackers, link.name, link.size, my_peer_id)
         w.send_message(json.dumps({"link": str(sent), "peer": my_peer_id.hex()}).encode())
         receiver = defer.ensureDeferred(self._await_receiver(w, code, admit))
         return code, receiver
 
     async def _await_receiver(self, w, code: str, admit) -> bytes:
-        try:
+        # Closing on expiry releases the nameplate: the code no longer works.
+        async with self._closed_on_error(w, code, CodeExpired(
+                f"code {code} expired: nobody used it within {self.code_lifetime:g}s")):
             message = await self._within(w.get_message(), self.code_lifetime)
             refusal = _decode(message).get("refused")
             if refusal is not None:
@@ -97,13 +93,6 @@ class CodeExchange:
             peer = _peer_of(message)
             if admit is not None:
                 admit(peer)
-        except defer.TimeoutError:
-            await self._close(w)  # releases the nameplate: the code no longer works
-            raise CodeExpired(f"code {code} expired: nobody used it within "
-                              f"{self.code_lifetime:g}s") from None
-        except Exception as e:
-            await self._close(w)
-            raise self._translate(e, code) from None
         w.send_message(json.dumps({"ready": True}).encode())
         await self._close(w)
         log.info("code {code}: receiver {peer} pinned", code=code, peer=peer.hex()[:16])
@@ -118,17 +107,12 @@ class CodeExchange:
         w = self._open()
         await self._connected(w)
         w.set_code(code)
-        try:
+        async with self._closed_on_error(w, code, CodeExpired(
+                f"no sender answered code {code} within {self.receive_wait:g}s "
+                f"(it expired, was used, or was never given)")):
             message = await self._within(w.get_message(), self.receive_wait)
             sender = _peer_of(message)
             link = _link_of(message)
-        except defer.TimeoutError:
-            await self._close(w)
-            raise CodeExpired(f"no sender answered code {code} within {self.receive_wait:g}s "
-                              f"(it expired, was used, or was never given)") from None
-        except Exception as e:
-            await self._close(w)
-            raise self._translate(e, code) from None
         if link.peer_id != sender:
             await self._close(w)
             raise PeeritError(f"code {code}: the sender's link names another peer")
@@ -141,15 +125,9 @@ class CodeExchange:
             await self._close(w)
             raise
         w.send_message(json.dumps({"peer": my_peer_id.hex()}).encode())
-        try:
+        async with self._closed_on_error(w, code, CodeExpired(
+                f"code {code}: the sender did not confirm within {self.receive_wait:g}s")):
             ready = _decode(await self._within(w.get_message(), self.receive_wait))
-        except defer.TimeoutError:
-            await self._close(w)
-            raise CodeExpired(f"code {code}: the sender did not confirm within "
-                              f"{self.receive_wait:g}s") from None
-        except Exception as e:
-            await self._close(w)
-            raise self._translate(e, code) from None
         await self._close(w)
         if ready.get("ready") is not True:
             raise PeeritError(f"code {code}: the sender sent a malformed confirmation")
@@ -158,6 +136,19 @@ class CodeExchange:
     # -- plumbing -------------------------------------------------------------------------
     def _within(self, d: defer.Deferred, seconds: float) -> defer.Deferred:
         return d.addTimeout(seconds, self.clock)
+
+    @contextlib.asynccontextmanager
+    async def _closed_on_error(self, w, code: str, timed_out: PeeritError):
+        """Run a step of the exchange; on any failure close the wormhole and raise one
+        PeeritError: ``timed_out`` when a bounded wait ran out, else the error translated."""
+        try:
+            yield
+        except defer.TimeoutError:
+            await self._close(w)
+            raise timed_out from None
+        except Exception as e:
+            await self._close(w)
+            raise self._translate(e, code) from None
 
     @staticmethod
     async def _close(w) -> None:
