@@ -22,10 +22,8 @@ waiting sender, because it expired or never existed, fails after it).
 import contextlib
 import json
 
-import wormhole
 from twisted.internet import defer
 from twisted.logger import Logger
-from wormhole import errors as wormhole_errors
 
 from peerit import links
 from peerit.links import check_code
@@ -51,13 +49,14 @@ class CodeExchange:
         self.reactor = reactor
         self.clock = clock or reactor
         self.mailbox_url = mailbox_url
-        self._create = create or wormhole.create
+        self._create = create
         self.code_lifetime = code_lifetime
         self.connect_timeout = connect_timeout
         self.receive_wait = receive_wait
 
     def _open(self):
-        return self._create(APPID, self.mailbox_url, self.reactor)
+        create = self._create or _magic_wormhole().create
+        return create(APPID, self.mailbox_url, self.reactor)
 
     async def _connected(self, w) -> None:
         async with self._closed_on_error(w, "", RendezvousUnreachable(
@@ -160,6 +159,7 @@ class CodeExchange:
     def _translate(self, error: Exception, code: str) -> PeeritError:
         if isinstance(error, PeeritError):
             return error
+        wormhole_errors = _magic_wormhole().errors
         if isinstance(error, wormhole_errors.WrongPasswordError):
             return WrongCode(f"wrong code{' ' + code if code else ''}: the other side typed "
                              f"another one; the code is burnt, ask for a new one")
@@ -170,6 +170,15 @@ class CodeExchange:
         if isinstance(error, wormhole_errors.WormholeClosed):
             return CodeExpired(f"code {code} was closed before the exchange finished")
         return PeeritError(f"code exchange failed: {_one_line(error)}")
+
+
+def _magic_wormhole():
+    """magic-wormhole, imported when a daemon first exchanges a code: with what it pulls in
+    (autobahn, PyNaCl, SPAKE2, ...) it adds ~13 MiB to a daemon's memory, and most daemons
+    never exchange one."""
+    import wormhole
+    import wormhole.errors
+    return wormhole
 
 
 def _decode(message) -> dict:

@@ -1,6 +1,11 @@
 """Code exchange over an in-memory mailbox: the link and both peer ids cross, wrong and
 expired codes fail cleanly on both sides, an unreachable rendezvous is one clear error."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -141,3 +146,24 @@ class CodeExchangeTests(SynchronousTestCase):
         self.failureResultOf(receiver, errors.PeeritError)
         self.clock.advance(30)
         self.failureResultOf(d, CodeExpired)
+
+
+class DeferredImportTests(SynchronousTestCase):
+    def test_a_daemon_loads_magic_wormhole_only_to_exchange_a_code(self):
+        """magic-wormhole and what it pulls in cost every daemon ~13 MiB: loading the daemon
+        leaves them out; the first exchange brings them in."""
+        code = ("import sys\n"
+                "import peerit.daemon.tap\n"
+                "heavy = ('wormhole', 'autobahn', 'nacl', 'spake2')\n"
+                "loaded = lambda: [m for m in heavy if m in sys.modules]\n"
+                "print(loaded())\n"
+                "from peerit.daemon.code_exchange import CodeExchange\n"
+                "CodeExchange(None, 'ws://mailbox.invalid/v1')._translate(ValueError('x'), '')\n"
+                "print(loaded())\n")
+        root = Path(__file__).resolve().parents[2]
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        before, after = done.stdout.splitlines()
+        self.assertEqual(before, "[]")
+        self.assertIn("'wormhole'", after)
