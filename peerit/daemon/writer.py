@@ -185,7 +185,10 @@ class BlockWriter:
                 batch = self._items
                 self._items = collections.deque()
             done = 0  # bytes run and not yet given back to queued_bytes
-            for size, function, args, d in batch:
+            while batch:
+                # popped, not iterated: a block's memory goes as soon as it is written,
+                # not at the end of the batch (the cap bounds what is held)
+                size, function, args, d = batch.popleft()
                 try:
                     result = function(*args)
                     ok = True
@@ -205,6 +208,7 @@ class BlockWriter:
                 elif not ok:
                     self.reactor.callFromThread(log.failure, "writer thread: {f}", result,
                                                 f=getattr(function, "__name__", function))
+                del function, args, result  # (the block, until the next item is taken)
             with lock:
                 self.queued_bytes -= done
                 if self._waiting:

@@ -6,6 +6,7 @@ import os
 import random
 import tempfile
 import threading
+import weakref
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -213,6 +214,24 @@ class BlockWriterTests(SynchronousTestCase):
         self.assertEqual(order, ["b", "c", "d", "e", "f"])
         self.assertEqual(self.writer.queued_bytes, 0)
         self.assertEqual(self.writer.waits, 1)
+
+    def test_a_block_is_let_go_once_run_not_at_the_end_of_its_batch(self):
+        """Memory stays within the cap: the thread holds no reference to an item it ran
+        while it runs the rest of the batch."""
+        class Block:
+            pass
+        started, first, second_started, second = (threading.Event() for _ in range(4))
+        self.writer.submit(BLOCK, lambda: (started.set(), first.wait(5.0)))
+        self.assertTrue(started.wait(5.0))
+        block = Block()
+        gone = weakref.ref(block)
+        self.writer.submit(BLOCK, lambda b: None, block)
+        self.writer.submit(BLOCK, lambda: (second_started.set(), second.wait(5.0)))
+        del block
+        first.set()
+        self.assertTrue(second_started.wait(5.0))  # the block's item ran; its batch goes on
+        self.assertIsNone(gone())
+        second.set()
 
     def test_nothing_is_accepted_after_stop(self):
         self.writer.stop(5.0)
