@@ -4,6 +4,7 @@ The daemon's faces (the web page; ``peerit.daemon.faces``) add their options to 
 join the composed daemon; the daemon does not import them.
 """
 
+import gc
 import os
 
 from twisted.python import usage
@@ -25,6 +26,21 @@ from peerit.units import parse_size
 
 
 FACES = daemon_faces()
+
+#: the collector's first-generation threshold in the daemon (Python's default: 700)
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """Collect young objects every ``GC_YOUNG_THRESHOLD`` allocations instead of every 700,
+    and leave what start-up made (modules, classes) out of every collection. A bulk transfer
+    allocates a few container objects per packet (loss recovery keeps a record per QUIC
+    packet until it is acknowledged), so with the defaults the collector ran every ~150
+    packets and scanned thousands of live records each time: ~35 % of the cost of sending a
+    packet. Cyclic garbage waits a little longer (at most that many objects); everything
+    else is still freed at once by reference counting."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
 
 
 class Options(usage.Options):
@@ -154,8 +170,9 @@ class Options(usage.Options):
 def makeService(options, reactor=None) -> Daemon:
     """The daemon's child services (see ``peerit.daemon.service``) on ``reactor``, with
     its faces; with ``--metrics``, one more child serving them."""
-    if reactor is None:
+    if reactor is None:  # the twistd process itself (tests pass their own reactor)
         from twisted.internet import reactor
+        tune_garbage_collector()
     daemon = Daemon(reactor, options["data-dir"], options["control"], options["listen"],
                     options["trackers"], options["advertise"],
                     max_upload_rate=options["max-upload-rate"], udp=options["udp"],

@@ -110,16 +110,25 @@ class BlockWriter:
 
     ``submit`` is fire-and-forget (errors are logged; callers report their own), ``call``
     returns a Deferred fired on the reactor thread. ``stop`` lets the queue drain, then joins.
+
+    The hand-off is batched: a submitter wakes the thread only when it is idle, and the
+    thread takes everything queued at each wake. It gives room back to a waiting submitter
+    item by item, and wakes submitters only when one is waiting (back-pressure). Waking a
+    thread per block cost the downloader ~11 % of its CPU on the punched QUIC path.
     """
 
     def __init__(self, reactor, max_queued: int = MAX_QUEUED_BYTES, name="peerit-writer"):
         self.reactor = reactor
         self.max_queued = max_queued
         self.name = name
-        self.queued_bytes = 0
+        self.queued_bytes = 0  # submitted and not yet run (queued or being run)
         self.waits = 0  # times the reactor had to wait for the disk (back-pressure)
         self._items = collections.deque()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the thread waits here for items
+        self._room = threading.Condition(self._lock)  # submitters wait here for room
+        self._idle = False  # the thread is waiting on ``_work``
+        self._waiting = 0  # submitters waiting on ``_room``
         self._stopping = False
         self._thread = None
 
@@ -128,9 +137,9 @@ class BlockWriter:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        with self._cond:
+        with self._lock:
             self._stopping = True
-            self._cond.notify_all()
+            self._work.notify()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -145,37 +154,62 @@ class BlockWriter:
         return d
 
     def _put(self, size, function, args, d) -> None:
-        with self._cond:
+        with self._lock:
             if self._thread is None or self._stopping:
                 raise RuntimeError("the writer thread is not running")
-            if size and self.queued_bytes + size > self.max_queued and self._items:
+            # Wait while over the cap, unless nothing is outstanding (one item larger than
+            # the cap still goes).
+            if size and self.queued_bytes and self.queued_bytes + size > self.max_queued:
                 self.waits += 1
-                while self.queued_bytes + size > self.max_queued and self._items:
-                    self._cond.wait()
+                self._waiting += 1
+                try:
+                    while self.queued_bytes and self.queued_bytes + size > self.max_queued:
+                        self._room.wait()
+                finally:
+                    self._waiting -= 1
             self.queued_bytes += size
             self._items.append((size, function, args, d))
-            self._cond.notify_all()
+            if self._idle:
+                self._work.notify()
 
     def _run(self) -> None:
+        lock = self._lock
         while True:
-            with self._cond:
+            with lock:
                 while not self._items and not self._stopping:
-                    self._cond.wait()
+                    self._idle = True
+                    self._work.wait()
+                    self._idle = False
                 if not self._items:
                     return
-                size, function, args, d = self._items.popleft()
-            try:
-                result = function(*args)
-                ok = True
-            except Exception:
-                result = Failure()
-                ok = False
-            with self._cond:
-                self.queued_bytes -= size
-                if size:
-                    self._cond.notify_all()
-            if d is not None:
-                self.reactor.callFromThread(d.callback if ok else d.errback, result)
-            elif not ok:
-                self.reactor.callFromThread(log.failure, "writer thread: {f}", result,
-                                            f=getattr(function, "__name__", function))
+                batch = self._items
+                self._items = collections.deque()
+            done = 0  # bytes run and not yet given back to queued_bytes
+            while batch:
+                # popped, not iterated: a block's memory goes as soon as it is written,
+                # not at the end of the batch (the cap bounds what is held)
+                size, function, args, d = batch.popleft()
+                try:
+                    result = function(*args)
+                    ok = True
+                except Exception:
+                    result = Failure()
+                    ok = False
+                done += size
+                # (an unlocked read: a submitter that starts waiting just after is woken at
+                # the end of the batch at the latest)
+                if self._waiting and done:
+                    with lock:
+                        self.queued_bytes -= done
+                        self._room.notify_all()
+                    done = 0
+                if d is not None:
+                    self.reactor.callFromThread(d.callback if ok else d.errback, result)
+                elif not ok:
+                    self.reactor.callFromThread(log.failure, "writer thread: {f}", result,
+                                                f=getattr(function, "__name__", function))
+                del function, args, result  # (the block, until the next item is taken)
+            with lock:
+                self.queued_bytes -= done
+                if self._waiting:
+                    self._room.notify_all()

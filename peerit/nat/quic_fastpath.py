@@ -102,7 +102,7 @@ class BulkStreamFastPath(QuicConnection):
         #: a run of consecutive packet numbers received on the fast path and not yet added
         #: to the ACK queue and the duplicate window (:meth:`_flush_received`)
         self._run_start = self._run_stop = -1
-        self._fast_zero_rtt_recv = None
+        self._fast_zero_rtt_recv = self._fast_host_cid = None
         self._fast_receivable: dict[int, bool] = {}
 
     def _credit_pending(self) -> bool:
@@ -195,64 +195,81 @@ class BulkStreamFastPath(QuicConnection):
         peer_cid = self._peer_cid.cid
         first_byte = (0x40 | (self._spin_bit << 5) | (crypto.key_phase << 2)
                       | (PACKET_NUMBER_SEND_SIZE - 1))
-        header_size = 1 + len(peer_cid) + PACKET_NUMBER_SEND_SIZE
+        header_prefix = bytes((first_byte,)) + peer_cid
+        header_size = len(header_prefix) + PACKET_NUMBER_SEND_SIZE
         stream_id = stream.stream_id
         stream_id_bytes = _uint_var(stream_id)
+        # The frame's head for offsets of 4-byte varints (16 KiB to 1 GiB, nearly all of a
+        # transfer): type, stream id, then offset and 2-byte length as one 6-byte integer.
+        long_head = bytes((STREAM_FRAME | 0x04 | 0x02,)) + stream_id_bytes
+        long_room = (max_datagram - header_size - AEAD_TAG_SIZE - len(long_head) - 6)
         aead = send.aead
         encrypt = aead._aead.encrypt
         iv = aead._iv
         mask_of = send.hp._encryptor.update
         on_delivery = self._on_fast_delivery
-        buffer = sender._buffer
+        data = memoryview(sender._buffer)  # sliced without a copy; joined once below
         buffer_start = sender._buffer_start
         datagrams = builder._datagrams
         sent_packets = space.sent_packets
+        sent_packet = _sent_packet
         packet_number = first_packet_number = builder._packet_number
         first_offset = offset
         sent_bytes = 0
-        while offset < end:
-            if flight_left < max_datagram:
-                break  # the rest of the window: aioquic fills it with a shorter packet
-            if packet_time is not None:
-                if pacer.bucket_time <= 0:
-                    self._pacing_at = now + packet_time
-                    break
-                if pacer.bucket_time < packet_time:
-                    pacer.bucket_time = 0.0
+        try:
+            while offset < end:
+                if flight_left < max_datagram:
+                    break  # the rest of the window: aioquic fills it with a shorter packet
+                if packet_time is not None:
+                    if pacer.bucket_time <= 0:
+                        self._pacing_at = now + packet_time
+                        break
+                    if pacer.bucket_time < packet_time:
+                        pacer.bucket_time = 0.0
+                    else:
+                        pacer.bucket_time -= packet_time
+                # aioquic's layout: type, stream id, [offset], 2-byte length, data
+                if ack is None and 0x4000 <= offset <= 0x3FFFFFFF:
+                    stop = end if end - offset <= long_room else offset + long_room
+                    payload = (long_head
+                               + (((offset | 0x80000000) << 16) | (stop - offset) | 0x4000)
+                               .to_bytes(6, "big")
+                               + data[offset - buffer_start:stop - buffer_start])
+                    handlers = [(on_delivery, (sender, offset, stop))]
                 else:
-                    pacer.bucket_time -= packet_time
-            offset_bytes = _uint_var(offset) if offset else b""
-            # aioquic's layout: type, stream id, [offset], 2-byte length, data
-            room = (max_datagram - header_size - AEAD_TAG_SIZE - 3 - len(stream_id_bytes)
-                    - len(offset_bytes))
-            if ack is not None:
-                room -= len(ack[0])
-            stop = end if end - offset <= room else offset + room
-            frame_type = STREAM_FRAME | 0x02 | (0x04 if offset else 0)
-            payload = (bytes((frame_type,)) + stream_id_bytes + offset_bytes
-                       + ((stop - offset) | 0x4000).to_bytes(2, "big")
-                       + buffer[offset - buffer_start:stop - buffer_start])
-            handlers = [(on_delivery, (sender, offset, stop))]
-            if ack is not None:
-                payload = ack[0] + payload
-                handlers.insert(0, ack[1])
-                space.ack_at = None
-                ack = None
-            number_bytes = (packet_number & 0xFFFF).to_bytes(2, "big")
-            header = bytes((first_byte,)) + peer_cid + number_bytes
-            protected = encrypt((iv ^ packet_number).to_bytes(12, "big"), payload, header)
-            mask = mask_of(protected[4 - PACKET_NUMBER_SEND_SIZE:
-                                     4 - PACKET_NUMBER_SEND_SIZE + SAMPLE_SIZE])
-            datagram = (bytes((first_byte ^ (mask[0] & 0x1F),)) + peer_cid
-                        + bytes((number_bytes[0] ^ mask[1], number_bytes[1] ^ mask[2]))
-                        + protected)
-            size = len(datagram)
-            sent_packets[packet_number] = _sent_packet(packet_number, now, size, handlers)
-            datagrams.append(datagram)
-            flight_left -= size
-            sent_bytes += size
-            packet_number += 1
-            offset = stop
+                    offset_bytes = _uint_var(offset) if offset else b""
+                    room = (max_datagram - header_size - AEAD_TAG_SIZE - 3
+                            - len(stream_id_bytes) - len(offset_bytes))
+                    if ack is not None:
+                        room -= len(ack[0])
+                    stop = end if end - offset <= room else offset + room
+                    frame_type = STREAM_FRAME | 0x02 | (0x04 if offset else 0)
+                    payload = (bytes((frame_type,)) + stream_id_bytes + offset_bytes
+                               + ((stop - offset) | 0x4000).to_bytes(2, "big")
+                               + data[offset - buffer_start:stop - buffer_start])
+                    handlers = [(on_delivery, (sender, offset, stop))]
+                    if ack is not None:
+                        payload = ack[0] + payload
+                        handlers.insert(0, ack[1])
+                        space.ack_at = None
+                        ack = None
+                number = packet_number & 0xFFFF
+                protected = encrypt((iv ^ packet_number).to_bytes(12, "big"), payload,
+                                    header_prefix + number.to_bytes(2, "big"))
+                mask = mask_of(protected[4 - PACKET_NUMBER_SEND_SIZE:
+                                         4 - PACKET_NUMBER_SEND_SIZE + SAMPLE_SIZE])
+                datagram = (bytes((first_byte ^ (mask[0] & 0x1F),)) + peer_cid
+                            + (number ^ ((mask[1] << 8) | mask[2])).to_bytes(2, "big")
+                            + protected)
+                size = len(datagram)
+                sent_packets[packet_number] = sent_packet(packet_number, now, size, handlers)
+                datagrams.append(datagram)
+                flight_left -= size
+                sent_bytes += size
+                packet_number += 1
+                offset = stop
+        finally:
+            data.release()  # the stream may resize its buffer later: no export may remain
         if offset == first_offset:
             return
         builder._packet_number = packet_number
@@ -341,13 +358,23 @@ class BulkStreamFastPath(QuicConnection):
             super().receive_datagram(data, addr, now)
 
     def receive_datagrams(self, datagrams, addr, now: float) -> None:
-        """:meth:`receive_datagram` for each of a read's datagrams from ``addr``."""
-        receive_bulk = self._receive_bulk if self.fast_path else None
-        for data in datagrams:
-            if receive_bulk is None or not receive_bulk(data, addr, now):
+        """:meth:`receive_datagram` for each of a read's datagrams from ``addr``. What
+        holds for the whole connection (its state, path, connection id, keys) is checked
+        once, and again after any packet left to aioquic (which may change it)."""
+        if not self.fast_path:
+            for data in datagrams:
                 self.slow_received += 1
-                self._flush_received()
                 QuicConnection.receive_datagram(self, data, addr, now)
+            return
+        ready = self._fast_receive_ready(addr)
+        receive_packet = self._receive_bulk_packet
+        for data in datagrams:
+            if ready and receive_packet(data, now):
+                continue
+            self.slow_received += 1
+            self._flush_received()
+            QuicConnection.receive_datagram(self, data, addr, now)
+            ready = self._fast_receive_ready(addr)
 
     def datagrams_to_send(self, now: float):
         self._flush_received()  # the ACK frames written here read the ACK queue
@@ -374,15 +401,19 @@ class BulkStreamFastPath(QuicConnection):
     def _receive_bulk(self, data: bytes, addr, now: float) -> bool:
         """Handle one short-header data packet; False (and nothing changed) when it is not
         one the fast path takes."""
-        if (data[0] & 0x80 or self._state is not CONNECTED or not self._handshake_confirmed
+        return self._fast_receive_ready(addr) and self._receive_bulk_packet(data, now)
+
+    def _fast_receive_ready(self, addr) -> bool:
+        """Whether packets from ``addr`` may take the fast path now, as far as the
+        connection is concerned (each packet is checked by :meth:`_receive_bulk_packet`).
+        Only a packet handled by aioquic changes what is checked here."""
+        if (self._state is not CONNECTED or not self._handshake_confirmed
                 or self._quic_logger is not None or self._close_at is None):
             return False
         network_path = self._network_paths[0]
         if network_path.addr != addr or not network_path.is_validated:
             return False
-        host_cid = self.host_cid
-        number_offset = 1 + len(host_cid)
-        if data[1:number_offset] != host_cid or self._peer_cid.sequence_number is None:
+        if self._peer_cid.sequence_number is None:
             return False
         recv = self._fast_recv
         if recv is None:
@@ -392,11 +423,22 @@ class BulkStreamFastPath(QuicConnection):
             self._fast_space = self._spaces[ONE_RTT]
             # (looked up once: the dicts are keyed by an Enum, hashed by a Python call)
             self._fast_zero_rtt_recv = self._cryptos[ZERO_RTT].recv
-        aead = recv.aead
-        if aead is None or recv.hp._is_chacha20:
+        if recv.aead is None or recv.hp._is_chacha20:
             return False
         if not self._is_client and self._fast_zero_rtt_recv.aead is not None:
             return False
+        self._fast_host_cid = self.host_cid
+        return True
+
+    def _receive_bulk_packet(self, data: bytes, now: float) -> bool:
+        """One packet, once :meth:`_fast_receive_ready` said yes: False (and nothing
+        changed) when it is not one the fast path takes."""
+        host_cid = self._fast_host_cid
+        number_offset = 1 + len(host_cid)
+        if data[0] & 0x80 or data[1:number_offset] != host_cid:
+            return False
+        recv = self._fast_recv
+        aead = recv.aead
         sample_at = number_offset + 4
         if len(data) < sample_at + SAMPLE_SIZE:
             return False
@@ -440,6 +482,9 @@ class BulkStreamFastPath(QuicConnection):
             length = int.from_bytes(payload[2 + size:data_at], "big") ^ 0x4000
             if length >> 14 or data_at + length != len(payload):
                 stream_frame = self._parse_frames(payload)  # not a 2-byte length, or more
+            elif self._receive_in_order(payload, stream_id, offset, data_at, length,
+                                        packet_number, expected, first_byte, space, now):
+                return True
             else:
                 stream_frame = (stream_id, offset, data_at, length)
         else:
@@ -528,6 +573,58 @@ class BulkStreamFastPath(QuicConnection):
                 self._run_stop = packet_number + 1
             if stream_frame is not None and space.ack_at is None:
                 space.ack_at = now + self._ack_delay
+        return True
+
+    def _receive_in_order(self, payload: bytes, stream_id: int, offset: int, data_at: int,
+                          length: int, packet_number: int, expected: int, first_byte: int,
+                          space, now: float) -> bool:
+        """The bulk of a transfer: a decrypted packet of one STREAM frame (no ACK), the next
+        data of its stream with nothing buffered, the next packet number, the data event of
+        this read already open, the number following the last one received. Applied as the general code below would, with only the
+        steps that case takes; False (nothing changed) for anything else."""
+        event = self._fast_event
+        if (packet_number < expected or packet_number != self._run_stop
+                or event is None or event.stream_id != stream_id or not self._events
+                or self._events[-1] is not event or not length
+                or self._close_at != self._fast_close_at or space.discarded):
+            return False
+        stream = self._streams.get(stream_id)
+        if stream is None or not self._fast_receivable.get(stream_id):
+            return False
+        receiver = stream.receiver
+        if (offset != receiver._buffer_start or receiver._buffer or receiver.is_finished
+                or receiver._final_size is not None):
+            return False
+        end = offset + length
+        if end > stream.max_stream_data_local:
+            return False
+        newly_received = end - receiver.highest_offset
+        local_max_data = self._local_max_data
+        if newly_received > 0 and local_max_data.used + newly_received > local_max_data.value:
+            return False
+        # Apply, as _receive_bulk_packet's general steps do for this case.
+        self.fast_received += 1
+        if packet_number > expected:  # (aioquic's rule: not when it is the expected one)
+            space.expected_packet_number = packet_number + 1
+        if packet_number > self._spin_highest_pn:
+            spin_bit = bool(first_byte & 0x20)
+            self._spin_bit = not spin_bit if self._is_client else spin_bit
+            self._spin_highest_pn = packet_number
+        receiver._buffer_start = end
+        if newly_received > 0:
+            receiver.highest_offset = end
+            local_max_data.used += newly_received
+        event.chunks.append(payload[data_at:])
+        if self._state is not CONNECTED or self._close_pending:
+            return True
+        self._close_at = self._fast_close_at = now + self._fast_idle_timeout
+        self._ack_eliciting_sent_since_receipt = False
+        if packet_number > space.largest_received_packet:
+            space.largest_received_packet = packet_number
+            space.largest_received_time = now
+        self._run_stop = packet_number + 1
+        if space.ack_at is None:
+            space.ack_at = now + self._ack_delay
         return True
 
     def _parse_frames(self, payload: bytes):

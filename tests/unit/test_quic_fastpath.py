@@ -261,6 +261,34 @@ class FastPathChoiceTests(SynchronousTestCase):
         self.assertEqual(server.slow_received, 2)
         self.assertEqual(stream_bytes(server), b"")
 
+    def test_in_order_packets_leave_the_receiver_as_aioquic_leaves_it(self):
+        """The in-order shortcut (the bulk of a transfer) changes the connection's receive
+        state exactly as aioquic's code does for the same packets: packet numbers, ACK
+        queue, stream offsets, connection credit used, the ACK timer and the data."""
+        def receive(fast: bool):
+            client, server, now = connected_pair()
+            server.fast_path = fast
+            unlimited(client)
+            client.send_stream_data(2, pattern(40 * 1400, b"in order"))
+            datagrams = [d for d, _ in client.datagrams_to_send(now)]
+            self.assertEqual(len(datagrams), 40)
+            server.receive_datagrams(datagrams[:17], A, now)
+            server.receive_datagrams(datagrams[17:], A, now + 0.0005)
+            space = server._spaces[tls.Epoch.ONE_RTT]
+            receiver = server._streams[2].receiver
+            state = (space.expected_packet_number, space.largest_received_packet,
+                     space.largest_received_time, space.ack_at, receiver.highest_offset,
+                     receiver._buffer_start, server._local_max_data.used, server._spin_bit,
+                     server._close_at, stream_bytes(server))
+            server.datagrams_to_send(now + 0.001)  # flushes the pending run first
+            return state + (list(space.ack_queue), sorted(space.received_packets._received)
+                            if hasattr(space.received_packets, "_received") else None,
+                            server.fast_received)
+        fast, reference = receive(True), receive(False)
+        self.assertEqual(fast[-1], 40)
+        self.assertEqual(reference[-1], 0)
+        self.assertEqual(fast[:-1], reference[:-1])
+
     def test_a_due_ack_rides_in_the_first_fast_packet(self):
         """An ACK due when data goes out is written at the head of the first fast-built
         packet (not left to aioquic with the whole burst behind it); the peer's aioquic

@@ -6,6 +6,7 @@ import os
 import random
 import tempfile
 import threading
+import weakref
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -178,6 +179,59 @@ class BlockWriterTests(SynchronousTestCase):
         self.assertTrue(submitted.wait(5.0))
         thread.join(5.0)
         self.assertEqual(self.writer.waits, 1)
+
+    def test_a_waiting_submitter_gets_room_item_by_item_not_at_the_end_of_a_batch(self):
+        """Items queued while the thread is busy run as one batch; the room each frees goes
+        to a waiting submitter as soon as that item is done."""
+        started, first = threading.Event(), threading.Event()
+        c_started, third, fourth = threading.Event(), threading.Event(), threading.Event()
+        order = []
+        self.writer.submit(BLOCK, lambda: (started.set(), first.wait(5.0)))
+        self.assertTrue(started.wait(5.0))
+        # b, c, d: queued while the thread is busy, one batch after the first item
+        self.writer.submit(BLOCK, order.append, "b")
+        self.writer.submit(BLOCK, lambda: (order.append("c"), c_started.set(),
+                                           third.wait(5.0)))
+        self.writer.submit(BLOCK, lambda: (order.append("d"), fourth.wait(5.0)))
+        first.set()
+        self.assertTrue(c_started.wait(5.0))
+        self.writer.submit(BLOCK, order.append, "e")
+        submitted = threading.Event()
+
+        def submit_one_more():
+            self.writer.submit(BLOCK, order.append, "f")
+            submitted.set()
+        thread = threading.Thread(target=submit_one_more)
+        thread.start()
+        self.assertFalse(submitted.wait(0.2))  # c is stuck, d and e wait: over the cap
+        self.assertLessEqual(self.writer.queued_bytes, 4 * BLOCK)
+        third.set()  # c is done; d, in the same batch, is stuck: the room goes out already
+        self.assertTrue(submitted.wait(5.0))
+        thread.join(5.0)
+        self.assertEqual(order, ["b", "c", "d"])
+        fourth.set()
+        self.writer.stop(5.0)
+        self.assertEqual(order, ["b", "c", "d", "e", "f"])
+        self.assertEqual(self.writer.queued_bytes, 0)
+        self.assertEqual(self.writer.waits, 1)
+
+    def test_a_block_is_let_go_once_run_not_at_the_end_of_its_batch(self):
+        """Memory stays within the cap: the thread holds no reference to an item it ran
+        while it runs the rest of the batch."""
+        class Block:
+            pass
+        started, first, second_started, second = (threading.Event() for _ in range(4))
+        self.writer.submit(BLOCK, lambda: (started.set(), first.wait(5.0)))
+        self.assertTrue(started.wait(5.0))
+        block = Block()
+        gone = weakref.ref(block)
+        self.writer.submit(BLOCK, lambda b: None, block)
+        self.writer.submit(BLOCK, lambda: (second_started.set(), second.wait(5.0)))
+        del block
+        first.set()
+        self.assertTrue(second_started.wait(5.0))  # the block's item ran; its batch goes on
+        self.assertIsNone(gone())
+        second.set()
 
     def test_nothing_is_accepted_after_stop(self):
         self.writer.stop(5.0)
