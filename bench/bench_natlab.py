@@ -210,6 +210,9 @@ def main():
                              "over uTP (e.g. 10,50)")
     parser.add_argument("--no-libtorrent", action="store_true",
                         help="with --loss: peer-it only")
+    parser.add_argument("--keep-data", action="store_true",
+                        help="keep the payloads and downloaded copies in the work directory "
+                             "(by default only the logs stay)")
     args = parser.parse_args()
     check_available()
     root = Path(tempfile.mkdtemp(prefix="bench-natlab-"))
@@ -259,7 +262,16 @@ def main():
             for index, loss in enumerate(int(v) for v in args.loss.split(",")):
                 compare_at_loss(big, root / f"loss{loss}-{run}-{index}", loss,
                                 libtorrent=not args.no_libtorrent)
+    if not args.keep_data:
+        drop_payloads(root)
     print(f"\nwork directory (logs): {root}")
+
+
+def drop_payloads(root: Path) -> None:
+    """Delete the payloads and their downloaded copies, keep the logs: each bulk run leaves
+    twice its size on disk, and many runs fill /tmp."""
+    for path in root.rglob("*.bin"):
+        path.unlink()
 
 
 def compare_at_loss(payload: Path, workdir: Path, loss: int, libtorrent: bool) -> None:
