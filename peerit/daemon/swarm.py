@@ -557,12 +557,18 @@ class Swarm:
 
     def next_upload(self, peer: PeerState):
         """The next block to send to ``peer`` as (piece, offset, data), or None."""
-        if peer.am_choking or not peer.upload_queue:
+        queue = peer.upload_queue
+        if peer.am_choking or not queue:
             return None
-        piece, offset, length = peer.upload_queue.pop(0)
+        # A block still in memory goes first, before newer ones push it out: the peer does
+        # not mind the order its requests are served in.
+        index = self.recent.first_kept(queue) if len(queue) > 1 and self.recent else 0
+        piece, offset, length = queue.pop(index)
         data = self.recent.get(piece, offset, length)
         if data is None:
             data = self.store.read_block(piece, offset, length)
+        else:
+            data = bytes(data)  # as the store gives it: every link's transport takes bytes
         if self.trace is not None:
             self.trace("upload", peer=peer.short_id, piece=piece, offset=offset,
                        length=length, queued=len(peer.upload_queue))
