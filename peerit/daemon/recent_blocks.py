@@ -46,16 +46,6 @@ class RecentBlocks:
         self.hits += 1
         return data
 
-    def first_kept(self, requests) -> int:
-        """The index of the first (piece, offset, length) in ``requests`` that :meth:`get`
-        would serve, else 0."""
-        blocks = self._blocks
-        for index, (piece, offset, length) in enumerate(requests):
-            data = blocks.get((piece, offset))
-            if data is not None and len(data) == length:
-                return index
-        return 0
-
     def drop_piece(self, piece: int) -> None:
         """Forget a piece's blocks (it failed its hash check: they are not its bytes)."""
         for key in [k for k in self._blocks if k[0] == piece]:

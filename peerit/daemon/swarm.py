@@ -557,13 +557,11 @@ class Swarm:
 
     def next_upload(self, peer: PeerState):
         """The next block to send to ``peer`` as (piece, offset, data), or None."""
-        queue = peer.upload_queue
-        if peer.am_choking or not queue:
+        if peer.am_choking or not peer.upload_queue:
             return None
-        # A block still in memory goes first, before newer ones push it out: the peer does
-        # not mind the order its requests are served in.
-        index = self.recent.first_kept(queue) if len(queue) > 1 and self.recent else 0
-        piece, offset, length = queue.pop(index)
+        # In the order asked: serving blocks still in memory first let a request for an
+        # older block wait behind every newer one (a straggler's last blocks, at the end).
+        piece, offset, length = peer.upload_queue.pop(0)
         data = self.recent.get(piece, offset, length)
         if data is None:
             data = self.store.read_block(piece, offset, length)

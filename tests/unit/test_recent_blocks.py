@@ -50,12 +50,6 @@ class RecentBlocksTests(SynchronousTestCase):
         self.assertEqual(recent.get(2, 0, 10), b"c" * 10)
         self.assertEqual(recent.bytes, 10)
 
-    def test_first_kept_finds_the_first_request_it_can_serve(self):
-        recent = RecentBlocks(max_bytes=1000)
-        recent.add(7, 0, b"z" * 10)
-        self.assertEqual(recent.first_kept([(1, 0, 10), (7, 0, 5), (7, 0, 10)]), 2)
-        self.assertEqual(recent.first_kept([(1, 0, 10), (2, 0, 10)]), 0)
-
     def test_clear_forgets_everything(self):
         recent = RecentBlocks(max_bytes=1000)
         recent.add(0, 0, b"a" * 10)
