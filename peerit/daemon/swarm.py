@@ -16,6 +16,7 @@ from peerit.daemon.choker import Choker, PeerView
 from peerit.daemon.metadata_fetch import metadata_answer
 from peerit.daemon.picker import Picker
 from peerit.daemon.rates import RateMeter
+from peerit.daemon.recent_blocks import RecentBlocks
 from peerit.daemon.stats import DaemonStats
 from peerit.daemon.swarmtrace import from_environment as trace_from_environment
 from peerit.errors import MalformedMessage, PeeritError
@@ -48,6 +49,10 @@ class SwarmConfig:
     # instead of the first five holding all of its bandwidth until its next rechoke round,
     # which a fast swarm never reaches.
     seed_upload_slots: int = 8
+    # Received blocks kept in memory to serve the peers that ask for them next (only while
+    # an attached peer lacks their piece): see recent_blocks.py. 32 blocks of 256 KiB; the
+    # daemon passes one RecentBlocks of this size to all its swarms.
+    recent_blocks_bytes: int = 8 << 20
 
 
 @dataclass(eq=False)
@@ -94,7 +99,7 @@ class Swarm:
     def __init__(self, metainfo, store, have: Bitfield, clock, rng, my_peer_id: bytes,
                  verify, on_verified=None, on_complete=None, config: SwarmConfig = None,
                  on_storage_error=None, write_block=None, trace=None,
-                 stats: DaemonStats | None = None):
+                 stats: DaemonStats | None = None, recent: RecentBlocks | None = None):
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.store = store
@@ -115,6 +120,8 @@ class Swarm:
                              self.config.block_size, have, rng)
         self.choker = Choker(rng, self.config.upload_slots, self.config.seed_upload_slots)
         self.peers: dict[bytes, PeerState] = {}
+        self.recent = recent if recent is not None else RecentBlocks(
+            self.config.recent_blocks_bytes)
         self.banned: set[bytes] = set()
         self.stalled: dict[bytes, float] = {}  # peer id -> when it may attach again
         self.download = RateMeter(clock)
@@ -166,6 +173,7 @@ class Swarm:
         for peer in list(self.peers.values()):
             peer.link.close(reason)
             self.detach(peer)
+        self.recent.clear(self.info_hash)
         if self.trace is not None:
             self.trace("stop")
             self.trace.flush()
@@ -239,6 +247,8 @@ class Swarm:
         self.picker.release(peer)
         peer.requested.clear()
         peer.upload_queue.clear()
+        if not self.peers:
+            self.recent.clear(self.info_hash)  # nobody left to serve them to
         # Their outstanding blocks go to the others now.
         self._request_everywhere()
         if not peer.am_choking:
@@ -432,6 +442,8 @@ class Swarm:
                     raise
                 self.on_storage_error(e)
                 return
+            if self._someone_lacks(block.piece):
+                self.recent.add(self.info_hash, block.piece, block.offset, block.data)
             for other in others:
                 if other.requested.pop(key, None) is not None:
                     other.cancelled.add(key)
@@ -439,6 +451,12 @@ class Swarm:
             if piece_done:
                 self._verify_piece(block.piece)
         self._request_more(peer)
+
+    def _someone_lacks(self, piece: int) -> bool:
+        for peer in self.peers.values():
+            if piece not in peer.pieces:
+                return True
+        return False
 
     def _verify_piece(self, piece: int) -> None:
         contributors = self.picker.start_verifying(piece)
@@ -459,6 +477,7 @@ class Swarm:
             if self.have.complete:
                 self._completed()
             return
+        self.recent.drop_piece(self.info_hash, piece)
         self.hash_failures += 1
         self.stats.pieces_failed += 1
         self.corrupt_bytes_discarded += self.metainfo.piece_size(piece)
@@ -479,6 +498,7 @@ class Swarm:
     def _verify_error(self, failure, piece: int) -> None:
         log.failure("swarm {swarm}: could not check piece {piece}", failure,
                     swarm=self.info_hash.hex()[:12], piece=piece)
+        self.recent.drop_piece(self.info_hash, piece)
         self.picker.piece_failed(piece)
 
     def ban(self, peer: PeerState, reason: str) -> None:
@@ -541,8 +561,14 @@ class Swarm:
         """The next block to send to ``peer`` as (piece, offset, data), or None."""
         if peer.am_choking or not peer.upload_queue:
             return None
+        # In the order asked: serving blocks still in memory first let a request for an
+        # older block wait behind every newer one (a straggler's last blocks, at the end).
         piece, offset, length = peer.upload_queue.pop(0)
-        data = self.store.read_block(piece, offset, length)
+        data = self.recent.get(self.info_hash, piece, offset, length)
+        if data is None:
+            data = self.store.read_block(piece, offset, length)
+        else:
+            data = bytes(data)  # as the store gives it: every link's transport takes bytes
         if self.trace is not None:
             self.trace("upload", peer=peer.short_id, piece=piece, offset=offset,
                        length=length, queued=len(peer.upload_queue))

@@ -104,6 +104,9 @@ class TransferHost:
     pinned: Callable = lambda info_hash: None
     # (info_hash, peer_id) -> None when a peer comes to hold everything (a send's end).
     peer_complete: Callable = lambda info_hash, peer_id: None
+    # Received blocks kept to upload again (recent_blocks.py), one bound for all swarms;
+    # None: each swarm keeps its own.
+    recent_blocks: object = None
 
 
 def file_stamps(store: FileStore) -> str:
@@ -289,7 +292,7 @@ class Transfer:
             self.host.peer_id, verify=self._verify_piece, on_verified=self._piece_verified,
             on_complete=self._completed, config=SwarmConfig(),
             on_storage_error=self._storage_failed, write_block=self._write_block,
-            stats=self.host.stats)
+            stats=self.host.stats, recent=self.host.recent_blocks)
         self.swarm.on_peer_complete = lambda peer_id: self.host.peer_complete(
             self.info_hash, peer_id)
         self.swarm.start()

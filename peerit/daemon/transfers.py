@@ -26,8 +26,10 @@ from peerit import links
 from peerit.daemon.metadata_phase import MetadataPhase
 from peerit.daemon.node import Node
 from peerit.daemon.peer_session import IPeerRouter
+from peerit.daemon.recent_blocks import RecentBlocks
 from peerit.daemon.state import SwarmRecord
 from peerit.daemon.stats import DaemonStats
+from peerit.daemon.swarm import SwarmConfig
 from peerit.daemon.transfer import State, Transfer, TransferHost, file_stamps
 from peerit.daemon.writer import BlockWriter
 from peerit.errors import PeeritError, UnknownSwarm, UsageError
@@ -88,7 +90,8 @@ class Transfers(service.Service):
             writer=self._writer, call_from_thread=self.reactor.callFromThread,
             trackers_for=self._trackers_for, connect_peer=self._connect_peer,
             events=self.events, stats=self.stats,
-            pinned=self.pinned.get, peer_complete=self._peer_complete)
+            pinned=self.pinned.get, peer_complete=self._peer_complete,
+            recent_blocks=RecentBlocks(SwarmConfig.recent_blocks_bytes))
         self.pinned.update(self.node.state.pinned())
         self._restore()
         self._sync_call = self.reactor.callLater(SYNC_INTERVAL, self._sync)

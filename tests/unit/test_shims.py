@@ -176,6 +176,18 @@ class TlsWithoutBindingTests(test_tls.DirectReceiveTests):
         self.assertEqual(bytes(sink.received), bytes(expected))
         self.assertEqual(server.direct_writes, 0)
 
+    def test_a_header_and_block_sequence_goes_out_in_one_write(self):
+        """Without the binding a sequence is joined by Twisted's aggregator and sealed on the
+        next reactor turn (Twisted's path, as before): the bytes arrive whole."""
+        sink = test_tls.Sink()
+        server, client, pump = test_tls.tls_pair(test_tls.Sink(), sink, self.clock)
+        data = random.Random(5).randbytes(13 + 256 * 1024)
+        server.writeSequence([data[:4], data[4:13], data[13:]])
+        self.clock.advance(0)
+        pump.flush()
+        self.assertEqual(bytes(sink.received), data)
+        self.assertEqual(server.direct_writes, 0)
+
     def test_a_protocol_writing_from_its_callback_keeps_the_connection(self):
         """A protocol answering from dataReceived keeps the connection on the plain path."""
 

@@ -93,6 +93,43 @@ class TransferTests(SynchronousTestCase):
         self.assertNotIn(honest.my_peer_id, leecher.banned)
         self.assertGreaterEqual(leecher.hash_failures, 2)
 
+    def test_a_downloader_serves_what_it_just_received_from_memory(self):
+        """Blocks a downloader received are uploaded to a peer that lacks them without
+        reading its store back (its disk, O_DIRECT, in the daemon), byte for byte."""
+        h = SwarmHarness(os.urandom(16 * PIECE))
+        seeder, middle, last = h.swarm(True), h.swarm(False), h.swarm(False)
+        reads = []
+        honest_read = middle.store.read_block
+        middle.store.read_block = lambda *a: reads.append(a) or honest_read(*a)
+        h.network.connect(middle, seeder)
+        h.network.connect(last, middle)  # the last gets everything from the middle one
+        h.network.pump()
+        self.assertTrue(last.complete)
+        self.assertEqual(bytes(last.store.data), h.data)
+        self.assertEqual(reads, [])
+        self.assertEqual(middle.recent.hits, len(h.data) // BLOCK)
+
+    def test_a_download_whose_peers_hold_everything_keeps_no_blocks(self):
+        """Nobody could ask for them: a 1->1 download holds no block buffer longer."""
+        h = SwarmHarness(os.urandom(8 * PIECE))
+        seeder, leecher = h.swarm(True), h.swarm(False)
+        h.network.connect(leecher, seeder)
+        h.network.pump()
+        self.assertTrue(leecher.complete)
+        self.assertEqual((len(leecher.recent), leecher.recent.bytes), (0, 0))
+
+    def test_blocks_of_a_piece_that_failed_its_check_are_not_kept(self):
+        """A lying peer's blocks are dropped with the piece they spoilt, so they can never
+        be served on to the peers that lack it."""
+        h = SwarmHarness(os.urandom(4 * PIECE))
+        liar, leecher, other = h.swarm(True, corrupt=True), h.swarm(False), h.swarm(False)
+        h.network.connect(leecher, liar)
+        h.network.connect(other, leecher)
+        h.network.pump()
+        self.assertIn(liar.my_peer_id, leecher.banned)
+        self.assertEqual(len(leecher.have), 0)
+        self.assertEqual((len(leecher.recent), leecher.recent.bytes), (0, 0))
+
     def test_unsolicited_block_closes_the_link(self):
         """A block we never asked for is a protocol violation: never written, link closed."""
         h = SwarmHarness(os.urandom(4 * PIECE))

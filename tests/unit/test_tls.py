@@ -138,6 +138,25 @@ class DirectReceiveTests(SynchronousTestCase):
         self.assertEqual(bytes(sink.received), bytes(expected))
         self.assertGreaterEqual(server.direct_writes, 20)
 
+    def test_a_header_and_block_sequence_goes_out_in_one_write(self):
+        """The small headers ride in the payload's first record and the whole sequence's
+        records reach TCP together: one write, not one per part (three per block)."""
+        sink = BufferedSink()
+        server, client, pump = tls_pair(Sink(), sink, self.clock)
+        writes = []
+        tcp_write = server.transport.write
+        server.transport.write = lambda data: writes.append(len(data)) or tcp_write(data)
+        frame_header, block_header = b"\x00\x04\x00\x09", b"\x05" + bytes(8)
+        block = random.Random(5).randbytes(256 * 1024)
+        server.writeSequence([frame_header, block_header, block])
+        self.assertEqual(len(writes), 1)
+        records = -(-(len(block) + 13) // tls.RECORD)
+        # TLS 1.3 with AES-GCM: 5 bytes of header, 1 of content type and 16 of tag a record,
+        # and no record of the headers' own.
+        self.assertEqual(writes[0], len(block) + 13 + records * 22)
+        pump.flush()
+        self.assertEqual(bytes(sink.received), frame_header + block_header + block)
+
     def test_a_protocol_writing_from_its_callback_keeps_the_connection(self):
         """A peer link answers (writes) while its data is being delivered: the end-of-read
         check must not be confused by that write's effect on the TLS state."""
