@@ -55,6 +55,38 @@ class SwarmConfig:
     recent_blocks_bytes: int = 8 << 20
 
 
+class CancelledBlocks:
+    """The blocks we cancelled with one peer, the oldest forgotten past ``limit``.
+
+    A late copy of a cancelled block comes within a round trip, after at most a pipeline's
+    worth (``max_in_flight``: 128 blocks) of other cancellations; without a bound the set
+    would grow with every choke and endgame for as long as the link lives.
+    """
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._keys: dict = {}  # (piece, offset) -> None, oldest first
+
+    def add(self, key) -> None:
+        self._keys.pop(key, None)
+        self._keys[key] = None
+        if len(self._keys) > self.limit:
+            del self._keys[next(iter(self._keys))]
+
+    def update(self, keys) -> None:
+        for key in keys:
+            self.add(key)
+
+    def discard(self, key) -> None:
+        self._keys.pop(key, None)
+
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 @dataclass(eq=False)
 class PeerState:
     link: object
@@ -71,7 +103,7 @@ class PeerState:
     # Blocks we cancelled: one late copy of each is fine. A block asked for again stays here:
     # the copy of the cancelled request, still on its way, answers the new one, and the
     # copy of the new request must then not count as unsolicited.
-    cancelled: set = field(default_factory=set)
+    cancelled: CancelledBlocks = field(default_factory=CancelledBlocks)
     upload_queue: list = field(default_factory=list)  # (piece, offset, length)
     last_block_at: float = 0.0
     strikes: int = 0

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from peerit.bitfield import Bitfield
-from peerit.daemon.swarm import Swarm, SwarmConfig
+from peerit.daemon.swarm import CancelledBlocks, Swarm, SwarmConfig
 from peerit.testing.swarms import MemoryNetwork, MemoryStore, make_metainfo, verifier
 from peerit.wire import peer as wire
 
@@ -306,3 +306,31 @@ class ChokingTests(SynchronousTestCase):
         self.assertEqual(len(kept), 1)
         self.assertIs(x.peers[y.my_peer_id].link in kept[0], True)
         self.assertIs(y.peers[x.my_peer_id].link in kept[0], True)
+
+
+class CancelledBlocksTests(SynchronousTestCase):
+    def test_the_oldest_cancellations_are_forgotten_past_the_limit(self):
+        cancelled = CancelledBlocks(limit=3)
+        cancelled.update([(0, 0), (0, 1), (0, 2)])
+        cancelled.add((1, 0))
+        self.assertEqual(len(cancelled), 3)
+        self.assertNotIn((0, 0), cancelled)
+        self.assertIn((1, 0), cancelled)
+
+    def test_cancelling_again_makes_a_block_the_newest(self):
+        cancelled = CancelledBlocks(limit=2)
+        cancelled.update([(0, 0), (0, 1)])
+        cancelled.add((0, 0))
+        cancelled.add((0, 2))
+        self.assertIn((0, 0), cancelled)
+        self.assertNotIn((0, 1), cancelled)
+        cancelled.discard((0, 0))
+        self.assertNotIn((0, 0), cancelled)
+        self.assertEqual(len(cancelled), 1)
+
+    def test_a_long_lived_link_keeps_a_bounded_number(self):
+        cancelled = CancelledBlocks()
+        for piece in range(10_000):
+            cancelled.add((piece, 0))
+        self.assertEqual(len(cancelled), cancelled.limit)
+        self.assertIn((9_999, 0), cancelled)
