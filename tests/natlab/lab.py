@@ -13,7 +13,8 @@ unsolicited traffic on their WAN side, as home routers do. Loss can be injected 
 
 Safety: everything lives in namespaces named ``pitlab-<pid>-<random>-<role>``; the root
 namespace only gets blackhole routes for the lab prefixes (so nothing there can leak lab
-traffic out of the machine), removed at teardown. Every process the lab starts is ended by
+traffic out of the machine), shared by labs running at once and removed by the last one
+to tear down. Every process the lab starts is ended by
 PID, and teardown runs even when setup fails halfway. Stale namespaces left by a crashed run
 (of this lab only: its prefix, and a PID that no longer runs) are deleted at the next start.
 """
@@ -94,6 +95,20 @@ def remove_stale_namespaces() -> list[str]:
         _run(["ip", "netns", "del", name], check=False)
         removed.append(name)
     return removed
+
+
+def other_running_labs(run_id: str) -> list[str]:
+    """Namespaces of other labs whose creating process still runs."""
+    others = []
+    listing = _run(["ip", "netns", "list"], check=False).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) < 4 or parts[0] != PREFIX or not parts[1].isdigit():
+            continue
+        if not name.startswith(run_id + "-") and _pid_alive(int(parts[1])):
+            others.append(name)
+    return others
 
 
 def router_ruleset(nat_type: str) -> str:
@@ -193,7 +208,7 @@ class NatLab:
         self.run_id = f"{PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
         self.namespaces: dict[str, str] = {}
         self._created: list[str] = []
-        self._blackholes: list[str] = []
+        self._uses_blackholes = False  # set once setup reached the root's routes
         self._processes: list[Process] = []
 
     # --- life cycle ---------------------------------------------------------------------
@@ -272,16 +287,29 @@ class NatLab:
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
         self._created.clear()
-        for prefix in self._blackholes:
+        # The routes are shared by every lab running at once (a later one finds them there
+        # and leaves them be): the last lab out removes them, whoever added them, so a
+        # concurrent lab never runs without them.
+        if self._uses_blackholes:
             try:
-                _run(["ip", "route", "del", "blackhole", prefix])
+                others = other_running_labs(self.run_id)
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
-        self._blackholes.clear()
+                others = ["(unknown)"]
+            if not others:
+                for prefix in LAB_PREFIXES:
+                    try:
+                        if _run(["ip", "route", "show", "exact", prefix]).stdout.startswith(
+                                "blackhole"):
+                            _run(["ip", "route", "del", "blackhole", prefix])
+                    except BaseException as e:  # noqa: BLE001
+                        errors.append(e)
+        self._uses_blackholes = False
         if errors:
             raise errors[0]
 
     def _add_blackholes(self) -> None:
+        self._uses_blackholes = True
         for prefix in LAB_PREFIXES:
             existing = _run(["ip", "route", "show", "exact", prefix]).stdout.strip()
             if existing:
@@ -291,7 +319,6 @@ class NatLab:
                     f"the root namespace already routes {prefix} ({existing}); "
                     f"the lab will not run on top of a real network")
             _run(["ip", "route", "add", "blackhole", prefix])
-            self._blackholes.append(prefix)
 
     # --- plumbing -----------------------------------------------------------------------
 
