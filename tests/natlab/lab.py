@@ -80,16 +80,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_namespaces() -> list[str]:
-    """Delete namespaces of this lab whose creating process is gone; returns their names."""
-    removed = []
+def _lab_namespaces():
+    """(name, creating PID) of every namespace named as this lab names them."""
     listing = _run(["ip", "netns", "list"], check=False).stdout
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
         parts = name.split("-")
-        if len(parts) < 4 or parts[0] != PREFIX or not parts[1].isdigit():
-            continue
-        pid = int(parts[1])
+        if len(parts) >= 4 and parts[0] == PREFIX and parts[1].isdigit():
+            yield name, int(parts[1])
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Delete namespaces of this lab whose creating process is gone; returns their names."""
+    removed = []
+    for name, pid in _lab_namespaces():
         if pid == os.getpid() or _pid_alive(pid):
             continue  # a lab that is (or may be) still running
         _run(["ip", "netns", "del", name], check=False)
@@ -99,16 +103,8 @@ def remove_stale_namespaces() -> list[str]:
 
 def other_running_labs(run_id: str) -> list[str]:
     """Namespaces of other labs whose creating process still runs."""
-    others = []
-    listing = _run(["ip", "netns", "list"], check=False).stdout
-    for line in listing.splitlines():
-        name = line.split()[0] if line.split() else ""
-        parts = name.split("-")
-        if len(parts) < 4 or parts[0] != PREFIX or not parts[1].isdigit():
-            continue
-        if not name.startswith(run_id + "-") and _pid_alive(int(parts[1])):
-            others.append(name)
-    return others
+    return [name for name, pid in _lab_namespaces()
+            if not name.startswith(run_id + "-") and _pid_alive(pid)]
 
 
 def router_ruleset(nat_type: str) -> str:
