@@ -3,6 +3,7 @@
 import hashlib
 import os
 import tempfile
+import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -80,6 +81,54 @@ class FileStoreTests(SynchronousTestCase):
         with self.assertRaises(UsageError) as caught:
             store.open(create=True)
         self.assertIn("symlink", str(caught.exception))
+        self.assertEqual(os.listdir(outside), [])
+
+    def test_a_tree_of_many_directories_is_made_by_several_threads(self):
+        """Each directory's files by one thread, several directories at once; every file
+        made at its size, parents shared between the threads made once."""
+        files = [(f"top/d{d:02d}/f{i}.bin", 100 + d) for d in range(12) for i in range(5)]
+        metainfo, _ = directory_metainfo(files)
+        store = FileStore(metainfo, self.root)
+        threads = set()
+        group = store._open_group
+
+        def recording(indexes, create):
+            threads.add(threading.current_thread().name)
+            return group(indexes, create)
+        store._open_group = recording
+        store.open(create=True)
+        store.close()
+        self.assertGreater(len(threads), 1)
+        self.assertLessEqual(len(threads), storage.CREATE_THREADS)
+        for path, size in files:
+            self.assertEqual(os.path.getsize(os.path.join(self.root, "share", path)), size)
+
+    def test_a_parent_made_meanwhile_by_another_thread_is_used(self):
+        """The directory appears between the failed open and the mkdir: no error."""
+        metainfo, _ = directory_metainfo([("a/x.bin", 10), ("b/y.bin", 10)])
+        store = FileStore(metainfo, self.root)
+        self.addCleanup(store.close)
+        real_mkdir = os.mkdir
+
+        def racing_mkdir(path, mode=0o777, *, dir_fd=None):
+            real_mkdir(path, mode, dir_fd=dir_fd)  # the other thread wins the race
+            real_mkdir(path, mode, dir_fd=dir_fd)
+        self.patch(storage.os, "mkdir", racing_mkdir)
+        store.open(create=True)
+        self.assertEqual(os.path.getsize(os.path.join(self.root, "share", "a", "x.bin")), 10)
+
+    def test_a_symlink_in_one_of_several_directories_fails_the_whole_tree(self):
+        """The parallel path raises the refusal as the single-threaded one does."""
+        outside = tempfile.mkdtemp()
+        self.addCleanup(lambda: os.system(f"rm -rf {outside}"))
+        os.makedirs(os.path.join(self.root, "share"))
+        os.symlink(outside, os.path.join(self.root, "share", "d3"))
+        metainfo, _ = directory_metainfo([(f"d{d}/x.bin", 10) for d in range(8)])
+        store = FileStore(metainfo, self.root)
+        with self.assertRaises(UsageError) as caught:
+            store.open(create=True)
+        self.assertIn("symlink", str(caught.exception))
+        self.assertFalse(store.files_ready)
         self.assertEqual(os.listdir(outside), [])
 
     def test_symlinked_file_is_refused(self):
