@@ -31,7 +31,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH / "references"))
 sys.path.insert(0, str(BENCH.parent))
 
-from common import install_sigterm_exit, make_file, make_tree, size_of, write_result  # noqa: E402
+from common import (install_sigterm_exit, make_file, make_tree, remove_download,  # noqa: E402
+                    size_of, write_result)
 from peerit.local_swarm import LocalSwarm  # noqa: E402
 from peerit.processes import environment  # noqa: E402
 from peerit.units import parse_size  # noqa: E402
@@ -110,6 +111,7 @@ def sample(args) -> None:
     src = Path(args.source)
     with tempfile.TemporaryDirectory(prefix="peerit-bench-small-") as work:
         r = one_run(src, Path(work), args.fresh, args.timeout - 20)
+        remove_download(Path(work) / "dl-files")
     write_result(args.json, {**r, "bytes": size_of(src)})
 
 

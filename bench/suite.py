@@ -39,7 +39,8 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO))
 
 from common import (  # noqa: E402
-    Child, MiB, install_sigterm_exit, make_file, make_tree, package_versions, write_result)
+    SET_ASIDE_VARIABLE, Child, MiB, install_sigterm_exit, make_file, make_tree, package_versions,
+    write_result)
 
 
 # -- what to run ----------------------------------------------------------------------------
@@ -608,6 +609,9 @@ def main(argv=None) -> int:
                 files["create"] = workdir / "create.bin"
                 make_create_file(str(files["create"]), sizes.create)
                 warm(str(files["create"]))
+            set_aside = workdir / "set-aside"
+            if bench.name in SMALL:  # see remove_download: trees deleted after the last round
+                os.environ[SET_ASIDE_VARIABLE] = str(set_aside)
             # idle takes its runs (windows) inside one sample: its set-up is long.
             rounds = 1 if bench.name == "idle" else sizes.runs
             bound = sample_timeout(bench, sizes)
@@ -637,6 +641,8 @@ def main(argv=None) -> int:
             for key in list(skipped):
                 if key in results:
                     del skipped[key]
+            os.environ.pop(SET_ASIDE_VARIABLE, None)
+            shutil.rmtree(set_aside, ignore_errors=True)
             for path in files.values():
                 if path.is_dir():
                     shutil.rmtree(path)

@@ -16,15 +16,14 @@ from the moment the downloaders are released together until the last one seeds.
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (add_run_parser, Children, install_sigterm_exit, size_of,  # noqa: E402
-                    wait_for_file, write_result)
+from common import (add_run_parser, Children, install_sigterm_exit,  # noqa: E402
+                    remove_download, size_of, wait_for_file, write_result)
 
 POLL = 0.005  # seconds between status checks while downloading
 
@@ -140,7 +139,7 @@ def run(src: Path, workdir: Path, downloaders: int, timeout: float) -> dict:
                 workdir / f"{name}.result", timeout - (time.monotonic() - released),
                 procs[name]))
     for name in names:
-        shutil.rmtree(workdir / name)
+        remove_download(workdir / name)
     # All downloaders started within a few ms of the release; count from the earliest.
     start = min(f["start"] for f in finished.values())
     end = max(f["end"] for f in finished.values())

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (add_run_parser, Children, free_port, install_sigterm_exit,  # noqa: E402
-                    size_of, wait_for_port, write_result)
+                    remove_download, size_of, wait_for_port, write_result)
 
 CODE = "7-peerit-bench"
 
@@ -72,10 +72,7 @@ def run(src: Path, workdir: Path, timeout: float) -> dict:
         seconds = time.monotonic() - start
         log = receiver.output_tail(20000)
     size = size_of(out)
-    if out.is_dir():
-        shutil.rmtree(out)
-    else:
-        out.unlink()
+    remove_download(out)
     if size != size_of(src):
         raise RuntimeError(f"received {size} bytes of {size_of(src)}")
     path = re.search(r"Receiving \(([^)]*)\)", log)
