@@ -296,30 +296,13 @@ def run_sample(argv: list, name: str, workdir: Path, out: Path, timeout: float) 
 def sample_peerit(args) -> None:
     import bench_transfer
 
-    # When each downloader first reports "seeding": the spread shows a straggler.
-    started: list[float] = []
-    finished: dict[int, float] = {}
-
-    class FinishNotingClient(bench_transfer.BlockingClient):
-        def status(self, *a, **kw):
-            status = super().status(*a, **kw)
-            if status.state == "seeding" and id(self) not in finished:
-                finished[id(self)] = time.monotonic() - started[0]
-            return status
-
-        def download(self, *a, **kw):
-            if not started:
-                started.append(time.monotonic())
-            return super().download(*a, **kw)
-    bench_transfer.BlockingClient = FinishNotingClient
-
     if args.profile:
         inject_profiler(Path(args.profile))
     result = bench_transfer.one_run(args.size, args.downloaders, args.timeout)
     write_result(args.json, {
         "seconds": result["seconds"], "bytes": args.size, "rss": result["rss"],
         "cpu": result.get("cpu", {}),  # each daemon's, from the download command to the end
-        "finished": sorted(finished.values())})
+        "finished": result["finished"]})
 
 
 def sample_natlab(args) -> None:
