@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from peerit import links
-from peerit.links import check_code
+from peerit.short_codes import check_code
 from peerit.errors import (
     BadLink, CodeExpired, PeeritError, ReceiverRefused, RendezvousUnreachable, WrongCode)
 
@@ -127,9 +127,13 @@ class CodeExchange:
         async with self._closed_on_error(w, code, CodeExpired(
                 f"code {code}: the sender did not confirm within {self.receive_wait:g}s")):
             ready = _decode(await self._within(w.get_message(), self.receive_wait))
-        await self._close(w)
         if ready.get("ready") is not True:
+            await self._close(w)
             raise PeeritError(f"code {code}: the sender sent a malformed confirmation")
+        # The download starts now, not after the mailbox acknowledged our leaving: the
+        # close (the nameplate's and mailbox's release, one more round trip) finishes
+        # meanwhile.
+        defer.ensureDeferred(self._close(w))
         return link, prepared
 
     # -- plumbing -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit import errors, links
 from peerit.addresses import TrackerAddress
 from peerit.daemon.code_exchange import CodeExchange
-from peerit.links import check_code
+from peerit.short_codes import check_code
 from peerit.errors import (
     CodeExpired, NoSpace, ReceiverRefused, RendezvousUnreachable, UsageError, WrongCode)
 from peerit.testing.wormholes import FakeMailbox, FakeWormhole
@@ -137,6 +137,25 @@ class CodeExchangeTests(SynchronousTestCase):
         self.assertNoResult(d)
         deliver(*held[0])
         self.successResultOf(d)
+
+    def test_the_receiver_starts_without_waiting_for_the_mailbox_to_confirm_its_close(self):
+        """Once confirmed, the download starts at once: leaving the mailbox (one more round
+        trip to it) finishes meanwhile, and the code is released all the same."""
+        code, receiver = self.offer()
+        leaving = []
+        close = FakeWormhole.close
+
+        def slow_close(wormhole):
+            close(wormhole)
+            leaving.append(defer.Deferred())
+            return leaving[-1]
+        self.patch(FakeWormhole, "close", slow_close)
+        d = defer.ensureDeferred(self.exchange().accept(code, RECEIVER))
+        link, _ = self.successResultOf(d)
+        self.assertEqual(link.peer_id, SENDER)
+        self.assertTrue(leaving)
+        self.assertNoResult(leaving[-1])
+        self.assertEqual(self.mailbox.nameplates, {})
 
     def test_a_send_that_cannot_admit_leaves_the_receiver_unconfirmed(self):
         def admit(peer):
