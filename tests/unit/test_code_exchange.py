@@ -179,10 +179,31 @@ class DeferredImportTests(SynchronousTestCase):
                 "from peerit.daemon.code_exchange import CodeExchange\n"
                 "CodeExchange(None, 'ws://mailbox.invalid/v1')._translate(ValueError('x'), '')\n"
                 "print(loaded())\n")
-        root = Path(__file__).resolve().parents[2]
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), timeout=60)
-        self.assertEqual(done.returncode, 0, done.stderr)
-        before, after = done.stdout.splitlines()
+        before, after = self.run_python(code)
         self.assertEqual(before, "[]")
         self.assertIn("'wormhole'", after)
+
+    def run_python(self, code: str, **env) -> list[str]:
+        root = Path(__file__).resolve().parents[2]
+        environ = {k: v for k, v in os.environ.items() if k != "AUTOBAHN_USE_NVX"}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=root, env=dict(environ, PYTHONPATH=str(root), **env),
+                              timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return done.stdout.splitlines()
+
+    def test_the_import_skips_autobahns_native_helpers_unless_the_operator_asked(self):
+        """Their cffi declaration costs the receiver ~18 ms before its first byte; the
+        operator's own AUTOBAHN_USE_NVX still wins."""
+        code = ("import sys\n"
+                "from peerit.daemon.code_exchange import _magic_wormhole\n"
+                "_magic_wormhole()\n"
+                "import autobahn.websocket\n"
+                "print(autobahn.websocket.USES_NVX, 'pycparser' in sys.modules)\n"
+                "print(autobahn.websocket.HAS_NVX)\n")
+        uses, has = self.run_python(code)
+        self.assertEqual(uses, "False False")
+        if has == "True":  # an autobahn built with them: the operator may turn them on
+            uses, _ = self.run_python(code, AUTOBAHN_USE_NVX="1")
+            self.assertEqual(uses.split()[0], "True")
+
