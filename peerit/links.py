@@ -13,12 +13,11 @@ that later optional fields stay readable by this version; a change that old read
 misread takes a new ``v``.
 """
 
-import re
 import urllib.parse
 from dataclasses import dataclass
 
 from peerit.addresses import TrackerAddress
-from peerit.errors import BadLink, PeeritError, UnpinnedTracker, UnsupportedLink, UsageError
+from peerit.errors import BadLink, PeeritError, UnpinnedTracker, UnsupportedLink
 from peerit.fingerprints import PEER_ID_SIZE
 
 SCHEME = "peerit"
@@ -27,8 +26,6 @@ MAX_LINK_LENGTH = 8192  # checked before anything is split or decoded
 MAX_TRACKERS = 16
 MAX_NAME_BYTES = 255
 _SINGLE = ("v", "ih", "dn", "sz", "pe")
-# A short code (magic-wormhole's form): a nameplate number, then words from its list.
-CODE_PATTERN = re.compile(r"^[0-9]{1,6}(-[a-z]{1,20}){2,6}$")
 
 
 @dataclass(frozen=True)
@@ -167,11 +164,3 @@ def from_metainfo(metainfo, peer_id: bytes | None = None, extra_trackers=()) -> 
     return Link(metainfo.info_hash, tuple(trackers[:MAX_TRACKERS]), metainfo.name,
                 metainfo.total_size, peer_id)
 
-
-def check_code(code: str) -> str:
-    """A short code as a person typed it, normalised; one clear line when it cannot be one."""
-    code = code.strip().lower().replace(" ", "-")
-    if not CODE_PATTERN.match(code):
-        raise UsageError(f"bad code {code[:40]!r}: expected a number and words, like "
-                         f"7-guitarist-revenge")
-    return code

@@ -8,6 +8,8 @@ signatures); :mod:`peerit.client` offers this class as ``BlockingClient``. Every
 bounded: connecting by ``CONNECT_TIMEOUT``, each call by its timeout, a change by the caller's.
 """
 
+from __future__ import annotations  # the answers' classes are made when first used
+
 import errno
 import json
 import os

@@ -94,7 +94,7 @@ def _follow_send(client, info_hash: str, args, desc: str) -> dict:
 
 def check_code(args) -> None:
     """A code that cannot be one is reported before the daemon is asked."""
-    from peerit.links import check_code
+    from peerit.short_codes import check_code
     check_code(args.code)
 
 

@@ -13,6 +13,7 @@ never at module level.
 
 import argparse
 import importlib
+import os
 import re
 import sys
 import textwrap
@@ -82,5 +83,19 @@ def main(argv=None) -> int:
         return 141
 
 
+def run() -> None:
+    """The program (``peerit-ctl``, ``python -m peerit.ctl.main``): :func:`main`, then exit
+    at once. A command's work is done when main returns (files closed, threads joined), and
+    tearing the interpreter down (clearing every module, a last garbage collection) took
+    another ~8 ms, on the clock of every script that waits for peerit-ctl to exit."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        code = code or 141
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -21,12 +21,13 @@ waiting sender, because it expired or never existed, fails after it).
 
 import contextlib
 import json
+import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from peerit import links
-from peerit.links import check_code
+from peerit.short_codes import check_code
 from peerit.errors import (
     BadLink, CodeExpired, PeeritError, ReceiverRefused, RendezvousUnreachable, WrongCode)
 
@@ -37,6 +38,7 @@ DEFAULT_CODE_LIFETIME = 600.0
 CONNECT_TIMEOUT = 15.0
 RECEIVE_WAIT = 30.0
 MAX_MESSAGE = 16 * 1024  # a link and a peer id: far less; checked before decoding
+AUTOBAHN_NVX = "AUTOBAHN_USE_NVX"  # autobahn's switch for its native (cffi) helpers
 
 
 class CodeExchange:
@@ -127,9 +129,13 @@ class CodeExchange:
         async with self._closed_on_error(w, code, CodeExpired(
                 f"code {code}: the sender did not confirm within {self.receive_wait:g}s")):
             ready = _decode(await self._within(w.get_message(), self.receive_wait))
-        await self._close(w)
         if ready.get("ready") is not True:
+            await self._close(w)
             raise PeeritError(f"code {code}: the sender sent a malformed confirmation")
+        # The download starts now, not after the mailbox acknowledged our leaving: the
+        # close (the nameplate's and mailbox's release, one more round trip) finishes
+        # meanwhile.
+        defer.ensureDeferred(self._close(w))
         return link, prepared
 
     # -- plumbing -------------------------------------------------------------------------
@@ -175,7 +181,13 @@ class CodeExchange:
 def _magic_wormhole():
     """magic-wormhole, imported when a daemon first exchanges a code: with what it pulls in
     (autobahn, PyNaCl, SPAKE2, ...) it adds ~13 MiB to a daemon's memory, and most daemons
-    never exchange one."""
+    never exchange one.
+
+    That import is on the receiver's path from the command to its first byte (~0.1 s), so
+    autobahn is told not to use its native UTF-8 validator and XOR masker (unless the
+    operator said otherwise): loading them declares their C interface to cffi, whose C
+    parser alone takes ~18 ms, for a dozen small JSON messages per code."""
+    os.environ.setdefault(AUTOBAHN_NVX, "0")
     import wormhole
     import wormhole.errors
     return wormhole

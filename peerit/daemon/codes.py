@@ -121,10 +121,16 @@ class CodeTransfers:
     async def receive(self, code: str, target_dir: str):
         """Take the share a code names; data comes only from the sender the code pinned."""
         exchange = self._code_exchange()
-        _, transfer = await exchange.accept(
-            code, self.node.peer_id,
-            lambda link: self.transfers.add_link(link, target_dir, pin=link.peer_id,
-                                                 start=False))
+
+        def prepare(link):
+            transfer = self.transfers.add_link(link, target_dir, pin=link.peer_id,
+                                               start=False)
+            if isinstance(transfer, MetadataPhase) and transfer.swarm is None:
+                # The sender's address from the tracker while the sender confirms: the
+                # dial goes out the moment it has.
+                transfer.look_up_peers()
+            return transfer
+        _, transfer = await exchange.accept(code, self.node.peer_id, prepare)
         if isinstance(transfer, MetadataPhase) and transfer.swarm is None \
                 and not transfer.paused:
             transfer.start()

@@ -410,6 +410,14 @@ class Transfer:
         self._dial_some()
         self._maintain_call = self.clock.callLater(MAINTAIN_INTERVAL, self._maintain)
 
+    def look_up_peers(self) -> None:
+        """Ask the trackers for peers before :meth:`start`: the peers found wait in
+        ``known`` (a pinned transfer keeps only its one peer) and the start dials them at
+        once instead of waiting for a tracker's answer first. A code's receiver does this
+        while its sender confirms the exchange. The start still asks again (an answer that
+        came too early to list the peer costs no refresh interval)."""
+        self._request_peers()
+
     def _request_peers(self) -> bool:
         """Ask every connected tracker for peers; False when none could be asked."""
         asked = False

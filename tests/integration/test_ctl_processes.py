@@ -70,9 +70,12 @@ class StartupTests(SynchronousTestCase):
              "peerit.metainfo")
 
     def loaded_by(self, argv):
-        code = ("import sys, runpy\n"
+        # main() as the program runs it (run() then ends the process at once, before this
+        # could look).
+        code = ("import sys\n"
                 f"sys.argv = ['peerit-ctl', *{argv!r}]\n"
-                "try:\n    runpy.run_module('peerit.ctl.main', run_name='__main__')\n"
+                "from peerit.ctl.main import main\n"
+                "try:\n    main()\n"
                 "except SystemExit:\n    pass\n"
                 f"heavy = {self.HEAVY!r}\n"
                 "print('loaded:', *sorted(m for m in sys.modules if m.split('.')[0] in heavy "

@@ -3,12 +3,16 @@ peerit.control.commands, and a BlockingClient whose methods have the real signat
 
 import dataclasses
 import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
 from peerit import client
-from peerit.control import commands
+from peerit.control import commands, results
 
 
 class ResultClassTests(SynchronousTestCase):
@@ -45,5 +49,29 @@ class BlockingClientSignatureTests(SynchronousTestCase):
     def test_blocking_methods_have_the_async_clients_signatures(self):
         for name in ("info", "share", "download", "status", "list", "peers", "pause",
                      "resume", "remove", "netcheck"):
-            self.assertEqual(inspect.signature(getattr(client.BlockingClient, name)),
-                             inspect.signature(getattr(client.Client, name)), name)
+            self.assertEqual(
+                inspect.signature(getattr(client.BlockingClient, name), eval_str=True),
+                inspect.signature(getattr(client.Client, name), eval_str=True), name)
+
+
+class DeferredClassTests(SynchronousTestCase):
+    def test_a_command_pays_only_for_the_answers_it_reads(self):
+        """peerit-ctl imports the blocking client before it reaches the daemon: no answer
+        class is made then; naming one makes it (and the classes of its records) once."""
+        code = ("from peerit.control import blocking_client, results\n"
+                "print(sorted(set(vars(results)) & set(results._CLASSES)))\n"
+                "print(results.PeerList is results.PeerList, results.PeerList._nested)\n"
+                "print(sorted(set(vars(results)) & set(results._CLASSES)))\n")
+        root = Path(__file__).resolve().parents[2]
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        before, peer_list, after = done.stdout.splitlines()
+        self.assertEqual(before, "[]")
+        self.assertEqual(peer_list, "True {'peers': <class 'peerit.client.PeerInfo'>}")
+        self.assertEqual(after, "['PeerInfo', 'PeerList']")
+
+    def test_a_name_that_is_no_answer_class_is_an_attribute_error(self):
+        with self.assertRaises(AttributeError):
+            results.NoSuchAnswer  # noqa: B018
+

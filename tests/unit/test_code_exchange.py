@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit import errors, links
 from peerit.addresses import TrackerAddress
 from peerit.daemon.code_exchange import CodeExchange
-from peerit.links import check_code
+from peerit.short_codes import check_code
 from peerit.errors import (
     CodeExpired, NoSpace, ReceiverRefused, RendezvousUnreachable, UsageError, WrongCode)
 from peerit.testing.wormholes import FakeMailbox, FakeWormhole
@@ -138,6 +138,25 @@ class CodeExchangeTests(SynchronousTestCase):
         deliver(*held[0])
         self.successResultOf(d)
 
+    def test_the_receiver_starts_without_waiting_for_the_mailbox_to_confirm_its_close(self):
+        """Once confirmed, the download starts at once: leaving the mailbox (one more round
+        trip to it) finishes meanwhile, and the code is released all the same."""
+        code, receiver = self.offer()
+        leaving = []
+        close = FakeWormhole.close
+
+        def slow_close(wormhole):
+            close(wormhole)
+            leaving.append(defer.Deferred())
+            return leaving[-1]
+        self.patch(FakeWormhole, "close", slow_close)
+        d = defer.ensureDeferred(self.exchange().accept(code, RECEIVER))
+        link, _ = self.successResultOf(d)
+        self.assertEqual(link.peer_id, SENDER)
+        self.assertTrue(leaving)
+        self.assertNoResult(leaving[-1])
+        self.assertEqual(self.mailbox.nameplates, {})
+
     def test_a_send_that_cannot_admit_leaves_the_receiver_unconfirmed(self):
         def admit(peer):
             raise errors.PeeritError("this send was removed meanwhile")
@@ -160,10 +179,31 @@ class DeferredImportTests(SynchronousTestCase):
                 "from peerit.daemon.code_exchange import CodeExchange\n"
                 "CodeExchange(None, 'ws://mailbox.invalid/v1')._translate(ValueError('x'), '')\n"
                 "print(loaded())\n")
-        root = Path(__file__).resolve().parents[2]
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), timeout=60)
-        self.assertEqual(done.returncode, 0, done.stderr)
-        before, after = done.stdout.splitlines()
+        before, after = self.run_python(code)
         self.assertEqual(before, "[]")
         self.assertIn("'wormhole'", after)
+
+    def run_python(self, code: str, **env) -> list[str]:
+        root = Path(__file__).resolve().parents[2]
+        environ = {k: v for k, v in os.environ.items() if k != "AUTOBAHN_USE_NVX"}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=root, env=dict(environ, PYTHONPATH=str(root), **env),
+                              timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return done.stdout.splitlines()
+
+    def test_the_import_skips_autobahns_native_helpers_unless_the_operator_asked(self):
+        """Their cffi declaration costs the receiver ~18 ms before its first byte; the
+        operator's own AUTOBAHN_USE_NVX still wins."""
+        code = ("import sys\n"
+                "from peerit.daemon.code_exchange import _magic_wormhole\n"
+                "_magic_wormhole()\n"
+                "import autobahn.websocket\n"
+                "print(autobahn.websocket.USES_NVX, 'pycparser' in sys.modules)\n"
+                "print(autobahn.websocket.HAS_NVX)\n")
+        uses, has = self.run_python(code)
+        self.assertEqual(uses, "False False")
+        if has == "True":  # an autobahn built with them: the operator may turn them on
+            uses, _ = self.run_python(code, AUTOBAHN_USE_NVX="1")
+            self.assertEqual(uses.split()[0], "True")
+

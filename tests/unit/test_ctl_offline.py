@@ -5,6 +5,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -194,3 +196,32 @@ class InspectCommandTests(CtlTestCase):
         self.assertOneLineError(Run(["inspect", str(self.root / "none.p2p")]), 2,
                                 "no such file")
         self.assertOneLineError(Run(["inspect", str(self.root)]), 2, "")
+
+
+class ProgramExitTests(CtlTestCase):
+    """``python -m peerit.ctl.main`` (and the peerit-ctl script) end the process as soon as
+    main returns, without the interpreter's teardown: what was printed still arrives whole,
+    and the exit code is main's."""
+
+    def program(self, *argv):
+        repo = Path(__file__).resolve().parents[2]
+        # Buffered output, as a script reading peerit-ctl's output through a pipe gets it.
+        environ = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        return subprocess.run([sys.executable, "-m", "peerit.ctl.main", *argv],
+                              capture_output=True, text=True, timeout=60, cwd=self.root,
+                              env=dict(environ, PYTHONPATH=str(repo)))
+
+    def test_output_in_a_pipe_is_flushed_before_the_process_ends(self):
+        path = self.root / "s.p2p"
+        self.assertEqual(Run(["create", str(self.share), "-o", str(path)]).code, 0)
+        done = self.program("inspect", "--json", str(path))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(json.loads(done.stdout)["info_hash"],
+                         Metainfo.read(str(path)).info_hash_hex)  # parsed: it is whole
+
+    def test_the_exit_code_and_the_error_line_are_mains(self):
+        done = self.program("inspect", str(self.root / "none.p2p"))
+        self.assertEqual(done.returncode, 2)
+        self.assertEqual(done.stderr.count("\n"), 1, done.stderr)
+        self.assertIn("no such file", done.stderr)
+

@@ -6,7 +6,7 @@ import os
 import random
 import tempfile
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,6 +17,7 @@ from peerit.daemon.metadata_phase import MetadataPhase
 from peerit.daemon.state import StateDB
 from peerit.daemon.transfer import State, TransferHost
 from peerit.testing.swarms import make_metainfo
+from peerit.wire.tracker import PeerInfo
 
 
 class Tracker:
@@ -113,3 +114,57 @@ class MetadataPhaseTests(SynchronousTestCase):
         self.assertIn("banned", liar.closed)
         summary = self.phase.summary()
         self.assertEqual((summary["state"], summary["banned"]), ("metadata mismatch", 1))
+
+
+class ConnectedTracker(Tracker):
+    connected = True
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def request_peers(self, info_hash, count):
+        self.asked.append(Deferred())
+        return self.asked[-1]
+
+
+class EarlyLookupTests(SynchronousTestCase):
+    """A code's receiver asks the tracker for its sender while the exchange ends, and dials
+    the moment it starts."""
+
+    def setUp(self):
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        metainfo = make_metainfo(os.urandom(100_000), 1 << 14)
+        self.tracker = ConnectedTracker()
+        resume = StateDB(os.path.join(directory.name, "state.sqlite3"))
+        self.addCleanup(resume.close)
+        self.clock = Clock()
+        self.dialed = []
+        self.sender = b"\x05" * 32
+        self.host = TransferHost(
+            clock=self.clock, rng=random.Random(1), peer_id=b"\x01" * 32, resume=resume,
+            in_thread=maybeDeferred, hasher=None, writer=None,
+            call_from_thread=lambda f, *a: f(*a),
+            trackers_for=lambda named: [self.tracker],
+            connect_peer=lambda info_hash, info: self.dialed.append(info.peer_id)
+            or Deferred(),
+            pinned=lambda info_hash: self.sender)
+        link = links.Link(metainfo.info_hash, (TrackerAddress("127.0.0.1", 1, b"F" * 32),),
+                          "film", 12345, self.sender)
+        self.phase = MetadataPhase(self.host, link, directory.name, lambda *a: None)
+
+    def peer(self, peer_id):
+        return PeerInfo(peer_id, True, 7000, 0, "127.0.0.1")
+
+    def test_peers_found_before_the_start_are_dialed_at_the_start_and_not_before(self):
+        self.phase.look_up_peers()
+        self.assertEqual(len(self.tracker.asked), 1)
+        self.tracker.asked[0].callback([self.peer(b"\x09" * 32), self.peer(self.sender)])
+        self.clock.advance(1)
+        self.assertEqual(self.dialed, [])  # not before the sender confirmed
+        self.phase.start()
+        self.clock.advance(0)
+        self.assertEqual(self.dialed, [self.sender])  # the pinned sender only, at once
+        self.assertEqual(len(self.tracker.asked), 2)  # and the start asked again
+

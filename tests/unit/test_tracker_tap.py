@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from peerit.errors import UsageError
 from peerit.identity import Identity
 from peerit.tracker import tap
+from peerit.tracker.mailbox import MailboxService
 from peerit.endpoints import tcp_description
 from peerit.tracker.service import (
     ENDPOINT_FILE, TrackerService, advertised_host, raise_open_files_limit)
@@ -304,3 +305,13 @@ class MailboxOptionsTests(SynchronousTestCase):
             self.assertRegex(f.read().strip(), r"^ws://127\.0\.0\.1:\d+/v1$")
         IService(top).stopService()
         self.assertFalse(os.path.exists(os.path.join(data_dir, "mailbox.url")))
+
+    def test_the_mailbox_commits_without_waiting_for_the_disk(self):
+        """Each relayed message is a commit: a write-ahead log synced at checkpoints only,
+        not a rollback journal flushed twice per message."""
+        data_dir = tempfile.mkdtemp(prefix="peerit-tap-test-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        mailbox = MailboxService(MemoryReactorClock(), "tcp:0:interface=127.0.0.1", data_dir)
+        db = mailbox.db
+        self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()["journal_mode"], "wal")
+        self.assertEqual(db.execute("PRAGMA synchronous").fetchone()["synchronous"], 1)
