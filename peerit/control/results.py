@@ -53,18 +53,14 @@ def as_json(result):
 
 
 def _response(name: str):
-    return lambda: contract.BY_NAME[name].response
-
-
-def _transfer_fields():
-    return contract.TRANSFER_FIELDS
+    return contract.BY_NAME[name].response
 
 
 # name -> (its contract field list, the classes of its Records fields' items, docstring)
 _CLASSES = {
-    "TransferStatus": (_transfer_fields, {},
+    "TransferStatus": (contract.TRANSFER_FIELDS, {},
                        "One transfer, as ``status`` and ``list`` report it."),
-    "PeerInfo": (lambda: contract.PEER_FIELDS, {}, "One connected peer."),
+    "PeerInfo": (contract.PEER_FIELDS, {}, "One connected peer."),
     "DaemonInfo": (_response("DaemonInfo"), {}, "Who the daemon is and how it is connected."),
     "Shared": (_response("Share"), {}, "A share the daemon now seeds."),
     "Started": (_response("Download"), {}, "A download begun."),
@@ -75,7 +71,7 @@ _CLASSES = {
     "Exported": (_response("ExportMetainfo"), {},
                  "Where a transfer's metadata was written as a .p2p."),
     "SendOffer": (_response("Send"), {}, "A private share and the code that names it."),
-    "SendState": (lambda: contract.SEND_FIELDS, {}, "Where a send stands."),
+    "SendState": (contract.SEND_FIELDS, {}, "Where a send stands."),
 }
 __all__ = ["as_json", "from_answer", *_CLASSES]
 
@@ -87,7 +83,7 @@ def __getattr__(name: str):
     made = globals().get(name)
     if made is None:
         fields, nested, doc = _CLASSES[name]
-        made = _result_class(name, fields(), {key: __getattr__(item)
+        made = _result_class(name, fields, {key: __getattr__(item)
                                               for key, item in nested.items()}, doc)
         globals()[name] = made
     return made
